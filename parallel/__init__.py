@@ -1,0 +1,8 @@
+"""Context parallelism, kernel-agnostic: layouts, the ring exchange, float32 LSE merging, ring attention."""
+from .comm import world_and_rank
+from .layout import LAYOUTS, global_positions, local_positions, shard, unshard
+from .merge import merge_into
+from .ring import ring_flash_attn_func
+
+__all__ = ["LAYOUTS", "global_positions", "local_positions", "shard", "unshard", "merge_into",
+           "ring_flash_attn_func", "world_and_rank"]

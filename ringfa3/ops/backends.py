@@ -1,0 +1,73 @@
+"""The registry of local attention backends and the `auto` choice.
+
+A backend is an object with
+  name
+  unsupported(q, k, v, causal, window) -> str | None      why it cannot serve these inputs
+  forward(q, k, v, causal, scale, window, out_fp32) -> (out, lse)
+  backward(dout, q, k, v, out, lse, causal, scale, window, grads_fp32) -> (dq, dk, dv)
+and optionally forward_merge(q, k, v, causal, scale, window, out_acc, lse_acc), which merges its
+block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import reference
+from .aten_backends import AtenBackend
+
+log = logging.getLogger("ringfa3")
+
+
+class ReferenceBackend:
+    name = "reference"
+
+    def unsupported(self, q, k, v, causal, window):
+        return None
+
+    forward = staticmethod(reference.forward)
+    backward = staticmethod(reference.backward)
+
+
+def _load_sm90():
+    try:
+        from .sm90 import BACKEND
+    except ImportError:
+        return None
+    return BACKEND
+
+
+BACKENDS = {b.name: b for b in (ReferenceBackend(), AtenBackend("cudnn"), AtenBackend("flash"))}
+_sm90 = _load_sm90()
+if _sm90 is not None:
+    BACKENDS["sm90"] = _sm90
+
+NAMES = ("auto", "sm90", "cudnn", "flash", "reference")
+AUTO_ORDER = ("sm90", "cudnn", "flash", "reference")  # fastest first (cuDNN beats torch's FA2 on Hopper)
+_auto_logged: set = set()
+
+
+def resolve(backend: str, q, k, v, causal: bool, window):
+    """The backend object that serves these inputs; ValueError naming `backend` if none can."""
+    if not isinstance(backend, str) or backend not in NAMES:
+        raise ValueError(f"backend={backend!r} is not known; use one of {', '.join(map(repr, NAMES))}")
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"backend={backend!r} is not available here: its library is not built or this GPU is not "
+                f"Hopper (build with `python scripts/build_csrc.py`), or use backend='auto'"
+            )
+        reason = BACKENDS[backend].unsupported(q, k, v, causal, window)
+        if reason:
+            raise ValueError(f"backend={backend!r} cannot serve these inputs: {reason}")
+        return BACKENDS[backend]
+    for name in AUTO_ORDER:
+        if name in BACKENDS and BACKENDS[name].unsupported(q, k, v, causal, window) is None:
+            key = (q.device.type, q.dtype, q.shape[-1], causal, tuple(window), q.shape[1] == k.shape[1], name)
+            if key not in _auto_logged and not torch.compiler.is_compiling():
+                _auto_logged.add(key)
+                log.info("ringfa3: backend='auto' chose %r for %s %s headdim %d causal=%s window=%s",
+                         name, q.device.type, q.dtype, q.shape[-1], causal, tuple(window))
+            return BACKENDS[name]
+    raise AssertionError("the reference backend serves every input")

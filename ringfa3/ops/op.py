@@ -1,0 +1,88 @@
+"""Local attention as torch.library custom ops: one op per direction, with fake implementations, so
+autograd and torch.compile see `ringfa3::attn_fwd` / `ringfa3::attn_bwd` and nothing inside them."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backends import BACKENDS, resolve
+from .checks import check_qkv, check_window, resolve_scale
+
+
+@torch.library.custom_op("ringfa3::attn_fwd", mutates_args=())
+def _attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float, window_left: int,
+              window_right: int, backend: str, out_fp32: bool) -> tuple[Tensor, Tensor]:
+    out, lse = BACKENDS[backend].forward(q, k, v, causal, softmax_scale, (window_left, window_right), out_fp32)
+    return out.contiguous(), lse.contiguous()
+
+
+@_attn_fwd.register_fake
+def _(q, k, v, causal, softmax_scale, window_left, window_right, backend, out_fp32):
+    b, s, h, _ = q.shape
+    out = q.new_empty(q.shape, dtype=torch.float32 if out_fp32 else q.dtype)
+    return out, q.new_empty((b, h, s), dtype=torch.float32)
+
+
+@torch.library.custom_op("ringfa3::attn_bwd", mutates_args=())
+def _attn_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
+              softmax_scale: float, window_left: int, window_right: int, backend: str,
+              grads_fp32: bool) -> tuple[Tensor, Tensor, Tensor]:
+    grads = BACKENDS[backend].backward(dout, q, k, v, out, lse, causal, softmax_scale,
+                                       (window_left, window_right), grads_fp32)
+    return tuple(g.contiguous() for g in grads)
+
+
+@_attn_bwd.register_fake
+def _(dout, q, k, v, out, lse, causal, softmax_scale, window_left, window_right, backend, grads_fp32):
+    dt = torch.float32 if grads_fp32 else q.dtype
+    return q.new_empty(q.shape, dtype=dt), k.new_empty(k.shape, dtype=dt), v.new_empty(v.shape, dtype=dt)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, causal, scale, wl, wr, backend, _ = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.args = (causal, scale, wl, wr, backend)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    causal, scale, wl, wr, backend = ctx.args
+    dq, dk, dv = _attn_bwd(dout, q, k, v, out, lse, causal, scale, wl, wr, backend, False)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attn_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, softmax_scale: float | None = None,
+              window: tuple[int, int] = (-1, -1), backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Local attention. q (b, s_q, h, d); k, v (b, s_k, h_kv, d).
+
+    Returns out (b, s_q, h, d) in q's dtype and lse (b, h, s_q) float32, the natural log of each row's
+    softmax denominator of the scaled scores (-inf, with out 0, for rows that see no key). Causal and
+    window masks are aligned bottom-right when s_q != s_k. Differentiable in q, k, v.
+    """
+    check_qkv(q, k, v)
+    window = check_window(window)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    scale = resolve_scale(softmax_scale, q.shape[-1])
+    impl = resolve(backend, q, k, v, causal, window)
+    return _attn_fwd(q, k, v, causal, scale, window[0], window[1], impl.name, False)
+
+
+def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                       causal: bool = False, softmax_scale: float | None = None,
+                       window: tuple[int, int] = (-1, -1), backend: str = "auto"):
+    """(dq, dk, dv) of `attention`, given its (or a merged, global) out and lse."""
+    check_qkv(q, k, v)
+    window = check_window(window)
+    if dout.shape != q.shape or out.shape != q.shape:
+        raise ValueError(f"dout {tuple(dout.shape)} and out {tuple(out.shape)} must have q's shape {tuple(q.shape)}")
+    if lse.shape != (q.shape[0], q.shape[2], q.shape[1]):
+        raise ValueError(f"lse must be (batch, nheads, seqlen_q) = {(q.shape[0], q.shape[2], q.shape[1])}, got {tuple(lse.shape)}")
+    scale = resolve_scale(softmax_scale, q.shape[-1])
+    impl = resolve(backend, q, k, v, causal, window)
+    return _attn_bwd(dout, q, k, v, out, lse, causal, scale, window[0], window[1], impl.name, False)

@@ -1,0 +1,50 @@
+"""Float64 math attention on the full sequence (the ground truth) and error measures."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ringfa3.ops.masks import tile_mask
+
+
+def attention64(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None,
+                window=(-1, -1)) -> tuple[Tensor, Tensor]:
+    """out (b, s_q, h, d), lse (b, h, s_q) in float64, by materializing the masked score matrix.
+    Differentiable when the float64 inputs require grad."""
+    b, sq, h, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    scale = d ** -0.5 if scale is None else scale
+    kk, vv = k.repeat_interleave(h // hk, 2), v.repeat_interleave(h // hk, 2)
+    s = torch.einsum("bihd,bjhd->bhij", q, kk) * scale
+    s = s.masked_fill(~tile_mask(0, sq, 0, sk, sq, sk, causal, window, q.device), -math.inf)
+    lse = torch.logsumexp(s, -1)
+    p = torch.softmax(s, -1).nan_to_num(0.0)  # rows that see nothing: 0
+    return torch.einsum("bhij,bjhd->bihd", p, vv), lse
+
+
+def reference64(q, k, v, dout, causal=False, scale=None, window=(-1, -1)) -> dict:
+    """Float64 out, lse, dq, dk, dv of the full problem (inputs upcast from whatever dtype)."""
+    q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out, lse = attention64(q, k, v, causal, scale, window)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout.double())
+    return dict(out=out.detach(), lse=lse.detach(), dq=dq, dk=dk, dv=dv)
+
+
+def rel_err(x: Tensor, ref: Tensor) -> float:
+    """||x - ref|| / ||ref|| over finite entries of ref (lse of fully masked rows is -inf on both)."""
+    x, ref = x.double(), ref.double()
+    fin = torch.isfinite(ref)
+    assert torch.equal(fin, torch.isfinite(x)), "finite/infinite pattern differs from the reference"
+    assert not torch.isnan(x).any(), "NaN in result"
+    return ((x[fin] - ref[fin]).norm() / ref[fin].norm().clamp_min(1e-30)).item()
+
+
+# atol-like floor added to every derived tolerance, per dtype (a few ulps of the relative error measure)
+FLOOR = {torch.float64: 1e-10, torch.float32: 2e-6, torch.bfloat16: 2e-4, torch.float16: 5e-5}
+
+
+def tolerance(base_err: float, dtype: torch.dtype, factor: float = 2.0) -> float:
+    """A small multiple of the same-dtype single-device op's error, plus a floor."""
+    return factor * base_err + FLOOR[dtype]
