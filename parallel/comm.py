@@ -58,3 +58,14 @@ class RingExchange:
         self._reqs, self._send = [], None
         recv, self._recv = self._recv, None
         return recv
+
+
+class Ring:
+    """The ring of a process group: its size, this rank, and a message stream per tag."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.world, self.rank = world_and_rank(group)
+
+    def exchange(self, tag: int) -> RingExchange:
+        return RingExchange(self.group, tag)

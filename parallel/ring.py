@@ -14,7 +14,7 @@ from torch import Tensor
 from ringfa3.ops import resolve_backend
 from ringfa3.ops.checks import check_qkv, resolve_scale
 
-from .comm import RingExchange, world_and_rank
+from .comm import Ring
 from .layout import check_layout, check_seqlen
 from .merge import merge_into
 from .plan import ring_blocks
@@ -34,13 +34,13 @@ def _forward_block(impl, q, k, v, blk, scale, out_acc, lse_acc) -> None:
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale, group, layout, impl):
-        world, rank = world_and_rank(group)
+    def forward(ctx, q, k, v, causal, scale, ring, layout, impl):
+        world, rank = ring.world, ring.rank
         b, s, h, d = q.shape
         out_acc = torch.zeros(b, s, h, d, dtype=torch.float32, device=q.device)
         lse_acc = torch.full((b, h, s), float("-inf"), dtype=torch.float32, device=q.device)
         kv = torch.stack([k, v])  # (2, b, s, h_kv, d): one message per step
-        comm = RingExchange(group, tag=0) if world > 1 else None
+        comm = ring.exchange(0) if world > 1 else None
         for step in range(world):
             if step + 1 < world:
                 comm.start(kv)
@@ -50,36 +50,38 @@ class _RingAttention(torch.autograd.Function):
                 kv = comm.wait()
         out = out_acc.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse_acc)
-        ctx.cfg = (causal, scale, group, layout, impl)
+        ctx.cfg = (causal, scale, ring, layout, impl)
         ctx.mark_non_differentiable(lse_acc)
         return out, lse_acc
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        causal, scale, group, layout, impl = ctx.cfg
-        world, rank = world_and_rank(group)
+        causal, scale, ring, layout, impl = ctx.cfg
+        world, rank = ring.world, ring.rank
         s = q.shape[1]
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         kv = torch.stack([k, v])
-        kv_comm = RingExchange(group, tag=1) if world > 1 else None
-        dkv_comm = RingExchange(group, tag=2) if world > 1 else None
-        dkv = None
+        kv_comm = ring.exchange(1) if world > 1 else None
+        dkv_comm = ring.exchange(2) if world > 1 else None
         for step in range(world):
             if step + 1 < world:
                 kv_comm.start(kv)
-            dkv = torch.zeros(kv.shape, dtype=torch.float32, device=q.device)  # this shard's grads from us
+            grads = []  # (key rows, dk, dv) of the visiting shard from our queries
             for blk in ring_blocks(s, world, rank, (rank - step) % world, layout, causal):
                 rows, keys = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
                 dqb, dkb, dvb = impl.backward(
                     dout[:, rows], q[:, rows], kv[0][:, keys], kv[1][:, keys], out[:, rows],
                     lse[:, :, rows], blk.causal, scale, NO_WINDOW, True)
                 dq[:, rows] += dqb
+                grads.append((keys, dkb, dvb))
+            # The float32 dK/dV of this shard so far, from the ranks before us; waiting only after our
+            # compute keeps its transfer hidden. Our part is added on the rows we touched, then it moves on.
+            dkv = dkv_comm.wait() if step > 0 else torch.zeros(kv.shape, dtype=torch.float32, device=q.device)
+            for keys, dkb, dvb in grads:
                 dkv[0][:, keys] += dkb
                 dkv[1][:, keys] += dvb
             if world > 1:
-                if step > 0:
-                    dkv += dkv_comm.wait()  # the ranks before us already added theirs
                 dkv_comm.start(dkv)  # after the last step this reaches the shard's owner
             if step + 1 < world:
                 kv = kv_comm.wait()
@@ -102,9 +104,15 @@ def ring_flash_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, s
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if k.shape[1] != q.shape[1]:
         raise ValueError(f"ring attention needs local q and k/v of the same length, got {q.shape[1]} and {k.shape[1]}")
-    world, _ = world_and_rank(group)
+    ring = Ring(group)
+    world = ring.world
     check_seqlen(q.shape[1] * world, world, layout, name=f"global seqlen (q.shape[1]={q.shape[1]} x world {world})")
     scale = resolve_scale(softmax_scale, q.shape[-1])
     impl = resolve_backend(backend, q, k, v, causal, NO_WINDOW)
-    out, lse = _RingAttention.apply(q, k, v, causal, scale, group, layout, impl)
+    out, lse = ring_attention(q, k, v, causal, scale, ring, layout, impl)
     return (out, lse) if return_lse else out
+
+
+def ring_attention(q, k, v, causal: bool, scale: float, ring, layout: str, impl):
+    """The engine without argument checks: `ring` is a Ring (or a VirtualRing), `impl` a backend."""
+    return _RingAttention.apply(q, k, v, causal, scale, ring, layout, impl)

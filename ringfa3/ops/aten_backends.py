@@ -61,8 +61,7 @@ class AtenBackend:
             res = aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, causal, False, scale=scale)
         out, lse = res[0], res[1]
         lse = lse.reshape(q.shape[0], q.shape[2], q.shape[1]).float()  # cudnn: (b, h, s, 1) -> (b, h, s)
-        out = _bshd(out)
-        return (out.float() if out_fp32 else out), lse
+        return _bshd(out), lse  # out_fp32 has nothing to keep here: the op's output is already rounded
 
     def backward(self, dout, q, k, v, out, lse, causal: bool, scale: float, window, grads_fp32: bool = False):
         groups = q.shape[2] // k.shape[2]
@@ -80,6 +79,6 @@ class AtenBackend:
                 dot, qt, kt, vt, ot, lse.contiguous(), None, None, sq, sk, 0.0, causal, unused, unused,
                 scale=scale)
         dq, dk, dv = _bshd(dq), _reduce_groups(dk, groups), _reduce_groups(dv, groups)
-        if grads_fp32:
-            return dq.float(), dk.float(), dv.float()
+        if grads_fp32:  # already rounded by the op: hand them over as they are, the caller accumulates
+            return dq, dk, dv
         return dq, dk.to(k.dtype), dv.to(v.dtype)

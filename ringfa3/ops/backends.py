@@ -5,6 +5,8 @@ A backend is an object with
   unsupported(q, k, v, causal, window) -> str | None      why it cannot serve these inputs
   forward(q, k, v, causal, scale, window, out_fp32) -> (out, lse)
   backward(dout, q, k, v, out, lse, causal, scale, window, grads_fp32) -> (dq, dk, dv)
+out_fp32 / grads_fp32 ask for results not rounded to the input dtype; a backend whose kernel rounds
+anyway may return its rounded tensors (the ring accumulates them in float32 either way).
 and optionally forward_merge(q, k, v, causal, scale, window, out_acc, lse_acc), which merges its
 block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present).
 """
@@ -33,7 +35,8 @@ class ReferenceBackend:
 def _load_sm90():
     try:
         from .sm90 import BACKEND
-    except ImportError:
+    except Exception as e:  # a broken build must not take the other backends down with it
+        log.warning("ringfa3: the sm90 backend failed to load (%s); other backends remain", e)
         return None
     return BACKEND
 

@@ -13,7 +13,7 @@ from .checks import check_qkv, check_window, resolve_scale
 def _attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float, window_left: int,
               window_right: int, backend: str, out_fp32: bool) -> tuple[Tensor, Tensor]:
     out, lse = BACKENDS[backend].forward(q, k, v, causal, softmax_scale, (window_left, window_right), out_fp32)
-    return out.contiguous(), lse.contiguous()
+    return out.to(torch.float32 if out_fp32 else q.dtype).contiguous(), lse.contiguous()
 
 
 @_attn_fwd.register_fake
@@ -29,7 +29,8 @@ def _attn_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
               grads_fp32: bool) -> tuple[Tensor, Tensor, Tensor]:
     grads = BACKENDS[backend].backward(dout, q, k, v, out, lse, causal, softmax_scale,
                                        (window_left, window_right), grads_fp32)
-    return tuple(g.contiguous() for g in grads)
+    dtype = torch.float32 if grads_fp32 else q.dtype
+    return tuple(g.to(dtype).contiguous() for g in grads)
 
 
 @_attn_bwd.register_fake

@@ -1,0 +1,123 @@
+"""Local attention backends against float64, forward and backward, with derived tolerances.
+
+The tolerance for a backend in dtype X is a small multiple of the error that plain (unfused) attention
+computed in X has against float64 on the same fresh inputs, plus a floor.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from ringfa3.ops import BACKENDS, attention, attention_backward
+
+from reference import attention64, reference64, rel_err, tolerance
+
+CASES = [  # (s_q, s_k, causal, window)
+    (128, 128, False, (-1, -1)),
+    (128, 128, True, (-1, -1)),
+    (77, 77, True, (-1, -1)),  # odd length, partial tiles
+    (300, 300, True, (-1, -1)),  # several tiles (BLOCK 256)
+    (50, 130, True, (-1, -1)),  # s_q < s_k: bottom-right aligned diagonal
+    (130, 50, True, (-1, -1)),  # s_q > s_k: the first 80 rows see nothing
+    (96, 96, False, (16, 0)),
+    (96, 96, True, (8, -1)),
+    (96, 150, False, (8, 8)),
+    (96, 150, False, (-1, -1)),  # s_q != s_k, no mask
+    (64, 64, False, (3, 3)),
+]
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def backend_param(name):
+    marks = [] if name == "reference" else [pytest.mark.cuda]
+    return pytest.param(name, marks=marks, id=name)
+
+
+BACKEND_PARAMS = [backend_param(n) for n in ("reference", "cudnn", "flash", "sm90")]
+
+
+def naive_errors(q, k, v, dout, causal, window, ref) -> dict:
+    """Errors of unfused attention computed in the inputs' own dtype (the tolerance's yardstick)."""
+    qs, ks, vs = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out, lse = attention64(qs, ks, vs, causal, None, window)
+    dq, dk, dv = torch.autograd.grad(out, (qs, ks, vs), dout)
+    got = dict(out=out, lse=lse, dq=dq, dk=dk, dv=dv)
+    return {n: rel_err(got[n], ref[n]) for n in ref}
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("gqa", (1, 2, 4))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-{'causal' if c[2] else 'full'}-w{c[3][0]}_{c[3][1]}")
+def test_backend_matches_float64(backend, dtype, gqa, case):
+    sq, sk, causal, window = case
+    device = "cpu" if backend == "reference" else "cuda"
+    if backend == "sm90" and backend not in BACKENDS:
+        pytest.skip("sm90 library not built")
+    h, d = 4, 32
+    q = torch.randn(2, sq, h, d, device=device).to(dtype)
+    k = torch.randn(2, sk, h // gqa, d, device=device).to(dtype)
+    v = torch.randn(2, sk, h // gqa, d, device=device).to(dtype)
+    dout = torch.randn(2, sq, h, d, device=device).to(dtype)
+    reason = BACKENDS[backend].unsupported(q, k, v, causal, window) if backend in BACKENDS else "absent"
+    if reason:
+        with pytest.raises(ValueError, match="backend="):
+            attention(q, k, v, causal=causal, window=window, backend=backend)
+        pytest.skip(reason)
+    ref = reference64(q, k, v, dout, causal, None, window)
+    base = naive_errors(q, k, v, dout, causal, window, ref)
+    qs, ks, vs = (x.clone().requires_grad_() for x in (q, k, v))
+    out = torch.full_like(q, float("nan"))  # poison: every element must be written
+    out, lse = attention(qs, ks, vs, causal=causal, window=window, backend=backend)
+    assert out.dtype == dtype and lse.dtype == torch.float32 and lse.shape == (2, h, sq)
+    out.backward(dout)
+    got = dict(out=out, lse=lse, dq=qs.grad, dk=ks.grad, dv=vs.grad)
+    for name in ref:
+        err, tol = rel_err(got[name], ref[name]), tolerance(base[name], dtype)
+        assert err <= tol, f"{name}: rel err {err:.3g} > {tol:.3g} (naive {dtype} {base[name]:.3g})"
+
+
+def test_fully_masked_rows_give_zero_and_minus_inf():
+    q, k, v = torch.randn(1, 130, 2, 32), torch.randn(1, 50, 2, 32), torch.randn(1, 50, 2, 32)
+    out, lse = attention(q, k, v, causal=True)
+    assert torch.all(out[:, :80] == 0) and torch.all(lse[:, :, :80] == -math.inf)
+    assert torch.isfinite(lse[:, :, 80:]).all() and not torch.isnan(out).any()
+    dq, dk, dv = attention_backward(torch.randn_like(out), q, k, v, out, lse, causal=True)
+    assert torch.all(dq[:, :80] == 0) and not any(torch.isnan(g).any() for g in (dq, dk, dv))
+
+
+def test_backward_function_matches_autograd():
+    q, k, v = (torch.randn(2, 64, 4, 32, requires_grad=True) for _ in range(3))
+    out, lse = attention(q, k, v, causal=True)
+    dout = torch.randn_like(out)
+    want = torch.autograd.grad(out, (q, k, v), dout)
+    got = attention_backward(dout, q, k, v, out.detach(), lse, causal=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    q, k, v = (torch.randn(2, 96, 4, 32, requires_grad=True) for _ in range(3))
+
+    def loss(q, k, v):
+        out, lse = attention(q, k, v, causal=True)
+        return (out.float() ** 2).sum() + lse.detach().sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    l_eager, g_eager = loss(q, k, v), torch.autograd.grad(loss(q, k, v), (q, k, v))
+    l_comp = compiled(q, k, v)
+    g_comp = torch.autograd.grad(l_comp, (q, k, v))
+    torch.testing.assert_close(l_comp, l_eager)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_custom_ops_pass_opcheck():
+    q, k, v = torch.randn(1, 40, 4, 16), torch.randn(1, 40, 2, 16), torch.randn(1, 40, 2, 16)
+    torch.library.opcheck(torch.ops.ringfa3.attn_fwd.default, (q, k, v, True, 0.25, -1, -1, "reference", False))
+    out, lse = attention(q, k, v, causal=True)
+    torch.library.opcheck(torch.ops.ringfa3.attn_bwd.default,
+                          (torch.randn_like(out), q, k, v, out, lse, True, 0.25, -1, -1, "reference", False))
