@@ -24,18 +24,18 @@ def global_rank(group, group_rank: int) -> int:
 
 
 class RingExchange:
-    """Sends a tensor to the next rank while receiving the previous rank's tensor of the same shape.
+    """Sends a tensor `shift` ranks ahead while receiving the tensor of the rank `shift` behind (same shape).
 
     `start(t)` posts the batched isend/irecv and returns at once; `wait()` blocks until the receive
     has landed and returns the received tensor. One instance is one stream of messages (its own tag),
     so two exchanges (K/V and dK/dV) can be in flight together without mixing.
     """
 
-    def __init__(self, group=None, tag: int = 0):
+    def __init__(self, group=None, tag: int = 0, shift: int = 1):
         self.group = group
         self.world, self.rank = world_and_rank(group)
-        self.next = global_rank(group, (self.rank + 1) % self.world)
-        self.prev = global_rank(group, (self.rank - 1) % self.world)
+        self.next = global_rank(group, (self.rank + shift) % self.world)
+        self.prev = global_rank(group, (self.rank - shift) % self.world)
         self.tag = tag
         self._reqs: list = []
         self._recv: torch.Tensor | None = None
@@ -67,5 +67,5 @@ class Ring:
         self.group = group
         self.world, self.rank = world_and_rank(group)
 
-    def exchange(self, tag: int) -> RingExchange:
-        return RingExchange(self.group, tag)
+    def exchange(self, tag: int, shift: int = 1) -> RingExchange:
+        return RingExchange(self.group, tag, shift)

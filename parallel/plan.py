@@ -1,10 +1,16 @@
-"""Which rectangles of one (query shard, key shard) pair a causal ring step must compute.
+"""Which blocks of one (query shard, key shard) pair a ring step must compute, for any mask.
 
-Every layout keeps a rank's tokens in increasing global order, so under a causal mask the keys a query
-row sees form a prefix of the visiting key shard, and its length c_i grows with the row. Runs of rows
-with a constant c_i are one unmasked rectangle; runs where c_i grows by one per row are one square
-causal block on the diagonal plus the unmasked rectangle to its left. Rows seeing nothing are skipped.
-This one rule covers contiguous, zigzag and stripe (whose off-diagonal steps are q[1:] x k[:-1]).
+Every layout keeps a rank's tokens in increasing global order, so under causal, sliding-window and
+per-document masks the keys a query row sees form one contiguous range [lo_i, hi_i) of the visiting
+shard, and both ends are non-decreasing. Runs of rows over which each end stays put or moves by one
+key per row are one block of the local kernel:
+  lo fixed, hi fixed    unmasked rectangle
+  lo fixed, hi +1/row   square causal block on the diagonal plus the unmasked rectangle on its left
+                        (so kernels with only a square causal mask serve it)
+  lo +1/row             a window block (bottom-right aligned, left bound = the block's offset);
+                        only with a sliding window, so unwindowed masks never need window support
+Rows that see nothing are skipped. This one rule covers contiguous, zigzag and stripe, causal or full,
+windows and packed documents.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from functools import lru_cache
 
 from .layout import global_positions
 
+NO_WINDOW = (-1, -1)
+
 
 @dataclass(frozen=True)
 class Block:
@@ -21,39 +29,79 @@ class Block:
     q1: int
     k0: int  # key rows [k0, k1) of the visiting shard
     k1: int
-    causal: bool  # square block with the causal diagonal on its main diagonal
+    causal: bool = False  # square block with the causal diagonal on its main diagonal
+    window: tuple[int, int] = NO_WINDOW  # the local kernel's (left, right) window within the block
 
 
-def blocks_from_positions(q_pos: list[int], k_pos: list[int], causal: bool) -> tuple[Block, ...]:
-    nq, nk = len(q_pos), len(k_pos)
-    if not causal:
-        return (Block(0, nq, 0, nk, False),)
-    c = [bisect.bisect_right(k_pos, p) for p in q_pos]  # visible-prefix length per row
-    out, i = [], 0
-    while i < nq:
-        if c[i] == 0:
-            i += 1
+def visible_ranges(q_pos, k_pos, causal: bool, window=NO_WINDOW, doc_bounds=None):
+    """[lo_i, hi_i) of the keys (indices into k_pos) each query row sees. doc_bounds: sorted document
+    start positions plus the end (cu_seqlens); a row sees only its own document."""
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    ranges = []
+    for p in q_pos:
+        lo_p = p - left if left >= 0 else float("-inf")
+        hi_p = p + right if right >= 0 else float("inf")
+        if doc_bounds is not None:
+            d = bisect.bisect_right(doc_bounds, p) - 1
+            lo_p, hi_p = max(lo_p, doc_bounds[d]), min(hi_p, doc_bounds[d + 1] - 1)
+        ranges.append((bisect.bisect_left(k_pos, lo_p), bisect.bisect_right(k_pos, hi_p)))
+    return ranges
+
+
+def blocks_from_ranges(ranges, windows: bool) -> tuple[Block, ...]:
+    """Blocks covering the ranges; a moving lower end (a window block) only if `windows` (the backend
+    then has to support windows), else such rows split into runs of one."""
+    out, n, a = [], len(ranges), 0
+    while a < n:
+        lo, hi = ranges[a]
+        if lo >= hi:
+            a += 1
             continue
-        j = i
-        if i + 1 < nq and c[i + 1] == c[i] + 1:  # staircase
-            while j + 1 < nq and c[j + 1] == c[j] + 1:
-                j += 1
-            diag0 = c[i] - 1  # row i's own diagonal key
-            if diag0 > 0:
-                out.append(Block(i, j + 1, 0, diag0, False))
-            out.append(Block(i, j + 1, diag0, c[j], True))
-        else:  # constant prefix
-            while j + 1 < nq and c[j + 1] == c[i]:
-                j += 1
-            out.append(Block(i, j + 1, 0, c[i], False))
-        i = j + 1
+        b, slope = a + 1, None
+        while b < n:
+            (plo, phi), (nlo, nhi) = ranges[b - 1], ranges[b]
+            step = (nlo - plo, nhi - phi)
+            if (nlo >= nhi or step[0] not in ((0, 1) if windows else (0,)) or step[1] not in (0, 1)
+                    or (slope and step != slope)):
+                break
+            slope, b = step, b + 1
+        out.extend(_emit(a, b, lo, hi, ranges[b - 1][1], slope or (0, 0)))
+        a = b
     return tuple(out)
 
 
-@lru_cache(maxsize=1024)
-def ring_blocks(seqlen_local: int, world: int, rank: int, src: int, layout: str, causal: bool) -> tuple[Block, ...]:
+def _emit(a, b, lo, hi_first, hi_last, slope):
+    rows = b - a
+    if slope == (0, 0):
+        return [Block(a, b, lo, hi_first)]
+    if slope == (0, 1):  # causal staircase: rectangle left of the diagonal + square causal block
+        diag = hi_first - 1
+        return ([Block(a, b, lo, diag)] if diag > lo else []) + [Block(a, b, diag, hi_last, causal=True)]
+    offset = (hi_last - lo) - rows  # bottom-right alignment of the block: row i sits at key i + offset
+    return [Block(a, b, lo, hi_last, window=(offset, 0 if slope[1] == 1 else -1))]
+
+
+def blocks_from_positions(q_pos, k_pos, causal: bool, window=NO_WINDOW, doc_bounds=None) -> tuple[Block, ...]:
+    return blocks_from_ranges(visible_ranges(q_pos, k_pos, causal, window, doc_bounds), window != NO_WINDOW)
+
+
+@lru_cache(maxsize=4096)
+def ring_blocks(seqlen_local: int, world: int, rank: int, src: int, layout: str, causal: bool,
+                window=NO_WINDOW, doc_bounds=None) -> tuple[Block, ...]:
     """Blocks rank `rank` computes when holding the K/V shard of rank `src`."""
     seqlen = seqlen_local * world
     q_pos = global_positions(seqlen, world, rank, layout).tolist()
     k_pos = global_positions(seqlen, world, src, layout).tolist()
-    return blocks_from_positions(q_pos, k_pos, causal)
+    if not causal and window == NO_WINDOW and doc_bounds is None:
+        return (Block(0, seqlen_local, 0, seqlen_local),)
+    return blocks_from_positions(q_pos, k_pos, causal, window, doc_bounds)
+
+
+@lru_cache(maxsize=1024)
+def last_step(seqlen_local: int, world: int, layout: str, causal: bool, window=NO_WINDOW, doc_bounds=None) -> int:
+    """The last ring step at which any rank has work: K/V need not travel further (same on every rank)."""
+    busy = [step for step in range(world) for r in range(world)
+            if ring_blocks(seqlen_local, world, r, (r - step) % world, layout, causal, window, doc_bounds)]
+    return max(busy, default=0)

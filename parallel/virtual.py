@@ -26,7 +26,7 @@ class VirtualRing:
         self._kv = kv_shards
         self._dkv = None
 
-    def exchange(self, tag: int) -> _VirtualExchange:
+    def exchange(self, tag: int, shift: int = 1) -> _VirtualExchange:
         if tag in (0, 1):  # K/V: the n-th receive brings rank (rank - n)'s shard
             return _VirtualExchange(lambda n, _: self._kv[(self.rank - n) % self.world])
         return _VirtualExchange(self._partial_dkv)  # dK/dV partials: a float32 buffer of the right shape

@@ -10,24 +10,25 @@ from ringfa3.ops.masks import tile_mask
 
 
 def attention64(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None,
-                window=(-1, -1)) -> tuple[Tensor, Tensor]:
+                window=(-1, -1), mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """out (b, s_q, h, d), lse (b, h, s_q) in float64, by materializing the masked score matrix.
-    Differentiable when the float64 inputs require grad."""
+    `mask` (s_q, s_k) bool, if given, is applied on top. Differentiable when the inputs require grad."""
     b, sq, h, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
     scale = d ** -0.5 if scale is None else scale
     kk, vv = k.repeat_interleave(h // hk, 2), v.repeat_interleave(h // hk, 2)
     s = torch.einsum("bihd,bjhd->bhij", q, kk) * scale
-    s = s.masked_fill(~tile_mask(0, sq, 0, sk, sq, sk, causal, window, q.device), -math.inf)
+    keep = tile_mask(0, sq, 0, sk, sq, sk, causal, window, q.device)
+    s = s.masked_fill(~(keep if mask is None else keep & mask), -math.inf)
     lse = torch.logsumexp(s, -1)
     p = torch.softmax(s, -1).nan_to_num(0.0)  # rows that see nothing: 0
     return torch.einsum("bhij,bjhd->bihd", p, vv), lse
 
 
-def reference64(q, k, v, dout, causal=False, scale=None, window=(-1, -1)) -> dict:
+def reference64(q, k, v, dout, causal=False, scale=None, window=(-1, -1), mask=None) -> dict:
     """Float64 out, lse, dq, dk, dv of the full problem (inputs upcast from whatever dtype)."""
     q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
-    out, lse = attention64(q, k, v, causal, scale, window)
+    out, lse = attention64(q, k, v, causal, scale, window, mask)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout.double())
     return dict(out=out.detach(), lse=lse.detach(), dq=dq, dk=dk, dv=dv)
 

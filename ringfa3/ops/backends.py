@@ -8,7 +8,8 @@ A backend is an object with
 out_fp32 / grads_fp32 ask for results not rounded to the input dtype; a backend whose kernel rounds
 anyway may return its rounded tensors (the ring accumulates them in float32 either way).
 and optionally forward_merge(q, k, v, causal, scale, window, out_acc, lse_acc), which merges its
-block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present).
+block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present), and
+`deterministic = True` when its results are bitwise repeatable (no atomics in reductions).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ log = logging.getLogger("ringfa3")
 
 class ReferenceBackend:
     name = "reference"
+    deterministic = True
 
     def unsupported(self, q, k, v, causal, window):
         return None
@@ -51,7 +53,13 @@ AUTO_ORDER = ("sm90", "cudnn", "flash", "reference")  # fastest first (cuDNN bea
 _auto_logged: set = set()
 
 
-def resolve(backend: str, q, k, v, causal: bool, window):
+def _why_not(impl, q, k, v, causal, window, deterministic):
+    if deterministic and not getattr(impl, "deterministic", False):
+        return "it is not deterministic (deterministic=True asks for bitwise repeatable results)"
+    return impl.unsupported(q, k, v, causal, window)
+
+
+def resolve(backend: str, q, k, v, causal: bool, window, deterministic: bool = False):
     """The backend object that serves these inputs; ValueError naming `backend` if none can."""
     if not isinstance(backend, str) or backend not in NAMES:
         raise ValueError(f"backend={backend!r} is not known; use one of {', '.join(map(repr, NAMES))}")
@@ -61,13 +69,14 @@ def resolve(backend: str, q, k, v, causal: bool, window):
                 f"backend={backend!r} is not available here: its library is not built or this GPU is not "
                 f"Hopper (build with `python scripts/build_csrc.py`), or use backend='auto'"
             )
-        reason = BACKENDS[backend].unsupported(q, k, v, causal, window)
+        reason = _why_not(BACKENDS[backend], q, k, v, causal, window, deterministic)
         if reason:
             raise ValueError(f"backend={backend!r} cannot serve these inputs: {reason}")
         return BACKENDS[backend]
     for name in AUTO_ORDER:
-        if name in BACKENDS and BACKENDS[name].unsupported(q, k, v, causal, window) is None:
-            key = (q.device.type, q.dtype, q.shape[-1], causal, tuple(window), q.shape[1] == k.shape[1], name)
+        if name in BACKENDS and _why_not(BACKENDS[name], q, k, v, causal, window, deterministic) is None:
+            key = (q.device.type, q.dtype, q.shape[-1], causal, tuple(window), q.shape[1] == k.shape[1],
+                   deterministic, name)
             if key not in _auto_logged and not torch.compiler.is_compiling():
                 _auto_logged.add(key)
                 log.info("ringfa3: backend='auto' chose %r for %s %s headdim %d causal=%s window=%s",

@@ -1,0 +1,197 @@
+"""Ulysses (DeepSpeed-Ulysses) context parallelism: trade the sequence split for a head split.
+
+Each rank holds its tokens of every head (the same sharding contract as the ring: `shard(x, layout=...)`).
+One all-to-all turns that into every token of h / world heads; local attention then runs on the whole
+sequence in global order (so the causal mask is the ordinary one), and a second all-to-all turns the
+output back into this rank's tokens of every head. The backward is the same two all-to-alls transposed,
+through autograd.
+
+GQA: rank r needs only the K/V heads its query heads use. With h_kv >= world (h_kv % world == 0) each
+rank gets h_kv / world of them; with fewer K/V heads than ranks each rank gets the one it needs, so a
+K/V head is replicated to h / h_kv / (h / world) ranks and no more. Autograd sums the gradients of the
+replicas back into the source head. For head counts where the ranges do not line up the shorter
+messages are zero-padded (gloo's all-to-all needs equal sizes) and the padding is dropped on arrival.
+
+The same two steps serve the hybrid (hybrid.py): there the group is the Ulysses group and the gathered
+tokens are one ring shard instead of the whole sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from ringfa3.ops import attention, resolve_backend
+from ringfa3.ops.checks import check_qkv, resolve_scale
+
+from .comm import world_and_rank
+from .layout import check_layout, check_seqlen, global_positions
+
+NO_WINDOW = (-1, -1)
+
+
+def _a2a(x: Tensor, group) -> Tensor:
+    """x (w, ...): slice j goes to rank j; returns y (w, ...) whose slice j came from rank j."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    dist.all_to_all_single(y, x, group=group)
+    return y
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _a2a(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _a2a(grad, ctx.group), None  # an all-to-all's transpose is the same all-to-all
+
+
+def all_to_all(x: Tensor, group) -> Tensor:
+    """Differentiable all-to-all over dim 0 of x (w, ...); the identity on a group of one."""
+    world, _ = world_and_rank(group)
+    return x if world == 1 else _AllToAll.apply(x, group)
+
+
+@dataclass(frozen=True)
+class HeadSplit:
+    """Which query and K/V heads each rank of a Ulysses group of `world` ranks owns."""
+    heads: int
+    kv_heads: int
+    world: int
+
+    @property
+    def q_per_rank(self) -> int:
+        return self.heads // self.world
+
+    def kv_range(self, r: int) -> tuple[int, int]:
+        """[lo, hi) of the K/V heads used by rank r's query heads (contiguous GQA grouping)."""
+        hp, g = self.q_per_rank, self.heads // self.kv_heads
+        return r * hp // g, ((r + 1) * hp - 1) // g + 1
+
+    @property
+    def kv_msg(self) -> int:
+        """K/V heads per message: the most any rank needs."""
+        return max(hi - lo for lo, hi in map(self.kv_range, range(self.world)))
+
+    @property
+    def replicated(self) -> bool:
+        """Whether some K/V head goes to more than one rank."""
+        return sum(hi - lo for lo, hi in map(self.kv_range, range(self.world))) > self.kv_heads
+
+    def local_kv_index(self, r: int) -> list[int] | None:
+        """For rank r's local K/V, the K/V head of each local query head when that is not plain GQA
+        (then K/V are expanded to one head per query head); None when the local op's GQA grouping fits."""
+        lo, hi = self.kv_range(r)
+        hp, g, n = self.q_per_rank, self.heads // self.kv_heads, hi - lo
+        idx = [(r * hp + i) // g - lo for i in range(hp)]
+        if hp % n == 0 and idx == [i // (hp // n) for i in range(hp)]:
+            return None
+        return idx
+
+
+def check_heads(heads: int, kv_heads: int, world: int, what: str = "Ulysses") -> None:
+    if heads % world != 0:
+        raise ValueError(
+            f"{what} splits heads over {world} ranks, but nheads of q ({heads}) is not a multiple of {world}; "
+            f"use a head count divisible by the group size, or the ring (strategy='ring') / hybrid")
+
+
+@lru_cache(maxsize=256)
+def _orders(seqlen: int, parent_world: int, members: tuple[int, ...], layout: str) -> tuple[Tensor, Tensor]:
+    """perm, inv for the tokens gathered from `members` (parent ranks, in group order): gathered[perm]
+    is in increasing global order, sorted[inv] is back in gathered order."""
+    pos = torch.cat([global_positions(seqlen, parent_world, m, layout) for m in members])
+    perm = torch.argsort(pos)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    return perm, inv
+
+
+class UlyssesSwap:
+    """The two all-to-alls of one Ulysses group, for inputs in `layout` over a parent world.
+
+    members: the parent ranks of this group's ranks, in group order (all ranks for plain Ulysses,
+    ring_rank * U + u for the hybrid). After `to_heads` this rank holds every token of the members,
+    in increasing global order, for its own heads.
+    """
+
+    def __init__(self, group, split: HeadSplit, seqlen: int, parent_world: int, members: tuple[int, ...],
+                 layout: str, device):
+        self.group, self.split = group, split
+        self.world, self.rank = world_and_rank(group)
+        perm, inv = _orders(seqlen, parent_world, members, layout)
+        self.perm, self.inv = perm.to(device), inv.to(device)
+
+    def to_heads(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (b, s_l, h, d), k/v (b, s_l, h_kv, d) -> q (b, w s_l, h/w, d), k/v (b, w s_l, n_kv, d)."""
+        sp, hp, n = self.split, self.split.q_per_rank, self.split.kv_msg
+        dtype, idx = q.dtype, sp.local_kv_index(self.rank)
+        if sp.replicated or idx is not None:  # a K/V head's gradient has several parts: sum them in float32
+            k, v = k.float(), v.float()
+        pieces = []
+        for r in range(self.world):  # one message per destination: its q heads, then its k and v heads
+            lo, hi = sp.kv_range(r)
+            pad = (0, 0, 0, n - (hi - lo))
+            pieces.append(torch.cat([q[:, :, r * hp:(r + 1) * hp], F.pad(k[:, :, lo:hi], pad).to(dtype),
+                                     F.pad(v[:, :, lo:hi], pad).to(dtype)], dim=2))
+        y = all_to_all(torch.stack(pieces), self.group)  # (w, b, s_l, hp + 2n, d): y[j] from rank j
+        y = rearrange(y, "w b s h d -> b (w s) h d").index_select(1, self.perm)  # global order
+        lo, hi = sp.kv_range(self.rank)
+        q, k, v = y[:, :, :hp], y[:, :, hp:hp + hi - lo], y[:, :, hp + n:hp + n + hi - lo]
+        if idx is not None:  # unaligned GQA: one K/V head per local query head
+            idx = torch.tensor(idx, device=k.device)
+            k, v = (x.float().index_select(2, idx).to(dtype) for x in (k, v))
+        return q, k, v
+
+    def to_seq(self, out: Tensor) -> Tensor:
+        """out (b, w s_l, h/w, d) in global order -> (b, s_l, h, d) this rank's tokens, every head."""
+        y = rearrange(out.index_select(1, self.inv), "b (w s) h d -> w b s h d", w=self.world)
+        return rearrange(all_to_all(y, self.group), "w b s h d -> b s (w h) d")
+
+    def lse_to_seq(self, lse: Tensor) -> Tensor:
+        """lse (b, h/w, w s_l) in global order -> (b, h, s_l); not differentiable."""
+        y = rearrange(lse.index_select(2, self.inv), "b h (w s) -> w b h s", w=self.world)
+        with torch.no_grad():
+            y = all_to_all(y, self.group)
+        return rearrange(y, "w b h s -> b (w h) s")
+
+
+def check_common(q: Tensor, k: Tensor, v: Tensor, causal, layout: str, backend: str) -> None:
+    """Local checks shared by Ulysses and the hybrid (every rank raises the same, before communicating)."""
+    check_qkv(q, k, v)
+    check_layout(layout)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if k.shape[1] != q.shape[1]:
+        raise ValueError(f"context parallelism needs local q and k/v of the same length, got {q.shape[1]} and {k.shape[1]}")
+    resolve_backend(backend, q, k, v, causal, NO_WINDOW)  # a bad backend fails here, not after an all-to-all
+
+
+def ulysses_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, softmax_scale: float | None = None,
+                      group=None, layout: str = "zigzag", return_lse: bool = False, backend: str = "auto"):
+    """Attention of this rank's queries against the whole sequence spread over `group`, by head split.
+
+    Same contract as `ring_flash_attn_func`: q (b, s_local, h, d), k/v (b, s_local, h_kv, d) are this
+    rank's tokens in `layout`; returns out (b, s_local, h, d) and with return_lse the global lse
+    (b, h, s_local) float32. h must be a multiple of the group size.
+    """
+    check_common(q, k, v, causal, layout, backend)
+    world, rank = world_and_rank(group)
+    check_heads(q.shape[2], k.shape[2], world)
+    seqlen = q.shape[1] * world
+    check_seqlen(seqlen, world, layout, name=f"global seqlen (q.shape[1]={q.shape[1]} x world {world})")
+    scale = resolve_scale(softmax_scale, q.shape[-1])
+    swap = UlyssesSwap(group, HeadSplit(q.shape[2], k.shape[2], world), seqlen, world, tuple(range(world)),
+                       layout, q.device)
+    qh, kh, vh = swap.to_heads(q, k, v)  # (b, s, h/w, d), (b, s, n_kv, d)
+    out, lse = attention(qh, kh, vh, causal=causal, softmax_scale=scale, backend=backend)
+    out = swap.to_seq(out)
+    return (out, swap.lse_to_seq(lse)) if return_lse else out
