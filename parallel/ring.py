@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ringfa3.ops import resolve_backend
+from ringfa3.ops.backends import resolve_backward
 from ringfa3.ops.checks import check_qkv, check_window, resolve_scale
 
 from .comm import Ring
@@ -62,6 +63,7 @@ class _RingAttention(torch.autograd.Function):
         scale, ring, impl, (layout, causal, window, docs) = ctx.cfg
         world, rank, s = ring.world, ring.rank, q.shape[1]
         last = last_step(s, world, layout, causal, window, docs)
+        impl = resolve_backward(impl, q, k, v, causal, window)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         kv = torch.stack([k, v])
         kv_comm = ring.exchange(1) if last > 0 else None

@@ -3,8 +3,10 @@
 A packed batch is one token stream with document boundaries cu_seqlens (0, end of doc 0, ..., total).
 The stream is padded at its end to what the layout can split (the padding is one more document, so it
 attends only to itself) and split with the ordinary layouts: no document length has to divide
-anything, and zigzag balances the causal work of long documents. Attention stays inside each
-document; the ring's plan skips every (rank, step) pair that shares no document.
+anything. Attention stays inside each document; the ring's plan skips every (rank, step) pair that
+shares no document. The default layout is stripe: it gives every rank the same causal work whatever
+the document lengths (scripts/varlen_balance.py: max/mean rank work 1.000 on pretraining-like length
+distributions, where a zigzag split of the packed stream measured 2.2 and a contiguous one 3-4).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def padded_bounds(cu_seqlens, world: int, layout: str) -> tuple[int, ...]:
     return b + (padded,) if padded > b[-1] else b
 
 
-def shard_varlen(x: Tensor, cu_seqlens, dim: int = 0, group=None, layout: str = "zigzag") -> Tensor:
+def shard_varlen(x: Tensor, cu_seqlens, dim: int = 0, group=None, layout: str = "stripe") -> Tensor:
     """This rank's part of the packed tensor `x` (dim = the token dimension), tail-padded with zeros."""
     world, _ = world_and_rank(group)
     total, padded, dim = _bounds(cu_seqlens)[-1], padded_bounds(cu_seqlens, world, layout)[-1], dim % x.dim()
@@ -54,14 +56,14 @@ def shard_varlen(x: Tensor, cu_seqlens, dim: int = 0, group=None, layout: str = 
     return shard(x, dim, group, layout)
 
 
-def unshard_varlen(x_local: Tensor, cu_seqlens, dim: int = 0, group=None, layout: str = "zigzag") -> Tensor:
+def unshard_varlen(x_local: Tensor, cu_seqlens, dim: int = 0, group=None, layout: str = "stripe") -> Tensor:
     """The packed tensor (padding dropped) from every rank's part."""
     total = _bounds(cu_seqlens)[-1]
     return unshard(x_local, dim, group, layout).narrow(dim % x_local.dim(), 0, total)
 
 
 def ring_flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens, causal: bool = True,
-                                softmax_scale: float | None = None, group=None, layout: str = "zigzag",
+                                softmax_scale: float | None = None, group=None, layout: str = "stripe",
                                 window: tuple[int, int] = NO_WINDOW, return_lse: bool = False,
                                 backend: str = "auto", deterministic: bool = False):
     """Ring attention over a packed batch. q (s_local, h, d), k/v (s_local, h_kv, d): this rank's part of

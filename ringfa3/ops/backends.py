@@ -10,6 +10,9 @@ anyway may return its rounded tensors (the ring accumulates them in float32 eith
 and optionally forward_merge(q, k, v, causal, scale, window, out_acc, lse_acc), which merges its
 block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present), and
 `deterministic = True` when its results are bitwise repeatable (no atomics in reductions).
+A forward-only backend sets `has_backward = False`; its gradients then come from the fastest backend
+that has a backward for the same inputs (every backward takes the global out and lse, so any kernel's
+forward pairs with any kernel's backward).
 """
 from __future__ import annotations
 
@@ -82,4 +85,16 @@ def resolve(backend: str, q, k, v, causal: bool, window, deterministic: bool = F
                 log.info("ringfa3: backend='auto' chose %r for %s %s headdim %d causal=%s window=%s",
                          name, q.device.type, q.dtype, q.shape[-1], causal, tuple(window))
             return BACKENDS[name]
+    raise AssertionError("the reference backend serves every input")
+
+
+def resolve_backward(impl, q, k, v, causal: bool, window, deterministic: bool = False):
+    """`impl` if it has a backward, else the first `auto` backend with one that serves these inputs."""
+    if getattr(impl, "has_backward", True):
+        return impl
+    for name in AUTO_ORDER:
+        cand = BACKENDS.get(name)
+        if cand is not None and getattr(cand, "has_backward", True) and \
+                _why_not(cand, q, k, v, causal, window, deterministic) is None:
+            return cand
     raise AssertionError("the reference backend serves every input")

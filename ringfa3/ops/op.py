@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backends import BACKENDS, resolve
+from .backends import BACKENDS, resolve, resolve_backward
 from .checks import check_qkv, check_window, resolve_scale
 
 
@@ -50,6 +50,7 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse = ctx.saved_tensors
     causal, scale, wl, wr, backend = ctx.args
+    backend = resolve_backward(BACKENDS[backend], q, k, v, causal, (wl, wr)).name
     dq, dk, dv = _attn_bwd(dout, q, k, v, out, lse, causal, scale, wl, wr, backend, False)
     return dq, dk, dv, None, None, None, None, None, None
 
@@ -85,5 +86,5 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     if lse.shape != (q.shape[0], q.shape[2], q.shape[1]):
         raise ValueError(f"lse must be (batch, nheads, seqlen_q) = {(q.shape[0], q.shape[2], q.shape[1])}, got {tuple(lse.shape)}")
     scale = resolve_scale(softmax_scale, q.shape[-1])
-    impl = resolve(backend, q, k, v, causal, window)
+    impl = resolve_backward(resolve(backend, q, k, v, causal, window), q, k, v, causal, window)
     return _attn_bwd(dout, q, k, v, out, lse, causal, scale, window[0], window[1], impl.name, False)
