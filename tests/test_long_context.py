@@ -1,0 +1,57 @@
+"""Chunked LM head + loss and tiled MLP give the same loss and gradients as the plain path."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ringfa3.nn.chunked_loss import chunked_linear_cross_entropy
+from ringfa3.nn.tiled import tiled_forward
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 1000])  # not a multiple of the length, a multiple, bigger
+def test_chunked_cross_entropy_is_exact(chunk):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 37, 24, requires_grad=True)
+    weight = torch.randn(50, 24, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 37))
+    labels[0, :5] = -100
+    want = F.cross_entropy(hidden.reshape(-1, 24) @ weight.t(), labels.reshape(-1), reduction="sum")
+    gw = torch.autograd.grad(want * 0.5, (hidden, weight))
+    got = chunked_linear_cross_entropy(hidden, weight, labels, chunk)
+    gg = torch.autograd.grad(got * 0.5, (hidden, weight))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d, f):
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False), nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+@pytest.mark.parametrize("tile", [5, 16, 64])
+def test_tiled_mlp_is_exact(tile):
+    torch.manual_seed(0)
+    mlp = SwiGLU(16, 48)
+    x = torch.randn(2, 37, 16, requires_grad=True)
+    dy = torch.randn(2, 37, 16)
+    want = mlp(x)
+    gw = torch.autograd.grad(want, [x, *mlp.parameters()], dy)
+    got = tiled_forward(mlp, x, tile)
+    gg = torch.autograd.grad(got, [x, *mlp.parameters()], dy)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_chunk_sizes():
+    with pytest.raises(ValueError, match="chunk_tokens=0"):
+        chunked_linear_cross_entropy(torch.randn(2, 4), torch.randn(5, 4), torch.zeros(2, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="tile_tokens=0"):
+        tiled_forward(nn.Linear(4, 4), torch.randn(1, 3, 4), 0)
