@@ -55,3 +55,38 @@ def test_bad_chunk_sizes():
         chunked_linear_cross_entropy(torch.randn(2, 4), torch.randn(5, 4), torch.zeros(2, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="tile_tokens=0"):
         tiled_forward(nn.Linear(4, 4), torch.randn(1, 3, 4), 0)
+
+
+@pytest.mark.cuda
+def test_activation_offload_keeps_results_and_frees_gpu_memory():
+    from torch.utils.checkpoint import checkpoint
+
+    from ringfa3.train.offload import OffloadActivations
+
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([SwiGLU(1024, 4096) for _ in range(6)]).cuda()
+    x = torch.randn(4, 4096, 1024, device="cuda", requires_grad=True)
+
+    def run(offload):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        ctx = OffloadActivations() if offload else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+        with ctx:
+            h = x
+            for blk in blocks:
+                h = h + checkpoint(blk, h, use_reentrant=True)
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated() - base  # what the graph keeps for the backward
+        h.square().mean().backward()
+        grads = [x.grad.clone()] + [p.grad.clone() for p in blocks.parameters()]
+        x.grad = None
+        blocks.zero_grad(set_to_none=True)
+        return h.detach(), grads, held
+
+    out0, g0, held0 = run(False)
+    out1, g1, held1 = run(True)
+    assert torch.equal(out0, out1)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert held1 < held0 / 2, (held0, held1)
