@@ -11,7 +11,10 @@ shard of `layout` over the R ring ranks (zigzag over U R ranks = zigzag over R r
 longer), and inside the group each rank holds the pieces `layout` gives it: contiguous sub-chunks for
 "contiguous", a sub-chunk of each of the two zigzag chunks for "zigzag". "stripe" does not have this
 property and is refused. `hybrid_positions` / `hybrid_shard` / `hybrid_unshard` give the same split
-from the two groups alone.
+from the two groups alone. Example, 16 tokens, zigzag, U = R = 2:
+    rank (ring 0, ulysses 0) = parent 0: [0 1 14 15]    rank (ring 0, ulysses 1) = parent 1: [2 3 12 13]
+    rank (ring 1, ulysses 0) = parent 2: [4 5 10 11]    rank (ring 1, ulysses 1) = parent 3: [6 7  8  9]
+    Ulysses group 0 gathers [0..3, 12..15] = zigzag shard 0 of 2, group 1 gathers [4..11] = shard 1.
 
 Forward: all-to-all in the Ulysses group -> this rank holds its ring shard, every token, h / U heads;
 ring attention over the ring group; all-to-all back. Backward through autograd (the ring's own backward
@@ -26,7 +29,7 @@ from torch import Tensor
 from ringfa3.ops.checks import resolve_scale
 
 from .comm import world_and_rank
-from .layout import check_layout, check_seqlen, global_positions, shard, unshard
+from .layout import check_layout, check_seqlen, global_positions, unshard
 from .ring import ring_flash_attn_func
 from .ulysses import HeadSplit, UlyssesSwap, check_common, check_heads
 
@@ -119,16 +122,20 @@ def hybrid_unshard(x_local: Tensor, dim: int = 1, ulysses_group=None, ring_group
 
 def hybrid_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, softmax_scale: float | None = None,
                      ulysses_group=None, ring_group=None, layout: str = "zigzag", return_lse: bool = False,
-                     backend: str = "auto"):
+                     backend: str = "auto", window: tuple[int, int] = (-1, -1), deterministic: bool = False):
     """Attention of this rank's queries against the whole sequence over a U x R grid of ranks.
 
     q (b, s_local, h, d), k/v (b, s_local, h_kv, d): this rank's tokens (see the module docstring; the
     same as `shard` over the parent group with rank ring_rank * U + ulysses_rank). h must be a multiple
     of U. Returns out (b, s_local, h, d) and with return_lse the global lse (b, h, s_local) float32.
+    `window` and `deterministic` go to the ring (see `ring_flash_attn_func`).
     """
-    check_common(q, k, v, causal, layout, backend)
+    window, _ = check_common(q, k, v, causal, layout, backend, window, deterministic)
     check_hybrid_layout(layout)
     u_deg, u, r_deg, i = _grid(ulysses_group, ring_group)
+    if u_deg > 1 and r_deg > 1 and (ulysses_group is ring_group or dist.get_world_size() % (u_deg * r_deg)):
+        raise ValueError(f"ulysses_group ({u_deg} ranks) and ring_group ({r_deg} ranks) are not the two axes of one "
+                         f"2-D split; build them with hybrid_groups(ulysses_degree, group)")
     check_heads(q.shape[2], k.shape[2], u_deg, what="the hybrid's Ulysses group")
     world = u_deg * r_deg
     seqlen = q.shape[1] * world
@@ -138,7 +145,8 @@ def hybrid_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, softm
     swap = UlyssesSwap(ulysses_group, HeadSplit(q.shape[2], k.shape[2], u_deg), seqlen, world, members, layout,
                        q.device)
     qh, kh, vh = swap.to_heads(q, k, v)  # (b, s / R, h / U, d): ring shard i in its local (increasing) order
-    out, lse = ring_flash_attn_func(qh, kh, vh, causal=causal, softmax_scale=scale, group=ring_group,
-                                    layout=layout, return_lse=True, backend=backend)
+    out, lse = swap.attend(lambda q_, k_, v_: ring_flash_attn_func(
+        q_, k_, v_, causal=causal, softmax_scale=scale, group=ring_group, layout=layout, return_lse=True,
+        backend=backend, window=window, deterministic=deterministic), qh, kh, vh)
     out = swap.to_seq(out)
     return (out, swap.lse_to_seq(lse)) if return_lse else out

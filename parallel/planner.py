@@ -13,6 +13,8 @@ but independent of the world size, and needs h % world == 0. So:
   * otherwise ring.
 All strategies take the same input sharding (`shard(x, group=group, layout=layout)`), so the choice never
 changes what the caller feeds. An explicit strategy that cannot serve the inputs raises ValueError.
+`window` and `deterministic` pass through to every strategy; the cost model ignores windows (a window
+much shorter than a shard lets the ring stop early, which would favor it further).
 """
 from __future__ import annotations
 
@@ -130,10 +132,12 @@ def _hybrid_groups_cached(group, ulysses_degree: int):
 
 def context_parallel_attn(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, softmax_scale: float | None = None,
                           group=None, layout: str = "zigzag", return_lse: bool = False, backend: str = "auto",
-                          strategy: str = "auto", ulysses_degree: int | None = None):
+                          window: tuple[int, int] = (-1, -1), deterministic: bool = False, strategy: str = "auto",
+                          ulysses_degree: int | None = None):
     """Context-parallel attention by `strategy` ("auto" plans it; see the module docstring).
 
-    Same contract as `ring_flash_attn_func`: this rank's tokens of `shard(x, group=group, layout=layout)`.
+    Same contract and arguments as `ring_flash_attn_func`: this rank's tokens of
+    `shard(x, group=group, layout=layout)`; every strategy gives the same math.
     """
     world, _ = world_and_rank(group)
     plan = plan_strategy(world, q.shape[2], k.shape[2], q.shape[1] * world, causal, layout, strategy,
@@ -144,7 +148,8 @@ def context_parallel_attn(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, 
         log.info("ringfa3: context parallel %s (ulysses %d x ring %d) for %d ranks, %d/%d heads, %d tokens: %s",
                  plan.strategy, plan.ulysses_degree, plan.ring_degree, world, q.shape[2], k.shape[2],
                  q.shape[1] * world, plan.reason)
-    kw = dict(causal=causal, softmax_scale=softmax_scale, layout=layout, return_lse=return_lse, backend=backend)
+    kw = dict(causal=causal, softmax_scale=softmax_scale, layout=layout, return_lse=return_lse, backend=backend,
+              window=window, deterministic=deterministic)
     if plan.strategy == "ring":
         return ring_flash_attn_func(q, k, v, group=group, **kw)
     if plan.strategy == "ulysses":

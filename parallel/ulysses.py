@@ -8,9 +8,11 @@ through autograd.
 
 GQA: rank r needs only the K/V heads its query heads use. With h_kv >= world (h_kv % world == 0) each
 rank gets h_kv / world of them; with fewer K/V heads than ranks each rank gets the one it needs, so a
-K/V head is replicated to h / h_kv / (h / world) ranks and no more. Autograd sums the gradients of the
-replicas back into the source head. For head counts where the ranges do not line up the shorter
-messages are zero-padded (gloo's all-to-all needs equal sizes) and the padding is dropped on arrival.
+K/V head is replicated to world / h_kv ranks and no more. Autograd sums the replicas' gradients back
+into the source head in float32 (each part is rounded once, by the local op, to the input dtype: in
+bf16 dK/dV then carry about 1.4x the single-device rounding error, against 1x without replication). For head counts where the ranges do not line up (3 K/V heads on
+4 ranks) the shorter messages are zero-padded (gloo's all-to-all needs equal sizes, the padding is
+dropped on arrival) and the local attention runs once per K/V head, each call plain GQA.
 
 The same two steps serve the hybrid (hybrid.py): there the group is the Ulysses group and the gathered
 tokens are one ring shard instead of the whole sequence.
@@ -27,7 +29,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ringfa3.ops import attention, resolve_backend
-from ringfa3.ops.checks import check_qkv, resolve_scale
+from ringfa3.ops.checks import check_qkv, check_window, resolve_scale
 
 from .comm import world_and_rank
 from .layout import check_layout, check_seqlen, global_positions
@@ -86,15 +88,16 @@ class HeadSplit:
         """Whether some K/V head goes to more than one rank."""
         return sum(hi - lo for lo, hi in map(self.kv_range, range(self.world))) > self.kv_heads
 
-    def local_kv_index(self, r: int) -> list[int] | None:
-        """For rank r's local K/V, the K/V head of each local query head when that is not plain GQA
-        (then K/V are expanded to one head per query head); None when the local op's GQA grouping fits."""
+    def local_runs(self, r: int) -> list[tuple[int, int, int, int]]:
+        """Rank r's local attention calls: (q0, q1, k0, k1) slices of its local query and K/V heads, each
+        plain GQA. One call when the GQA grouping lines up with the split; otherwise one per K/V head, so
+        that each call sums its query heads' dK/dV in float32 inside the op, rounding once per call."""
         lo, hi = self.kv_range(r)
         hp, g, n = self.q_per_rank, self.heads // self.kv_heads, hi - lo
-        idx = [(r * hp + i) // g - lo for i in range(hp)]
-        if hp % n == 0 and idx == [i // (hp // n) for i in range(hp)]:
-            return None
-        return idx
+        kv_of = [(r * hp + i) // g - lo for i in range(hp)]  # local K/V head of each local query head
+        if hp % n == 0 and kv_of == [i // (hp // n) for i in range(hp)]:
+            return [(0, hp, 0, n)]
+        return [(kv_of.index(j), hp - kv_of[::-1].index(j), j, j + 1) for j in range(n)]
 
 
 def check_heads(heads: int, kv_heads: int, world: int, what: str = "Ulysses") -> None:
@@ -105,14 +108,22 @@ def check_heads(heads: int, kv_heads: int, world: int, what: str = "Ulysses") ->
 
 
 @lru_cache(maxsize=256)
-def _orders(seqlen: int, parent_world: int, members: tuple[int, ...], layout: str) -> tuple[Tensor, Tensor]:
+def _orders(seqlen: int, parent_world: int, members: tuple[int, ...], layout: str,
+            device) -> tuple[Tensor, Tensor] | None:
     """perm, inv for the tokens gathered from `members` (parent ranks, in group order): gathered[perm]
-    is in increasing global order, sorted[inv] is back in gathered order."""
+    is in increasing global order, sorted[inv] is back in gathered order. None when already in order
+    (contiguous). Cached per device: no host-to-device copy per call."""
     pos = torch.cat([global_positions(seqlen, parent_world, m, layout) for m in members])
     perm = torch.argsort(pos)
+    if torch.equal(perm, torch.arange(perm.numel())):
+        return None
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(perm.numel())
-    return perm, inv
+    return perm.to(device), inv.to(device)
+
+
+def _reorder(x: Tensor, dim: int, index: Tensor | None) -> Tensor:
+    return x if index is None else x.index_select(dim, index)
 
 
 class UlyssesSwap:
@@ -127,14 +138,14 @@ class UlyssesSwap:
                  layout: str, device):
         self.group, self.split = group, split
         self.world, self.rank = world_and_rank(group)
-        perm, inv = _orders(seqlen, parent_world, members, layout)
-        self.perm, self.inv = perm.to(device), inv.to(device)
+        orders = _orders(seqlen, parent_world, members, layout, torch.device(device))
+        self.perm, self.inv = orders if orders is not None else (None, None)
 
     def to_heads(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (b, s_l, h, d), k/v (b, s_l, h_kv, d) -> q (b, w s_l, h/w, d), k/v (b, w s_l, n_kv, d)."""
         sp, hp, n = self.split, self.split.q_per_rank, self.split.kv_msg
-        dtype, idx = q.dtype, sp.local_kv_index(self.rank)
-        if sp.replicated or idx is not None:  # a K/V head's gradient has several parts: sum them in float32
+        dtype = q.dtype
+        if sp.replicated:  # a K/V head's gradient has parts from several ranks: sum them in float32
             k, v = k.float(), v.float()
         pieces = []
         for r in range(self.world):  # one message per destination: its q heads, then its k and v heads
@@ -143,48 +154,61 @@ class UlyssesSwap:
             pieces.append(torch.cat([q[:, :, r * hp:(r + 1) * hp], F.pad(k[:, :, lo:hi], pad).to(dtype),
                                      F.pad(v[:, :, lo:hi], pad).to(dtype)], dim=2))
         y = all_to_all(torch.stack(pieces), self.group)  # (w, b, s_l, hp + 2n, d): y[j] from rank j
-        y = rearrange(y, "w b s h d -> b (w s) h d").index_select(1, self.perm)  # global order
+        y = _reorder(rearrange(y, "w b s h d -> b (w s) h d"), 1, self.perm)  # global order
         lo, hi = sp.kv_range(self.rank)
-        q, k, v = y[:, :, :hp], y[:, :, hp:hp + hi - lo], y[:, :, hp + n:hp + n + hi - lo]
-        if idx is not None:  # unaligned GQA: one K/V head per local query head
-            idx = torch.tensor(idx, device=k.device)
-            k, v = (x.float().index_select(2, idx).to(dtype) for x in (k, v))
-        return q, k, v
+        return y[:, :, :hp], y[:, :, hp:hp + hi - lo], y[:, :, hp + n:hp + n + hi - lo]
+
+    def attend(self, fn, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """fn(q, k, v) -> (out, lse) on this rank's heads, one call per run of `HeadSplit.local_runs`."""
+        runs = self.split.local_runs(self.rank)
+        if len(runs) == 1:
+            return fn(q, k, v)
+        parts = [fn(q[:, :, a:b], k[:, :, c:d], v[:, :, c:d]) for a, b, c, d in runs]
+        return torch.cat([o for o, _ in parts], dim=2), torch.cat([lse for _, lse in parts], dim=1)
 
     def to_seq(self, out: Tensor) -> Tensor:
         """out (b, w s_l, h/w, d) in global order -> (b, s_l, h, d) this rank's tokens, every head."""
-        y = rearrange(out.index_select(1, self.inv), "b (w s) h d -> w b s h d", w=self.world)
+        y = rearrange(_reorder(out, 1, self.inv), "b (w s) h d -> w b s h d", w=self.world)
         return rearrange(all_to_all(y, self.group), "w b s h d -> b s (w h) d")
 
     def lse_to_seq(self, lse: Tensor) -> Tensor:
         """lse (b, h/w, w s_l) in global order -> (b, h, s_l); not differentiable."""
-        y = rearrange(lse.index_select(2, self.inv), "b h (w s) -> w b h s", w=self.world)
+        y = rearrange(_reorder(lse, 2, self.inv), "b h (w s) -> w b h s", w=self.world)
         with torch.no_grad():
             y = all_to_all(y, self.group)
         return rearrange(y, "w b h s -> b (w h) s")
 
 
-def check_common(q: Tensor, k: Tensor, v: Tensor, causal, layout: str, backend: str) -> None:
-    """Local checks shared by Ulysses and the hybrid (every rank raises the same, before communicating)."""
+def check_common(q: Tensor, k: Tensor, v: Tensor, causal, layout: str, backend: str, window,
+                 deterministic: bool) -> tuple[tuple[int, int], str]:
+    """Local checks shared by Ulysses and the hybrid (every rank raises the same, before communicating).
+    Returns the normalized window and the local backend's name."""
     check_qkv(q, k, v)
     check_layout(layout)
+    window = check_window(window)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if k.shape[1] != q.shape[1]:
         raise ValueError(f"context parallelism needs local q and k/v of the same length, got {q.shape[1]} and {k.shape[1]}")
-    resolve_backend(backend, q, k, v, causal, NO_WINDOW)  # a bad backend fails here, not after an all-to-all
+    # a backend that cannot serve these inputs fails here, not after an all-to-all
+    impl = resolve_backend(backend, q, k, v, causal, window, deterministic=deterministic)
+    return window, impl.name
 
 
 def ulysses_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, softmax_scale: float | None = None,
-                      group=None, layout: str = "zigzag", return_lse: bool = False, backend: str = "auto"):
+                      group=None, layout: str = "zigzag", return_lse: bool = False, backend: str = "auto",
+                      window: tuple[int, int] = NO_WINDOW, deterministic: bool = False):
     """Attention of this rank's queries against the whole sequence spread over `group`, by head split.
 
     Same contract as `ring_flash_attn_func`: q (b, s_local, h, d), k/v (b, s_local, h_kv, d) are this
-    rank's tokens in `layout`; returns out (b, s_local, h, d) and with return_lse the global lse
-    (b, h, s_local) float32. h must be a multiple of the group size.
+    rank's tokens in `layout`; causal and the sliding `window` (left, right) refer to global positions
+    (the local op sees the sequence in global order, so they are its own masks). Returns out
+    (b, s_local, h, d) and with return_lse the global lse (b, h, s_local) float32. h must be a multiple of
+    the group size. deterministic=True: a deterministic local backend; the all-to-alls and the float32
+    sums of replicated K/V gradients are deterministic already.
     """
-    check_common(q, k, v, causal, layout, backend)
-    world, rank = world_and_rank(group)
+    window, name = check_common(q, k, v, causal, layout, backend, window, deterministic)
+    world, _ = world_and_rank(group)
     check_heads(q.shape[2], k.shape[2], world)
     seqlen = q.shape[1] * world
     check_seqlen(seqlen, world, layout, name=f"global seqlen (q.shape[1]={q.shape[1]} x world {world})")
@@ -192,6 +216,8 @@ def ulysses_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, soft
     swap = UlyssesSwap(group, HeadSplit(q.shape[2], k.shape[2], world), seqlen, world, tuple(range(world)),
                        layout, q.device)
     qh, kh, vh = swap.to_heads(q, k, v)  # (b, s, h/w, d), (b, s, n_kv, d)
-    out, lse = attention(qh, kh, vh, causal=causal, softmax_scale=scale, backend=backend)
+    # auto is resolved again on the gathered shapes; an explicit or deterministic choice is kept
+    out, lse = swap.attend(lambda q_, k_, v_: attention(q_, k_, v_, causal=causal, softmax_scale=scale, window=window,
+                                                        backend=name if deterministic else backend), qh, kh, vh)
     out = swap.to_seq(out)
     return (out, swap.lse_to_seq(lse)) if return_lse else out
