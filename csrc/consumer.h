@@ -1,0 +1,187 @@
+// Consumer warpgroups: per key block, S = Q K^T (WGMMA, both operands in smem), mask, online
+// softmax, P cast to 16 bit in registers, O += P V (WGMMA with P as the register A operand).
+// Each warpgroup owns 64 query rows of the tile; both share the K/V stages.
+#pragma once
+#include <cute/arch/mma_sm90_gmma.hpp>
+#include "epilogue.h"
+#include "kernel_traits.h"
+#include "mask.h"
+#include "params.h"
+#include "pipeline.h"
+#include "softmax.h"
+#include "tile_scheduler.h"
+
+namespace ringfa3 {
+
+// Issue one warpgroup GEMM over all k-steps of the operands, asynchronously (wait separately).
+// kARegs: A is a register fragment (needs its own fence), else A is an smem descriptor.
+template <bool kZeroInit, bool kARegs, class Mma, class TA, class TB, class TC>
+__device__ __forceinline__ void issue_gemm(Mma& mma, TA& a, TB const& b, TC& c) {
+  using namespace cute;
+  warpgroup_fence_operand(c);
+  if constexpr (kARegs) warpgroup_fence_operand(a);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(a); ++k) {
+    cute::gemm(mma, a(_, _, k), b(_, _, k), c);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(c);
+  if constexpr (kARegs) warpgroup_fence_operand(a);
+}
+
+// Ping-pong between the two consumer warpgroups: warpgroup c may issue its GEMMs only after the other
+// one has issued its own (named barriers 1 and 2; 0 is __syncthreads). Warpgroup 1 opens with an
+// arrive so warpgroup 0 goes first, and warpgroup 0 absorbs the final dangling arrive at the end.
+__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory"); }
+template <class Tr> __device__ __forceinline__ void pingpong_wait(int ct) {
+  if constexpr (Tr::kPingPong) named_sync(1 + ct / 128, 256);
+}
+template <class Tr> __device__ __forceinline__ void pingpong_signal(int ct) {
+  if constexpr (Tr::kPingPong) named_arrive(1 + (1 - ct / 128), 256);
+}
+
+template <class Tr>
+__device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int ct) {
+  using namespace cute;
+  using T = typename Tr::T;
+  constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
+  RingFa3FwdArgs const& a = p.a;
+
+  typename Tr::MmaQK mma_qk;
+  typename Tr::MmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(ct);
+  auto thr_pv = mma_pv.get_thread_slice(ct);
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutV{});
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // smem descriptors (MMA, 1, d/16)
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, 1, d/16, stages)
+  Tensor tOrV = thr_pv.partition_fragment_B(sV);   // (MMA, 1, kN/16, stages)
+
+  // P in registers laid out as the A operand of P @ V: for 16-bit types the accumulator order of
+  // S (pairs of columns, row halves, 8-column chunks) is exactly the A-fragment order, k-step = 16.
+  Tensor tOrP = make_tensor<T>(Layout<Shape<Shape<_2, _2, _2>, _1, Int<kN / 16>>>{});
+  Tensor tOrP32 = recast<uint32_t>(tOrP);
+
+  AccCoord coord(ct % 128);
+  int rows_base = (ct / 128) * 64;
+  TileScheduler sched{p.n_tiles, p.n_m_blocks, a.h, p.heads_per_chunk, p.tile_counter};
+  TileRing ring{ss.tile_id, ss.tile_full, ss.tile_empty};
+  PipeState<Tr::kStages> kv;
+  int q_round = 0;
+  static_assert(!Tr::kPingPong || (Tr::kOverlap && Tr::kConsumerWG == 2), "ping-pong pairs two overlapped warpgroups");
+  if constexpr (Tr::kPingPong) if (ct >= 128) named_arrive(1, 256);
+
+  for (;;) {
+    int t = ring.receive();
+    if (!sched.valid(t)) break;
+    auto tile = sched.decode(t);
+    BlockMask<kM, kN> mask(tile.m_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+    int nb = mask.n_begin(), ne = mask.n_end();
+    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kM>, Int<kD>>{});   // (MMA, 1, 1) fp32
+    clear(tOrO);
+    OnlineSoftmax<Tr::kIlp ? 4 : 1> softmax(p.scale_log2);
+    Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kM>, Int<kN>>{});   // (MMA, 1, 1) fp32
+
+    // Issue S = Q K(n)^T on the current K stage (asynchronous).
+    auto scores = [&](int n) {
+      FullBarrier::wait(&ss.k_full[kv.index], kv.phase);
+      issue_gemm<true, false>(mma_qk, tSrQ, tSrK(_, _, _, kv.index), tSrS);
+    };
+    // Once S(n) has landed: free its K stage (and Q after the tile's last block), mask, softmax.
+    auto softmax_part = [&](int n, int n_last, float (&rescale)[2]) {
+      warp_release(&ss.k_empty[kv.index]);
+      if (n == n_last) warp_release(&ss.q_empty);
+      if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
+      softmax.template step<false>(tSrS, rescale);
+    };
+    auto convert_p = [&]() {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS) / 2; ++i) tOrP32(i) = pack2<T>(tSrS(2 * i), tSrS(2 * i + 1));
+    };
+    auto after_scores = [&](auto first, int n, int n_last, auto& o) {
+      float rescale[2];
+      warp_release(&ss.k_empty[kv.index]);
+      if (n == n_last) warp_release(&ss.q_empty);
+      if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
+      if constexpr (decltype(first)::value) {
+        softmax.template step<true>(tSrS, rescale);
+      } else {
+        softmax.template step<false>(tSrS, rescale);
+        CUTE_UNROLL
+        for (int i = 0; i < size(o); ++i) o(i) *= rescale[AccCoord::row_half(i)];
+      }
+      convert_p();
+    };
+
+    if (ne > nb) {
+      FullBarrier::wait(&ss.q_full, q_round & 1);
+      if constexpr (Tr::kOverlap) {
+        // Software pipeline (FA3 "intra-warpgroup overlap"): issue S(n) = Q K(n)^T and
+        // O += P(n+1) V(n+1) back to back, run the softmax of S(n) while P V is still on the tensor
+        // cores, then rescale O (kLagV: rescale before the PV issue instead, under the S GEMM).
+        // With ping-pong, the two warpgroups take turns issuing, so one's GEMMs overlap the
+        // other's softmax.
+        pingpong_wait<Tr>(ct);
+        scores(ne - 1);
+        pingpong_signal<Tr>(ct);
+        warpgroup_wait<0>();
+        after_scores(cute::true_type{}, ne - 1, nb, tOrO);
+        PipeState<Tr::kStages> prev = kv;
+        kv.advance();
+        float rescale[2] = {1.f, 1.f};   // factor from the last softmax, not yet applied to O
+        auto rescale_o = [&]() {
+          CUTE_UNROLL
+          for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[AccCoord::row_half(i)];
+        };
+        for (int n = ne - 2; n >= nb; --n) {
+          pingpong_wait<Tr>(ct);
+          scores(n);
+          if constexpr (Tr::kLagV) rescale_o();
+          FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
+          issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
+          pingpong_signal<Tr>(ct);
+          warpgroup_wait<1>();   // S(n) is done; P V may still run
+          softmax_part(n, nb, rescale);
+          warpgroup_wait<0>();
+          warp_release(&ss.v_empty[prev.index]);
+          if constexpr (!Tr::kLagV) rescale_o();   // runs 1-3: O includes P(prev) V(prev) here
+          convert_p();
+          prev = kv;
+          kv.advance();
+        }
+        pingpong_wait<Tr>(ct);
+        if constexpr (Tr::kLagV) rescale_o();
+        FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
+        issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
+        pingpong_signal<Tr>(ct);
+        warpgroup_wait<0>();
+        warp_release(&ss.v_empty[prev.index]);
+      } else {
+        // Plain order: S, softmax, P V, each waited for before the next.
+        for (int n = ne - 1; n >= nb; --n) {
+          scores(n);
+          warpgroup_wait<0>();
+          if (n == ne - 1) after_scores(cute::true_type{}, n, nb, tOrO);
+          else after_scores(cute::false_type{}, n, nb, tOrO);
+          FullBarrier::wait(&ss.v_full[kv.index], kv.phase);
+          issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, kv.index), tOrO);
+          warpgroup_wait<0>();
+          warp_release(&ss.v_empty[kv.index]);
+          kv.advance();
+        }
+      }
+      ++q_round;
+    }
+    float inv[2], lse[2];
+    softmax.finish(a.softmax_scale, inv, lse);
+    store_output<T>(a, tOrO, inv, lse, tile.batch, tile.head, tile.m_block * kM + rows_base, coord);
+  }
+  if constexpr (Tr::kPingPong) if (ct < 128) named_sync(1, 256);
+}
+
+}  // namespace ringfa3

@@ -1,0 +1,49 @@
+// Plain-C argument block of the forward kernel. It is the whole ABI between Python (ctypes mirror in
+// ringfa3/ops/sm90.py, same field order) and the library: pointers, shapes, element strides, stream.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct RingFa3FwdArgs {
+  const void* q;        // (b, s_q, h, d)    bf16 or fp16, d contiguous
+  const void* k;        // (b, s_k, h_kv, d)
+  const void* v;        // (b, s_k, h_kv, d)
+  void* out;            // (b, s_q, h, d)    input dtype, or fp32 when out_fp32; may be NULL when merge
+  float* lse;           // (b, h, s_q)       natural-log softmax denominator; may be NULL when merge
+  float* out_acc;       // merge only: running fp32 output (b, s_q, h, d), updated in place
+  float* lse_acc;       // merge only: running fp32 lse (b, h, s_q), updated in place
+  int64_t q_stride[3];  // element strides of (batch, seq, head); the head-dim stride must be 1
+  int64_t k_stride[3];
+  int64_t v_stride[3];
+  int64_t o_stride[3];
+  int64_t oacc_stride[3];
+  int64_t lse_stride[2];   // (batch, head); the seq stride must be 1
+  int64_t lacc_stride[2];
+  int32_t b, s_q, s_k, h, h_kv, d;
+  int32_t dtype;           // 0 = bf16, 1 = fp16
+  int32_t window_left;     // -1 = unbounded; causal is window_right = 0 (bottom-right aligned)
+  int32_t window_right;
+  int32_t out_fp32;        // write out as fp32
+  int32_t merge;           // merge into (out_acc, lse_acc) instead of writing out/lse
+  int32_t num_sms;         // 0 = ask the device (persistent grid size)
+  int32_t variant;         // 0 = default; bf16 hd128 only, for A/B timing in one run:
+                           // 1 = static round-robin tile order instead of the atomic counter,
+                           // 2 = K(n)/V(n+1) producer order + early O rescale (not yet measured),
+                           // 3 = variant 2 + 4-chain softmax reductions (not yet measured)
+  float softmax_scale;
+  void* stream;            // cudaStream_t
+} RingFa3FwdArgs;
+
+// 0 on success, else a nonzero code; the message of the last failure on this thread is
+// ringfa3_sm90_last_error().
+int ringfa3_sm90_fwd(const RingFa3FwdArgs* args);
+const char* ringfa3_sm90_last_error(void);
+// Bumped when RingFa3FwdArgs changes; Python refuses a library whose version differs.
+int ringfa3_sm90_abi_version(void);
+
+#ifdef __cplusplus
+}
+#endif

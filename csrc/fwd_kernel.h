@@ -1,0 +1,49 @@
+// The kernel: warpgroup 0 is the TMA producer (registers given away), the others are consumers
+// (registers taken), so the consumers can hold the O and S accumulators without spilling.
+#pragma once
+#include <cutlass/arch/reg_reconfig.h>
+#include <cute/arch/cluster_sm90.hpp>
+#include "consumer.h"
+#include "producer.h"
+
+namespace ringfa3 {
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT FwdParams<Tr> const p) {
+  extern __shared__ __align__(1024) unsigned char smem_buf[];
+  auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_buf);
+  constexpr int kProducerRegs = Tr::kConsumerWG == 2 ? 24 : 56;
+  constexpr int kConsumerRegs = Tr::kConsumerWG == 2 ? 240 : 160;
+
+  if (threadIdx.x == 0) {
+    FullBarrier::init(&ss.q_full, 1);
+    EmptyBarrier::init(&ss.q_empty, Tr::kConsumerWarps);
+    for (int i = 0; i < Tr::kStages; ++i) {
+      FullBarrier::init(&ss.k_full[i], 1);
+      FullBarrier::init(&ss.v_full[i], 1);
+      EmptyBarrier::init(&ss.k_empty[i], Tr::kConsumerWarps);
+      EmptyBarrier::init(&ss.v_empty[i], Tr::kConsumerWarps);
+    }
+    for (int i = 0; i < 2; ++i) {
+      EmptyBarrier::init(&ss.tile_full[i], 1);
+      EmptyBarrier::init(&ss.tile_empty[i], Tr::kConsumerWarps);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x / 128 == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<kProducerRegs>();
+    if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
+      cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
+      produce<Tr>(p, ss);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
+    consume<Tr>(p, ss, threadIdx.x - 128);
+  }
+}
+
+}  // namespace ringfa3

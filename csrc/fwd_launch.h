@@ -1,0 +1,98 @@
+// Host side of one instantiation: build the TMA descriptors from pointers/strides, resolve the
+// mask bounds, size the persistent grid, launch. Included only by the generated .cu files.
+#pragma once
+#include <atomic>
+#include <cmath>
+#include <mutex>
+#include <cuda_runtime.h>
+#include "fwd_kernel.h"
+
+namespace ringfa3 {
+
+// Query heads per scheduling chunk: enough that the chunk's K/V (shared by `group` query heads
+// each) take about kL2Budget bytes, a part of H100's 50 MB L2 that leaves room for Q/O traffic.
+inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, size_t elem) {
+  constexpr double kL2Budget = 16.0 * 1024 * 1024;
+  double kv_bytes_per_q_head = 2.0 * a.s_k * a.d * elem / (a.h / a.h_kv);
+  double g = kL2Budget / kv_bytes_per_q_head;
+  int all = a.h * a.b;
+  return g < 1.0 ? 1 : (g > all ? all : int(g));
+}
+
+// Counter pairs for the dynamic tile scheduler, per device. The kernel leaves its pair at zero when
+// it exits, so launches need no memset; a ring of pairs (not one) lets launches on different
+// streams run at the same time (up to kSlots in flight). Allocated on the first call, which
+// therefore must not be inside CUDA-graph capture.
+inline int* tile_counter_slot() {
+  constexpr int kSlots = 64, kMaxDevices = 64;
+  static int* base[kMaxDevices] = {};
+  static std::mutex mu;
+  static std::atomic<unsigned> next{0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev >= kMaxDevices) return nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (base[dev] == nullptr) {
+      int* p = nullptr;
+      if (cudaMalloc(&p, kSlots * 2 * sizeof(int)) != cudaSuccess) return nullptr;
+      if (cudaMemset(p, 0, kSlots * 2 * sizeof(int)) != cudaSuccess) return nullptr;
+      base[dev] = p;
+    }
+  }
+  return base[dev] + 2 * (next.fetch_add(1) % kSlots);
+}
+
+template <class Tr>
+cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
+  using namespace cute;
+  using T = typename Tr::T;
+  auto gQ = make_tensor(make_gmem_ptr(static_cast<T const*>(a.q)), make_shape(a.s_q, a.d, a.h, a.b),
+                        make_stride(a.q_stride[1], _1{}, a.q_stride[2], a.q_stride[0]));
+  auto gK = make_tensor(make_gmem_ptr(static_cast<T const*>(a.k)), make_shape(a.s_k, a.d, a.h_kv, a.b),
+                        make_stride(a.k_stride[1], _1{}, a.k_stride[2], a.k_stride[0]));
+  auto gV = make_tensor(make_gmem_ptr(static_cast<T const*>(a.v)), make_shape(a.d, a.s_k, a.h_kv, a.b),
+                        make_stride(_1{}, a.v_stride[1], a.v_stride[2], a.v_stride[0]));
+  FwdParams<Tr> p{
+      make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Tr::SmemLayoutQ{},
+                    Shape<Int<Tr::kBlockM>, Int<Tr::kHeadDim>>{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, gK, take<0, 2>(typename Tr::SmemLayoutK{}),
+                    Shape<Int<Tr::kBlockN>, Int<Tr::kHeadDim>>{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Tr::SmemLayoutV{}),
+                    Shape<Int<Tr::kHeadDim>, Int<Tr::kBlockN>>{}, _1{}),
+      a,
+      /*n_m_blocks=*/(a.s_q + Tr::kBlockM - 1) / Tr::kBlockM,
+      /*n_tiles=*/0,
+      /*group=*/a.h / a.h_kv,
+      /*heads_per_chunk=*/heads_per_l2_chunk(a, sizeof(T)),
+      /*diag_offset=*/a.s_k - a.s_q,
+      /*win_left=*/a.window_left < 0 ? kUnbounded : a.window_left,
+      /*win_right=*/a.window_right < 0 ? kUnbounded : a.window_right,
+      /*scale_log2=*/a.softmax_scale * float(M_LOG2E),
+      /*tile_counter=*/nullptr};
+  p.n_tiles = p.n_m_blocks * a.h * a.b;
+  if (p.n_tiles == 0) return cudaSuccess;
+  if constexpr (Tr::kDynamic) {
+    p.tile_counter = tile_counter_slot();
+    if (p.tile_counter == nullptr) return cudaErrorMemoryAllocation;
+  }
+
+  auto kernel = fwd_kernel<Tr>;
+  // The smem limit is a per-device function attribute: set it once per device and instantiation.
+  static std::atomic<uint64_t> smem_attr_set{0};
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
+  if (bit == 0 || !(smem_attr_set.load() & bit)) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    smem_attr_set.fetch_or(bit);
+  }
+  int sms = a.num_sms;
+  if (sms <= 0) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  int grid = p.n_tiles < sms ? p.n_tiles : sms;
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace ringfa3

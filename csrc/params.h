@@ -1,0 +1,27 @@
+// Kernel-side parameters: the three TMA descriptors plus the plain arguments, resolved once on the
+// host (window bounds made finite, scale in log2 units) so the kernel does no per-tile setup math.
+#pragma once
+#include "fwd_args.h"
+
+namespace ringfa3 {
+
+// Stand-in for "unbounded" window sides: far beyond any sequence, small enough not to overflow int.
+constexpr int kUnbounded = 1 << 29;
+
+template <class Tr>
+struct FwdParams {
+  typename Tr::TmaQ tma_q;
+  typename Tr::TmaK tma_k;
+  typename Tr::TmaV tma_v;
+  RingFa3FwdArgs a;
+  int n_m_blocks;      // ceil(s_q / kBlockM)
+  int n_tiles;         // n_m_blocks * h * b
+  int group;           // h / h_kv (query heads per kv head)
+  int heads_per_chunk; // tile order: query heads whose K/V fit L2 together (see tile_scheduler.h)
+  int diag_offset;     // s_k - s_q: key j is on row i's causal diagonal when j == i + diag_offset
+  int win_left, win_right;   // finite (kUnbounded for -1)
+  float scale_log2;    // softmax_scale * log2(e)
+  int* tile_counter;   // dynamic scheduler: 2 ints, zero at launch, reset by the kernel at exit
+};
+
+}  // namespace ringfa3

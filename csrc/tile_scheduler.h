@@ -1,0 +1,70 @@
+// Persistent tile scheduler. grid = min(tiles, SMs). Each CTA starts at tile blockIdx.x; the next
+// tile comes from a global atomic counter (dynamic: a CTA that drew short causal tiles simply draws
+// more) or, statically, from blockIdx.x + k * grid. The producer thread draws the ids and hands them
+// to the consumer warpgroups through a 2-slot smem ring (tile_id + mbarriers), one tile ahead.
+//
+// Tile order is chosen for L2: query heads are taken in chunks small enough that one chunk's K/V
+// stays in L2 (the host picks heads_per_chunk), and inside a chunk the query blocks run from the
+// last one down, head fastest, so under a causal mask the longest tiles start first.
+// (Run 1's order, query block outermost across all heads, made every concurrent CTA stream a
+// different head's K/V from HBM; run 2's static round-robin over the chunked order left causal
+// CTAs badly unbalanced, since grid ~ query blocks per chunk.)
+#pragma once
+#include "pipeline.h"
+
+namespace ringfa3 {
+
+struct TileScheduler {
+  int n_tiles, n_m_blocks, h, heads_per_chunk;
+  int* counter;   // dynamic only: [0] tiles drawn beyond the first wave, [1] CTAs finished drawing
+  struct Tile { int m_block, head, batch; };
+
+  __device__ bool valid(int t) const { return t < n_tiles; }
+  __device__ Tile decode(int t) const {
+    int n_hb = n_tiles / n_m_blocks;                  // (head, batch) pairs
+    int chunk = t / (heads_per_chunk * n_m_blocks);
+    int r = t - chunk * heads_per_chunk * n_m_blocks;
+    int g = min(heads_per_chunk, n_hb - chunk * heads_per_chunk);   // last chunk may be short
+    int hb = chunk * heads_per_chunk + r % g;
+    return Tile{n_m_blocks - 1 - r / g, hb % h, hb / h};
+  }
+  // Producer thread only.
+  template <bool kDynamic>
+  __device__ int draw_next(int t) const {
+    return kDynamic ? int(gridDim.x) + atomicAdd(counter, 1) : t + int(gridDim.x);
+  }
+  // Producer thread, after drawing an invalid id: the last CTA to get there resets the counter
+  // for the next launch (every CTA has finished drawing by then).
+  template <bool kDynamic>
+  __device__ void finish() const {
+    if (kDynamic && atomicAdd(counter + 1, 1) == int(gridDim.x) - 1) {
+      atomicExch(counter, 0);
+      atomicExch(counter + 1, 0);
+    }
+  }
+};
+
+// Smem hand-off of tile ids from the producer thread to the consumer warps.
+struct TileRing {
+  int* ids;            // [2]
+  uint64_t* full;      // [2], count 1 (producer)
+  uint64_t* empty;     // [2], count = consumer warps
+  PipeState<2> st;
+
+  __device__ void publish(int t) {   // producer
+    EmptyBarrier::wait(&empty[st.index], st.phase ^ 1);
+    ids[st.index] = t;
+    EmptyBarrier::arrive(&full[st.index]);   // release: orders the id store before the arrive
+    st.advance();
+  }
+  __device__ int receive() {         // every consumer thread
+    FullBarrier::wait(&full[st.index], st.phase);
+    int t = ids[st.index];
+    __syncwarp();
+    warp_release(&empty[st.index]);
+    st.advance();
+    return t;
+  }
+};
+
+}  // namespace ringfa3

@@ -1,0 +1,168 @@
+"""The `sm90` backend: our Hopper forward kernel (csrc/, built into ringfa3/lib/libringfa3_sm90.so by
+scripts/build_csrc.py), loaded with ctypes. Only tensor pointers, strides and the current stream cross
+the boundary; the library itself knows nothing of torch.
+
+`BACKEND` is None when the library is absent or CUDA is unavailable; the device capability is checked
+per call in `unsupported` (checking it at import would initialize CUDA in every importer).
+
+CUDA graphs: the first call on a device allocates the tile-scheduler counters (cudaMalloc), so make
+one call outside capture before capturing. Results are bitwise repeatable (no atomics in the math;
+the dynamic tile order only changes which CTA computes a tile).
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+from pathlib import Path
+
+import torch
+
+_ABI_VERSION = 1
+_LIB_PATH = Path(os.environ.get("RINGFA3_SM90_LIB", Path(__file__).resolve().parents[1] / "lib" / "libringfa3_sm90.so"))
+_DTYPES = {torch.bfloat16: 0, torch.float16: 1}
+_HEAD_DIMS = (64, 128, 256)
+
+
+class _FwdArgs(ctypes.Structure):
+    """Mirror of RingFa3FwdArgs in csrc/fwd_args.h (same order and types)."""
+    _fields_ = [
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+        ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p),
+        ("out_acc", ctypes.c_void_p), ("lse_acc", ctypes.c_void_p),
+        ("q_stride", ctypes.c_int64 * 3), ("k_stride", ctypes.c_int64 * 3), ("v_stride", ctypes.c_int64 * 3),
+        ("o_stride", ctypes.c_int64 * 3), ("oacc_stride", ctypes.c_int64 * 3),
+        ("lse_stride", ctypes.c_int64 * 2), ("lacc_stride", ctypes.c_int64 * 2),
+        ("b", ctypes.c_int32), ("s_q", ctypes.c_int32), ("s_k", ctypes.c_int32),
+        ("h", ctypes.c_int32), ("h_kv", ctypes.c_int32), ("d", ctypes.c_int32),
+        ("dtype", ctypes.c_int32), ("window_left", ctypes.c_int32), ("window_right", ctypes.c_int32),
+        ("out_fp32", ctypes.c_int32), ("merge", ctypes.c_int32), ("num_sms", ctypes.c_int32),
+        ("variant", ctypes.c_int32),
+        ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
+    ]
+
+
+def _load():
+    if not _LIB_PATH.exists() or not torch.cuda.is_available():
+        return None
+    lib = ctypes.CDLL(str(_LIB_PATH))
+    lib.ringfa3_sm90_fwd.argtypes = [ctypes.POINTER(_FwdArgs)]
+    lib.ringfa3_sm90_fwd.restype = ctypes.c_int
+    lib.ringfa3_sm90_last_error.restype = ctypes.c_char_p
+    lib.ringfa3_sm90_abi_version.restype = ctypes.c_int
+    if lib.ringfa3_sm90_abi_version() != _ABI_VERSION:
+        return None   # stale build: rebuild with scripts/build_csrc.py
+    return lib
+
+
+def _strides3(t):   # (b, s, h, d) tensor -> element strides of (batch, seq, head)
+    return (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), t.stride(2))
+
+
+def _strides2(t):   # (b, h, s) tensor -> element strides of (batch, head)
+    return (ctypes.c_int64 * 2)(t.stride(0), t.stride(1))
+
+
+class Sm90Backend:
+    name = "sm90"
+    deterministic = True   # no atomics in any reduction; the tile order does not change the math
+    has_backward = False   # forward only for now: gradients come from the next backend
+
+    def __init__(self, lib):
+        self._lib = lib
+        self._sms = {}
+        self.variant = 0   # kernel variant for A/B timing (csrc/fwd_args.h); 0 = default
+
+    def unsupported(self, q, k, v, causal=False, window=(-1, -1)):
+        if not (q.is_cuda and k.is_cuda and v.is_cuda):
+            return "sm90 needs CUDA tensors"
+        if torch.cuda.get_device_capability(q.device) != (9, 0):
+            return "sm90 needs a Hopper (sm_90) device"
+        if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+            return "sm90 supports bf16/fp16 q, k, v of one dtype"
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+            return "sm90 expects (batch, seqlen, heads, head_dim) tensors"
+        b, s_q, h, d = q.shape
+        if d not in _HEAD_DIMS or k.shape[-1] != d or v.shape[-1] != d:
+            return f"sm90 supports head_dim in {_HEAD_DIMS}, got {d}"
+        if k.shape != v.shape or k.shape[0] != b or h % k.shape[2] != 0:
+            return "sm90 needs k, v of shape (b, s_k, h_kv, d) with h % h_kv == 0"
+        if k.shape[1] == 0:
+            return "sm90 needs s_k > 0"
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.stride(-1) != 1 or any(s % 8 for s in t.stride()[:3]) or t.data_ptr() % 16:
+                return f"sm90 needs {name} with a contiguous last dim, 16-byte aligned base and strides"
+        if max(q.shape[1], k.shape[1]) >= (1 << 28):
+            return "sequence too long for sm90's int32 indexing"
+        return None
+
+    def _num_sms(self, device):
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        if idx not in self._sms:
+            self._sms[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+        return self._sms[idx]
+
+    def _args(self, q, k, v, causal, softmax_scale, window):
+        b, s_q, h, d = q.shape
+        left, right = window
+        if causal:   # causal = no key to the right of the (bottom-right aligned) diagonal
+            right = 0 if right < 0 else min(right, 0)
+        a = _FwdArgs()
+        a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
+        a.q_stride, a.k_stride, a.v_stride = _strides3(q), _strides3(k), _strides3(v)
+        a.b, a.s_q, a.s_k, a.h, a.h_kv, a.d = b, s_q, k.shape[1], h, k.shape[2], d
+        a.dtype = _DTYPES[q.dtype]
+        a.window_left, a.window_right = int(left), int(right)
+        a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
+        a.num_sms = self._num_sms(q.device)
+        a.variant = self.variant
+        a.stream = torch.cuda.current_stream(q.device).cuda_stream
+        return a
+
+    def _call(self, a, device):
+        with torch.cuda.device(device):
+            rc = self._lib.ringfa3_sm90_fwd(ctypes.byref(a))
+        if rc != 0:
+            raise RuntimeError(f"ringfa3 sm90 forward failed ({rc}): {self._lib.ringfa3_sm90_last_error().decode()}")
+
+    def forward(self, q, k, v, causal=False, softmax_scale=None, window=(-1, -1), out_fp32=False):
+        why = self.unsupported(q, k, v, causal, window)
+        if why:
+            raise ValueError(why)
+        b, s_q, h, d = q.shape
+        out = torch.empty(b, s_q, h, d, device=q.device, dtype=torch.float32 if out_fp32 else q.dtype)  # (b, s_q, h, d)
+        lse = torch.empty(b, h, s_q, device=q.device, dtype=torch.float32)                            # (b, h, s_q)
+        if out.numel() == 0:
+            return out, lse.fill_(-math.inf)
+        a = self._args(q, k, v, causal, softmax_scale, window)
+        a.out, a.lse, a.out_fp32 = out.data_ptr(), lse.data_ptr(), int(out_fp32)
+        a.o_stride, a.lse_stride = _strides3(out), _strides2(lse)
+        self._call(a, q.device)
+        return out, lse
+
+    def forward_merge(self, q, k, v, causal, softmax_scale, window, out_acc, lse_acc):
+        """Merge this (q, k, v) block into the running fp32 (out_acc (b, s_q, h, d), lse_acc (b, h, s_q))
+        in place; rows the block does not see keep their values."""
+        why = self.unsupported(q, k, v, causal, window)
+        if why:
+            raise ValueError(why)
+        b, s_q, h, d = q.shape
+        if out_acc.dtype != torch.float32 or lse_acc.dtype != torch.float32:
+            raise TypeError("out_acc and lse_acc must be float32")
+        if tuple(out_acc.shape) != (b, s_q, h, d) or tuple(lse_acc.shape) != (b, h, s_q):
+            raise ValueError("out_acc must be (b, s_q, h, d) and lse_acc (b, h, s_q)")
+        if out_acc.stride(-1) != 1 or lse_acc.stride(-1) != 1 or out_acc.data_ptr() % 8:
+            raise ValueError("out_acc and lse_acc need a contiguous last dim")
+        if out_acc.numel() == 0:
+            return
+        a = self._args(q, k, v, causal, softmax_scale, window)
+        a.merge, a.out_acc, a.lse_acc = 1, out_acc.data_ptr(), lse_acc.data_ptr()
+        a.oacc_stride, a.lacc_stride = _strides3(out_acc), _strides2(lse_acc)
+        self._call(a, q.device)
+
+    def backward(self, dout, q, k, v, out, lse, causal, softmax_scale, window, grads_fp32=False):
+        raise NotImplementedError("sm90 backward is not written yet; use the cudnn/flash backend for grads")
+
+
+_LIB = _load()
+BACKEND = Sm90Backend(_LIB) if _LIB is not None else None

@@ -1,0 +1,362 @@
+"""Device script for the sm90 backend: correctness against float64, then timing of ours, cuDNN and
+FA3 side by side (FA3 convention), then SASS facts. One call does all three:
+
+    PYTHONUNBUFFERED=1 python3 scripts/check_sm90.py --out $OUT
+
+Each part runs in its own subprocess with a timeout, so a hung kernel costs that part only.
+Writes $OUT/sm90_check.json, $OUT/sm90_bench.json, $OUT/sm90_sass.json; prints a ratio table last.
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"
+
+
+def load_backend():
+    # By file path: the package __init__ (another engineer's, possibly mid-edit) is not needed here.
+    spec = importlib.util.spec_from_file_location("ringfa3_sm90", ROOT / "ringfa3" / "ops" / "sm90.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if mod.BACKEND is None:
+        sys.exit(f"sm90 backend unavailable (library at {LIB} missing or no CUDA)")
+    return mod.BACKEND
+
+
+# ----------------------------------------------------------------------------------------- checks
+def ref_attention(q, k, v, causal, window, scale):
+    """float64 math attention; q (b, s_q, h, d), k/v (b, s_k, h_kv, d). Returns out (b, s_q, h, d), lse (b, h, s_q)."""
+    import torch
+    b, s_q, h, d = q.shape
+    s_k, h_kv = k.shape[1], k.shape[2]
+    qf = q.double().transpose(1, 2)                                       # (b, h, s_q, d)
+    kf = k.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)   # (b, h, s_k, d)
+    vf = v.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
+    s = qf @ kf.transpose(-1, -2) * scale                                 # (b, h, s_q, s_k)
+    i = torch.arange(s_q, device=q.device)[:, None]
+    j = torch.arange(s_k, device=q.device)[None, :]
+    off = s_k - s_q
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        ok &= j <= i + off + right
+    if left >= 0:
+        ok &= j >= i + off - left
+    s = s.masked_fill(~ok, -math.inf)
+    lse = torch.logsumexp(s, dim=-1)                                      # (b, h, s_q)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    return (p @ vf).transpose(1, 2), lse
+
+
+def rel_err(x, ref):
+    return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def check_case(be, case, gen):
+    import torch
+    import torch.nn.functional as F
+    b, s_q, s_k, h, h_kv, d = case["shape"]
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[case.get("dtype", "bf16")]
+    causal, window = case.get("causal", False), tuple(case.get("window", (-1, -1)))
+    out_fp32, merge = case.get("out_fp32", False), case.get("merge", False)
+    q = torch.randn(b, s_q, h, d, device="cuda", dtype=dt, generator=gen)
+    k = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dt, generator=gen)
+    v = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dt, generator=gen)
+    scale = d ** -0.5
+    ref_o, ref_lse = ref_attention(q, k, v, causal, window, scale)
+    res = dict(case)
+    if merge:
+        # Keys split in two: first part seen fully, second part with the case's mask (bottom-right
+        # aligned for the full key length, so the diagonal lands in the second part).
+        split = case["split"]
+        out = torch.zeros(b, s_q, h, d, device="cuda", dtype=torch.float32)
+        lse = torch.full((b, h, s_q), -math.inf, device="cuda")
+        be.forward_merge(q, k[:, :split], v[:, :split], False, scale, (-1, -1), out, lse)
+        be.forward_merge(q, k[:, split:], v[:, split:], causal, scale, window, out, lse)
+    else:
+        out, lse = be.forward(q, k, v, causal, scale, window, out_fp32)
+    torch.cuda.synchronize()
+    dead = torch.isinf(ref_lse)                                           # fully masked rows
+    res["dead_rows"] = int(dead.sum())
+    res["nan"] = bool(torch.isnan(out).any() or torch.isnan(lse).any())
+    res["err"] = rel_err(out, ref_o)
+    live = ~dead
+    res["lse_err"] = float((lse.double() - ref_lse)[live].abs().max()) if live.any() else 0.0
+    res["dead_ok"] = bool(torch.isneginf(lse[dead]).all() and
+                          (out.transpose(1, 2)[dead] == 0).all()) if dead.any() else True
+    res["round_err"] = rel_err(ref_o.to(dt), ref_o)                       # dtype rounding floor
+    cudnn_ok = s_q == s_k and window == (-1, -1) and not merge
+    if cudnn_ok:
+        try:
+            from torch.nn.attention import sdpa_kernel, SDPBackend
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                o2 = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                    is_causal=causal, scale=scale, enable_gqa=h != h_kv)
+            res["cudnn_err"] = rel_err(o2.transpose(1, 2), ref_o)
+        except Exception as e:   # noqa: BLE001 - record why the anchor is missing, keep checking
+            res["cudnn_err"] = None
+            res["cudnn_note"] = repr(e)[:120]
+    base = res.get("cudnn_err")
+    limit = 1.5 * base + 1e-4 if base else 4.0 * res["round_err"] + 1e-4
+    if out_fp32 or merge:
+        limit = max(limit, 3.0 * res["round_err"] + 1e-4)
+    res["limit"] = limit
+    res["pass"] = (not res["nan"]) and res["err"] <= limit and res["lse_err"] < 2e-2 and res["dead_ok"]
+    return res
+
+
+CASES = [
+    dict(name="hd128 full", shape=(2, 1024, 1024, 4, 4, 128)),
+    dict(name="hd128 causal", shape=(2, 1024, 1024, 4, 4, 128), causal=True),
+    dict(name="hd128 odd full", shape=(1, 1000, 1000, 3, 3, 128)),
+    dict(name="hd128 odd causal", shape=(1, 1000, 1000, 3, 3, 128), causal=True),
+    dict(name="sq<sk causal", shape=(2, 300, 777, 2, 2, 128), causal=True),
+    dict(name="sq<sk full", shape=(2, 300, 777, 2, 2, 128)),
+    dict(name="sq>sk causal (dead rows)", shape=(1, 777, 300, 2, 2, 128), causal=True),
+    dict(name="gqa 8/2 causal", shape=(2, 512, 512, 8, 2, 128), causal=True),
+    dict(name="mqa 4/1 full", shape=(1, 640, 640, 4, 1, 128)),
+    dict(name="window (128,64)", shape=(1, 1024, 1024, 2, 2, 128), window=(128, 64)),
+    dict(name="causal+window 200", shape=(1, 1024, 1024, 2, 2, 128), causal=True, window=(200, -1)),
+    dict(name="tiny s=1", shape=(3, 1, 1, 2, 2, 128)),
+    dict(name="fp16 causal", shape=(2, 1024, 1024, 4, 4, 128), dtype="fp16", causal=True),
+    dict(name="out fp32 causal", shape=(2, 1024, 1024, 4, 4, 128), causal=True, out_fp32=True),
+    dict(name="hd64 causal", shape=(2, 1024, 1024, 4, 4, 64), causal=True),
+    dict(name="hd64 odd full", shape=(1, 999, 999, 4, 4, 64)),
+    dict(name="hd256 causal", shape=(2, 1024, 1024, 4, 4, 256), causal=True),
+    dict(name="hd256 odd full", shape=(1, 999, 999, 2, 2, 256)),
+    dict(name="fp16 hd64 gqa", shape=(1, 512, 512, 4, 2, 64), dtype="fp16"),
+    dict(name="merge full", shape=(2, 512, 1024, 4, 4, 128), merge=True, split=512),
+    dict(name="merge causal", shape=(2, 512, 1024, 4, 4, 128), merge=True, split=512, causal=True),
+    dict(name="merge gqa odd", shape=(1, 333, 900, 4, 2, 128), merge=True, split=400),
+    dict(name="merge window right", shape=(1, 512, 1024, 2, 2, 128), merge=True, split=512, window=(-1, 100)),
+    dict(name="many tiles (persistent)", shape=(4, 2048, 2048, 16, 4, 128), causal=True),
+    # variants (bf16 hd128 only) kept for A/B timing must be right too: 1 = static tile order, 2 = K(n)/V(n+1) loads + early rescale,
+    # 2 = K(n)/V(n+1) producer order + early O rescale
+    dict(name="variant1 causal odd", shape=(2, 1000, 1000, 4, 4, 128), causal=True, variant=1),
+    dict(name="variant1 gqa window", shape=(1, 1500, 1500, 8, 2, 128), window=(300, 200), variant=1),
+    dict(name="variant2 causal odd", shape=(2, 1000, 1000, 4, 4, 128), causal=True, variant=2),
+    dict(name="variant2 full sq<sk", shape=(2, 300, 777, 2, 2, 128), variant=2),
+    dict(name="variant2 gqa window", shape=(1, 1500, 1500, 8, 2, 128), window=(300, 200), variant=2),
+    dict(name="variant2 many tiles", shape=(3, 1536, 1536, 16, 16, 128), causal=True, variant=2),
+    dict(name="variant3 causal odd", shape=(2, 1000, 1000, 4, 4, 128), causal=True, variant=3),
+    dict(name="variant3 gqa window", shape=(1, 1500, 1500, 8, 2, 128), window=(300, 200), variant=3),
+    dict(name="variant3 dead rows", shape=(1, 777, 300, 2, 2, 128), causal=True, variant=3),
+    # many tiles, several launches in a row: the dynamic counter must come back to zero each time
+    dict(name="dynamic sched again 1", shape=(3, 1536, 1536, 16, 16, 128), causal=True),
+    dict(name="dynamic sched again 2", shape=(3, 1536, 1536, 16, 16, 128)),
+]
+
+
+def part_check(out_dir):
+    import torch
+    be = load_backend()
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(int(time.time()))   # fresh inputs every run
+    results = []
+    for case in CASES:
+        be.variant = case.get("variant", 0)
+        try:
+            r = check_case(be, case, gen)
+        except Exception as e:   # noqa: BLE001
+            r = dict(case, **{"pass": False, "error": repr(e)[:300]})
+        be.variant = 0
+        results.append(r)
+        print(f"  {'PASS' if r['pass'] else 'FAIL'} {r['name']:28s} err={r.get('err', float('nan')):.2e} "
+              f"cudnn={r.get('cudnn_err') or float('nan'):.2e} round={r.get('round_err', float('nan')):.2e} "
+              f"lse={r.get('lse_err', float('nan')):.1e} dead={r.get('dead_rows', '-')} {r.get('error', '')}", flush=True)
+    # Repeatability: same inputs twice must give bit-identical outputs (a moving result is a race).
+    q, k, v = (torch.randn(4, 2048, 16, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    o1, _ = be.forward(q, k, v, True, None, (-1, -1), False)
+    o2, _ = be.forward(q, k, v, True, None, (-1, -1), False)
+    same = bool(torch.equal(o1, o2))
+    print(f"  repeatable (bitwise, causal 4x2048x16x128): {same}")
+    (Path(out_dir) / "sm90_check.json").write_text(json.dumps(dict(cases=results, repeatable=same), indent=1))
+    print(f"correctness: {sum(r['pass'] for r in results)}/{len(results)} pass")
+
+
+# ------------------------------------------------------------------------------------------ bench
+def graph_ms(fn):
+    """Median time of fn replayed from a CUDA graph: the kernel without Python/launch overhead."""
+    import torch
+    from triton.testing import do_bench
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return do_bench(g.replay, warmup=25, rep=200, return_mode="median")
+
+
+def part_bench(out_dir, seqs, hds, extra_hds, extra_seqs):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    from triton.testing import do_bench
+    be = load_backend()
+    try:
+        import fa3_fwd_interface as fa3
+    except Exception as e:   # noqa: BLE001
+        fa3 = None
+        print("fa3 import failed:", repr(e)[:200])
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cudnn=torch.backends.cudnn.version(),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(json.dumps(meta))
+    rows = []
+    plan = [(hd, s) for hd in hds for s in seqs] + [(hd, s) for hd in extra_hds for s in extra_seqs]
+    for hd, s in plan:
+        b, h = 16384 // s, 2048 // hd
+        for causal in (False, True):
+            flops = 4 * b * h * s * s * hd / (2 if causal else 1)
+            q, k, v = (torch.randn(b, s, h, hd, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            row = dict(hd=hd, seq=s, causal=causal)
+            tf = lambda ms: round(flops / ms / 1e9, 1)   # noqa: E731
+            row["ours"] = tf(do_bench(lambda: be.forward(q, k, v, causal, None, (-1, -1), False),
+                                      warmup=25, rep=200, return_mode="median"))
+            if hd == 128:   # older mainloops, same run: 1 = static tile order, 2 = K(n)/V(n+1) loads + early rescale
+                for var in (1, 2, 3):
+                    be.variant = var
+                    row[f"ours_v{var}"] = tf(do_bench(lambda: be.forward(q, k, v, causal, None, (-1, -1), False),
+                                                      warmup=25, rep=200, return_mode="median"))
+                be.variant = 0
+            qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))   # (b, h, s, d) as in the anchor
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                row["cudnn"] = tf(do_bench(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
+                                           warmup=25, rep=200, return_mode="median"))
+            if fa3 is not None:
+                try:
+                    row["fa3"] = tf(do_bench(lambda: fa3.flash_attn_func(q, k, v, causal=causal),
+                                             warmup=25, rep=200, return_mode="median"))
+                except Exception as e:   # noqa: BLE001
+                    row["fa3_error"] = repr(e)[:200]
+            if hd == 128:   # the same three without host overhead (CUDA graph replay)
+                fns = dict(ours=lambda: be.forward(q, k, v, causal, None, (-1, -1), False),
+                           cudnn=lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))
+                if fa3 is not None:
+                    fns["fa3"] = lambda: fa3.flash_attn_func(q, k, v, causal=causal)
+                for name, fn in fns.items():
+                    try:
+                        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                            row[name + "_graph"] = tf(graph_ms(fn))
+                    except Exception as e:   # noqa: BLE001
+                        row[name + "_graph_error"] = repr(e)[:160]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del q, k, v, qt, kt, vt
+            torch.cuda.empty_cache()
+    (Path(out_dir) / "sm90_bench.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+
+
+# ------------------------------------------------------------------------------------------- sass
+def part_sass(out_dir):
+    r = subprocess.run(["cuobjdump", "-sass", str(LIB)], capture_output=True, text=True)
+    facts = {}
+    for block in re.split(r"\n\s*Function : ", r.stdout)[1:]:
+        name = block.split("\n", 1)[0].strip()
+        m = re.search(r"FwdTraits\w*?(bfloat16|half)\w*?ELi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)ELb(\d)ELb(\d)ELb(\d)ELb(\d)ELb(\d)E", name)
+        key = (f"{'bf16' if m.group(1) == 'bfloat16' else 'fp16'}_hd{m.group(2)}_m{m.group(3)}n{m.group(4)}"
+               f"s{m.group(5)}_ov{m.group(6)}pp{m.group(7)}dyn{m.group(8)}lag{m.group(9)}ilp{m.group(10)}") if m else name[:60]
+        if key == "bf16_hd128_m128n128s2_ov1pp1dyn1lag0ilp0":   # keep the default kernel's SASS for reading here
+            (Path(out_dir) / "sm90_bf16_hd128.sass").write_text(block)
+        facts[key] = {op: len(re.findall(pat, block)) for op, pat in
+                      [("HGMMA", r"\bHGMMA\b"), ("LDL", r"\bLDL\b"), ("STL", r"\bSTL\b"),
+                       ("SETMAXREG", r"SETMAXREG"), ("UTMALDG", r"UTMALDG"), ("SYNCS", r"\bSYNCS\.")]}
+    print("sass:", json.dumps(facts))
+    (Path(out_dir) / "sm90_sass.json").write_text(json.dumps(facts, indent=1))
+
+
+# -------------------------------------------------------------------------------------------- ncu
+def part_ncu_target():
+    """One warm launch of ours at hd128 16k (full) for ncu to profile (launches 0-1 are warm-up)."""
+    import torch
+    be = load_backend()
+    q, k, v = (torch.randn(1, 16384, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for _ in range(3):
+        be.forward(q, k, v, False, None, (-1, -1), False)
+    torch.cuda.synchronize()
+
+
+def part_ncu(out_dir):
+    sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy"]
+    cmd = ["ncu", "--kernel-name", "regex:fwd_kernel", "--launch-skip", "2", "--launch-count", "1"]
+    for sec in sections:
+        cmd += ["--section", sec]
+    cmd += [sys.executable, __file__, "--part", "ncu_target"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    (Path(out_dir) / "sm90_ncu.txt").write_text(r.stdout + r.stderr)
+    keep = [ln for ln in r.stdout.splitlines() if re.search(
+        r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|Executed Ipc|Registers", ln)]
+    print("\n".join(keep[:40]))
+
+
+def table(out_dir):
+    p = Path(out_dir) / "sm90_bench.json"
+    if not p.exists():
+        return
+    data = json.loads(p.read_text())
+    print(f"\n{data['meta']['gpu']}  torch {data['meta']['torch']}  cuDNN {data['meta']['cudnn']}  (TFLOP/s, bf16)")
+    print("plain = do_bench of the python call; graph = CUDA-graph replay (no host overhead); "
+          "v1 = static tile order, v2 = K(n)/V(n+1) loads + early O rescale, v3 = v2 + 4-chain reductions")
+    print(f"{'hd':>4} {'seq':>6} {'mask':>6} {'ours':>6} {'v1':>6} {'v2':>6} {'v3':>6} {'cuDNN':>6} {'FA3':>6} "
+          f"{'/cuDNN':>6} {'/FA3':>5} | {'ours_g':>6} {'cudnn_g':>7} {'fa3_g':>6} {'/FA3_g':>6}")
+    for r in data["rows"]:
+        fa, og, fg = r.get("fa3"), r.get("ours_graph"), r.get("fa3_graph")
+        print(f"{r['hd']:>4} {r['seq']:>6} {'causal' if r['causal'] else 'full':>6} {r['ours']:>6} "
+              f"{r.get('ours_v1', '-'):>6} {r.get('ours_v2', '-'):>6} {r.get('ours_v3', '-'):>6} {r['cudnn']:>6} "
+              f"{fa if fa else '-':>6} {r['ours'] / r['cudnn']:>6.3f} {(r['ours'] / fa) if fa else float('nan'):>5.3f} | "
+              f"{og or '-':>6} {r.get('cudnn_graph', '-'):>7} {fg or '-':>6} {(og / fg) if og and fg else float('nan'):>6.3f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--part", choices=["check", "bench", "sass", "ncu", "ncu_target", "all"], default="all")
+    ap.add_argument("--seqs", default="1024,4096,8192,16384")
+    ap.add_argument("--hds", default="128")
+    ap.add_argument("--extra-hds", default="64,256", help="also timed, at --extra-seqs only")
+    ap.add_argument("--extra-seqs", default="4096,16384")
+    ap.add_argument("--check-timeout", type=int, default=150)
+    ap.add_argument("--bench-timeout", type=int, default=240)
+    args = ap.parse_args()
+    seqs, hds = [int(x) for x in args.seqs.split(",")], [int(x) for x in args.hds.split(",")]
+    if args.part == "check":
+        return part_check(args.out)
+    if args.part == "bench":
+        return part_bench(args.out, seqs, hds, [int(x) for x in args.extra_hds.split(",") if x],
+                          [int(x) for x in args.extra_seqs.split(",") if x])
+    if args.part == "sass":
+        return part_sass(args.out)
+    if args.part == "ncu":
+        return part_ncu(args.out)
+    if args.part == "ncu_target":
+        return part_ncu_target()
+    me = [sys.executable, __file__, "--out", args.out, "--seqs", args.seqs, "--hds", args.hds,
+          "--extra-hds", args.extra_hds, "--extra-seqs", args.extra_seqs]
+    for part, limit in (("sass", 60), ("check", args.check_timeout), ("bench", args.bench_timeout), ("ncu", 120)):
+        t = time.time()
+        try:
+            rc = subprocess.run(me + ["--part", part], timeout=limit).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        print(f"[{part}] rc={rc} {time.time() - t:.0f}s", flush=True)
+        if part == "check" and rc != 0:
+            print("correctness part failed: skipping the benchmark")
+            break
+    table(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The sm90 backend (our Hopper kernel) against a float64 reference. Skipped without CUDA, without a
+Hopper GPU, or without the built library (python scripts/build_csrc.py)."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _backend():
+    spec = importlib.util.spec_from_file_location("ringfa3_sm90_test", ROOT / "ringfa3" / "ops" / "sm90.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.BACKEND
+
+
+BACKEND = _backend() if torch.cuda.is_available() else None
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(BACKEND is None, reason="needs CUDA and ringfa3/lib/libringfa3_sm90.so"),
+    pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
+                       reason="needs an sm_90 GPU"),
+]
+
+
+def reference(q, k, v, causal, window, scale):
+    """float64 attention with bottom-right aligned causal / window masks; out (b,s_q,h,d), lse (b,h,s_q)."""
+    b, s_q, h, d = q.shape
+    s_k, h_kv = k.shape[1], k.shape[2]
+    qf = q.double().transpose(1, 2)
+    kf = k.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
+    vf = v.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
+    s = qf @ kf.transpose(-1, -2) * scale                       # (b, h, s_q, s_k)
+    i = torch.arange(s_q, device=q.device)[:, None]
+    j = torch.arange(s_k, device=q.device)[None, :]
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        ok &= j <= i + (s_k - s_q) + right
+    if left >= 0:
+        ok &= j >= i + (s_k - s_q) - left
+    s = s.masked_fill(~ok, -math.inf)
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    return (p @ vf).transpose(1, 2), lse
+
+
+def rel(x, ref):
+    return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def rounding_floor(ref, dtype):
+    """Relative error of merely storing the exact answer in `dtype`: the tolerance scale."""
+    return rel(ref.to(dtype), ref)
+
+
+# (b, s_q, s_k, h, h_kv, d, dtype, causal, window)
+CASES = [
+    (2, 1024, 1024, 4, 4, 128, torch.bfloat16, False, (-1, -1)),
+    (2, 1024, 1024, 4, 4, 128, torch.bfloat16, True, (-1, -1)),
+    (1, 1000, 1000, 3, 3, 128, torch.bfloat16, True, (-1, -1)),
+    (2, 300, 777, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
+    (1, 777, 300, 2, 2, 128, torch.bfloat16, True, (-1, -1)),     # rows with no key: out 0, lse -inf
+    (2, 512, 512, 8, 2, 128, torch.bfloat16, True, (-1, -1)),     # GQA
+    (1, 1024, 1024, 2, 2, 128, torch.bfloat16, False, (128, 64)),
+    (2, 1024, 1024, 4, 4, 128, torch.float16, True, (-1, -1)),
+    (2, 1024, 1024, 4, 4, 64, torch.bfloat16, True, (-1, -1)),
+    (1, 999, 999, 2, 2, 256, torch.bfloat16, False, (-1, -1)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}q{c[1]}k{c[2]}h{c[3]}/{c[4]}d{c[5]}{str(c[6])[6:]}"
+                                                     f"{'C' if c[7] else 'F'}w{c[8][0]}_{c[8][1]}")
+def test_forward_matches_float64(case):
+    b, s_q, s_k, h, h_kv, d, dtype, causal, window = case
+    q = torch.randn(b, s_q, h, d, device="cuda", dtype=dtype)
+    k = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dtype)
+    v = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dtype)
+    assert BACKEND.unsupported(q, k, v, causal, window) is None
+    out, lse = BACKEND.forward(q, k, v, causal, d ** -0.5, window, False)
+    ref_o, ref_lse = reference(q, k, v, causal, window, d ** -0.5)
+    assert out.dtype == dtype and out.shape == q.shape and lse.shape == (b, h, s_q)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert rel(out, ref_o) <= 4 * rounding_floor(ref_o, dtype) + 1e-4
+    dead = torch.isinf(ref_lse)
+    assert torch.isneginf(lse[dead]).all() and (out.transpose(1, 2)[dead] == 0).all()
+    assert (lse.double() - ref_lse)[~dead].abs().max() < 1e-2
+
+
+def test_out_fp32_and_merge():
+    b, s_q, s_k, h, d = 2, 512, 1024, 4, 128
+    q = torch.randn(b, s_q, h, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
+    ref_o, ref_lse = reference(q, k, v, True, (-1, -1), d ** -0.5)
+    out, lse = BACKEND.forward(q, k, v, True, None, (-1, -1), True)
+    assert out.dtype == torch.float32
+    assert rel(out, ref_o) <= 3 * rounding_floor(ref_o, torch.bfloat16)
+    # Two key blocks merged into fp32 accumulators give the single-call answer.
+    acc = torch.zeros(b, s_q, h, d, device="cuda")
+    lacc = torch.full((b, h, s_q), -math.inf, device="cuda")
+    BACKEND.forward_merge(q, k[:, :512], v[:, :512], False, None, (-1, -1), acc, lacc)
+    BACKEND.forward_merge(q, k[:, 512:], v[:, 512:], True, None, (-1, -1), acc, lacc)
+    assert rel(acc, ref_o) <= 3 * rounding_floor(ref_o, torch.bfloat16)
+    assert (lacc.double() - ref_lse).abs().max() < 1e-2
+
+
+def test_unsupported_reasons():
+    q = torch.randn(1, 8, 2, 96, device="cuda", dtype=torch.bfloat16)
+    assert "head_dim" in BACKEND.unsupported(q, q, q, False, (-1, -1))
+    q = torch.randn(1, 8, 2, 128, device="cuda", dtype=torch.float32)
+    assert "bf16/fp16" in BACKEND.unsupported(q, q, q, False, (-1, -1))
