@@ -8,14 +8,14 @@ import torch
 
 class _VirtualExchange:
     def __init__(self, supply):
-        self._supply, self._n, self._shape = supply, 0, None
+        self._supply, self._n, self._sent = supply, 0, None
 
     def start(self, send: torch.Tensor, recv=None) -> None:
-        self._shape = send
+        self._sent = send
 
     def wait(self) -> torch.Tensor:
         self._n += 1
-        return self._supply(self._n, self._shape)
+        return self._supply(self._n, self._sent)
 
 
 class VirtualRing:
