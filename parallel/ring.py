@@ -15,10 +15,11 @@ from torch import Tensor
 
 from ringfa3.ops import resolve_backend
 from ringfa3.ops.backends import resolve_backward
-from ringfa3.ops.checks import check_qkv, check_window, resolve_scale
+from ringfa3.ops.checks import resolve_scale
 
+from .checks import check_cp_inputs
 from .comm import Ring
-from .layout import check_layout, check_seqlen
+from .layout import check_seqlen
 from .merge import merge_into
 from .plan import NO_WINDOW, last_step, ring_blocks
 
@@ -102,14 +103,8 @@ def ring_attention(q, k, v, causal: bool, scale: float, ring, layout: str, impl,
 
 
 def check_ring_inputs(q, k, v, causal, layout, window, group):
-    """Shared argument checks of the ring entry points (before any communication, on every rank)."""
-    check_qkv(q, k, v)
-    check_layout(layout)
-    window = check_window(window)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if k.shape[1] != q.shape[1]:
-        raise ValueError(f"ring attention needs local q and k/v of the same length, got {q.shape[1]} and {k.shape[1]}")
+    """Argument checks of the ring entry points (before any communication, on every rank)."""
+    window = check_cp_inputs(q, k, v, causal, layout, window)
     ring = Ring(group)
     check_seqlen(q.shape[1] * ring.world, ring.world, layout,
                  name=f"global seqlen (q.shape[1]={q.shape[1]} x world {ring.world})")

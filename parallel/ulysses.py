@@ -29,10 +29,11 @@ from einops import rearrange
 from torch import Tensor
 
 from ringfa3.ops import attention, resolve_backend
-from ringfa3.ops.checks import check_qkv, check_window, resolve_scale
+from ringfa3.ops.checks import resolve_scale
 
+from .checks import check_cp_inputs
 from .comm import world_and_rank
-from .layout import check_layout, check_seqlen, global_positions
+from .layout import check_seqlen, global_positions
 
 NO_WINDOW = (-1, -1)
 
@@ -183,13 +184,7 @@ def check_common(q: Tensor, k: Tensor, v: Tensor, causal, layout: str, backend: 
                  deterministic: bool) -> tuple[tuple[int, int], str]:
     """Local checks shared by Ulysses and the hybrid (every rank raises the same, before communicating).
     Returns the normalized window and the local backend's name."""
-    check_qkv(q, k, v)
-    check_layout(layout)
-    window = check_window(window)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if k.shape[1] != q.shape[1]:
-        raise ValueError(f"context parallelism needs local q and k/v of the same length, got {q.shape[1]} and {k.shape[1]}")
+    window = check_cp_inputs(q, k, v, causal, layout, window)
     # a backend that cannot serve these inputs fails here, not after an all-to-all
     impl = resolve_backend(backend, q, k, v, causal, window, deterministic=deterministic)
     return window, impl.name
