@@ -1,0 +1,90 @@
+"""Llama-style decoder: RMSNorm, RingFlashAttention (RoPE inside), SwiGLU MLP, tied or untied head.
+
+The model knows nothing of parallelism: each attention layer's `group`/`layout` are set from outside
+(ringfa3.train.parallelize). Given this rank's tokens, it returns this rank's logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ringfa3.nn import RingFlashAttention
+
+from .config import LlamaConfig
+from .sdpa import SDPAAttention
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalize in float32 so bf16 activations keep their scale information.
+        return F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype) * self.weight
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if cfg.attn_backend == "sdpa":
+            self.attention = SDPAAttention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, rope_theta=cfg.rope_theta)
+        else:
+            self.attention = RingFlashAttention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, causal=True,
+                                                rope_theta=cfg.rope_theta, backend=cfg.attn_backend)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.ffn_hidden)
+
+    def forward(self, x: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.attn_norm(x), position_ids)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Every matrix (embeddings included) N(0, init_std); norm weights 1."""
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=self.cfg.init_std)
+            else:
+                nn.init.ones_(p)
+
+    def hidden_states(self, tokens: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """tokens (b, s_local) int64 -> final normalized hidden states (b, s_local, dim)."""
+        h = self.tok_embeddings(tokens)  # (b, s, dim)
+        for layer in self.layers:
+            h = layer(h, position_ids)
+        return self.norm(h)
+
+    def lm_head(self, h: Tensor) -> Tensor:
+        """(…, dim) -> logits (…, vocab_size)."""
+        w = self.tok_embeddings.weight if self.output is None else self.output.weight
+        return F.linear(h, w)
+
+    def forward(self, tokens: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """tokens (b, s_local) -> logits (b, s_local, vocab_size)."""
+        return self.lm_head(self.hidden_states(tokens, position_ids))
