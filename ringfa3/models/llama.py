@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ringfa3.nn import RingFlashAttention
+from ringfa3.nn.chunked_loss import chunked_linear_cross_entropy
+from ringfa3.nn.tiled import tiled_forward
 
 from .config import LlamaConfig
 from .sdpa import SDPAAttention
@@ -48,10 +50,12 @@ class Block(nn.Module):
                                                 rope_theta=cfg.rope_theta, backend=cfg.attn_backend)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.ffn_hidden)
+        self.mlp_chunk_tokens = 0  # > 0: the MLP runs over sequence tiles (its 4x-wide activations per tile)
 
     def forward(self, x: Tensor, position_ids: Tensor | None = None) -> Tensor:
         x = x + self.attention(self.attn_norm(x), position_ids)
-        return x + self.mlp(self.mlp_norm(x))
+        h = self.mlp_norm(x)
+        return x + (tiled_forward(self.mlp, h, self.mlp_chunk_tokens) if self.mlp_chunk_tokens else self.mlp(h))
 
 
 class Llama(nn.Module):
@@ -62,6 +66,7 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.loss_chunk_tokens = 0  # > 0: the loss never materializes (tokens x vocab) logits
         self.reset_parameters()
 
     @torch.no_grad()
@@ -85,6 +90,14 @@ class Llama(nn.Module):
         w = self.tok_embeddings.weight if self.output is None else self.output.weight
         return F.linear(h, w)
 
-    def forward(self, tokens: Tensor, position_ids: Tensor | None = None) -> Tensor:
-        """tokens (b, s_local) -> logits (b, s_local, vocab_size)."""
-        return self.lm_head(self.hidden_states(tokens, position_ids))
+    def forward(self, tokens: Tensor, position_ids: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
+        """tokens (b, s_local) -> logits (b, s_local, vocab_size); with labels (b, s_local) (-100 = no
+        label) the float32 sum of the token losses instead."""
+        h = self.hidden_states(tokens, position_ids)
+        if labels is None:
+            return self.lm_head(h)
+        if self.loss_chunk_tokens:
+            w = self.tok_embeddings.weight if self.output is None else self.output.weight
+            return chunked_linear_cross_entropy(h, w, labels, self.loss_chunk_tokens)
+        return F.cross_entropy(self.lm_head(h).float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                               reduction="sum")

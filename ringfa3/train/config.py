@@ -141,6 +141,8 @@ class TrainConfig:
     float32 on cpu), 'float32' or 'bfloat16'. ckpt_every / eval_every / log_every: steps (0 = never
     during the run; eval and a checkpoint still happen at the last step unless 0 and 0).
     max_bad_steps: consecutive non-finite losses that stop the run.
+    loss_chunk_tokens: > 0 computes the LM head and loss that many tokens at a time (no full logits).
+    mlp_chunk_tokens: > 0 runs each MLP over sequence tiles of that many tokens, recomputed in backward.
     """
 
     max_steps: int = 400
@@ -157,6 +159,8 @@ class TrainConfig:
     compile: bool = False
     max_bad_steps: int = 3
     peak_tflops: float = 0.0
+    loss_chunk_tokens: int = 0
+    mlp_chunk_tokens: int = 0
 
     def __post_init__(self):
         _positive("train.max_steps", self.max_steps, 100)
@@ -167,6 +171,9 @@ class TrainConfig:
                 raise ValueError(f"train.{key}={getattr(self, key)} must be >= 0 (0 = never), e.g. train.{key}=100")
         _positive("train.keep_last", self.keep_last, 2)
         _positive("train.max_bad_steps", self.max_bad_steps, 3)
+        for key in ("loss_chunk_tokens", "mlp_chunk_tokens"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key}={getattr(self, key)} must be >= 0 (0 = off), e.g. train.{key}=8192")
         if not self.resume:
             raise ValueError("train.resume is empty; use train.resume=auto, train.resume=never or a checkpoint path")
 

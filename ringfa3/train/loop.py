@@ -24,7 +24,7 @@ from .engine import make_engine
 from .flops import peak_flops, train_flops
 from .metrics import MetricsLogger, max_memory_gb
 from .parallelize import (apply_activation_checkpointing, apply_compile, apply_context_parallel, apply_fsdp,
-                          build_mesh)
+                          apply_memory_options, build_mesh)
 
 log = logging.getLogger("ringfa3.train")
 
@@ -100,6 +100,7 @@ class Trainer:
         if cfg.model.attn_backend != "sdpa":
             apply_context_parallel(model, self.cp_group, cfg.parallel.layout, cfg.model.attn_backend)
         model.to(self.device)
+        apply_memory_options(model, cfg.train.loss_chunk_tokens, cfg.train.mlp_chunk_tokens)
         if cfg.train.activation_checkpointing:
             apply_activation_checkpointing(model)
         if cfg.train.compile:
@@ -141,8 +142,7 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------
     def _loss_sum(self, x, y):
-        logits = self.engine.model(x)  # (b, s_local, vocab)
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+        return self.engine.model(x, labels=y)  # float32 sum over this rank's labelled tokens
 
     def train_step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()

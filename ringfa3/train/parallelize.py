@@ -29,6 +29,13 @@ def apply_context_parallel(model: nn.Module, cp_group, layout: str, backend: str
     return n
 
 
+def apply_memory_options(model: nn.Module, loss_chunk_tokens: int, mlp_chunk_tokens: int) -> None:
+    """Chunked LM head + loss and tiled MLPs: same math, activations for one chunk at a time."""
+    model.loss_chunk_tokens = loss_chunk_tokens
+    for block in model.layers:
+        block.mlp_chunk_tokens = mlp_chunk_tokens
+
+
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block in backward (its ring attention included). State-dict keys are kept:
     torch.distributed.checkpoint strips the wrapper's prefix."""
