@@ -45,6 +45,23 @@ def test_training_losses_match_with_chunking_on(tmp_path):
     assert chunked == pytest.approx(plain, rel=1e-6)
 
 
+def test_offload_with_reentrant_checkpointing_gives_the_same_losses(tmp_path):
+    # on CPU the offload hooks keep tensors where they are; this checks the wiring and the reentrant
+    # checkpointing it needs (the GPU path is tests/test_long_context.py, cuda-marked)
+    from ringfa3.train.loop import train
+
+    def losses(extra, name):
+        return train(make_cfg(["train.max_steps=3", "train.activation_checkpointing=true"] + extra),
+                     str(tmp_path / name))["losses"]
+
+    assert losses(["train.offload_activations=true"], "offload") == losses([], "plain")
+
+
+def test_offload_needs_checkpointing():
+    with pytest.raises(ValueError, match="set train.activation_checkpointing=true"):
+        make_cfg(["train.offload_activations=true"])
+
+
 def test_negative_chunk_is_rejected():
     with pytest.raises(ValueError, match="train.loss_chunk_tokens=-1 must be >= 0"):
         make_cfg(["train.loss_chunk_tokens=-1"])

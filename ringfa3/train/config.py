@@ -143,6 +143,8 @@ class TrainConfig:
     max_bad_steps: consecutive non-finite losses that stop the run.
     loss_chunk_tokens: > 0 computes the LM head and loss that many tokens at a time (no full logits).
     mlp_chunk_tokens: > 0 runs each MLP over sequence tiles of that many tokens, recomputed in backward.
+    offload_activations: each checkpointed block's input goes to pinned host memory during the forward
+    and comes back ahead of its backward (needs activation_checkpointing).
     """
 
     max_steps: int = 400
@@ -161,6 +163,7 @@ class TrainConfig:
     peak_tflops: float = 0.0
     loss_chunk_tokens: int = 0
     mlp_chunk_tokens: int = 0
+    offload_activations: bool = False
 
     def __post_init__(self):
         _positive("train.max_steps", self.max_steps, 100)
@@ -171,6 +174,9 @@ class TrainConfig:
                 raise ValueError(f"train.{key}={getattr(self, key)} must be >= 0 (0 = never), e.g. train.{key}=100")
         _positive("train.keep_last", self.keep_last, 2)
         _positive("train.max_bad_steps", self.max_bad_steps, 3)
+        if self.offload_activations and not self.activation_checkpointing:
+            raise ValueError("train.offload_activations=true offloads the checkpointed block inputs; "
+                             "set train.activation_checkpointing=true as well")
         for key in ("loss_chunk_tokens", "mlp_chunk_tokens"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key}={getattr(self, key)} must be >= 0 (0 = off), e.g. train.{key}=8192")

@@ -5,6 +5,8 @@ group itself) and returns rank-local results for tests: {"losses": [...], "eval"
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import logging
 import math
@@ -23,6 +25,7 @@ from .data import Sharder, make_dataset
 from .engine import make_engine
 from .flops import peak_flops, train_flops
 from .metrics import MetricsLogger, max_memory_gb
+from .offload import OffloadActivations
 from .parallelize import (apply_activation_checkpointing, apply_compile, apply_context_parallel, apply_fsdp,
                           apply_memory_options, build_mesh)
 
@@ -102,7 +105,7 @@ class Trainer:
         model.to(self.device)
         apply_memory_options(model, cfg.train.loss_chunk_tokens, cfg.train.mlp_chunk_tokens)
         if cfg.train.activation_checkpointing:
-            apply_activation_checkpointing(model)
+            apply_activation_checkpointing(model, reentrant=cfg.train.offload_activations)
         if cfg.train.compile:
             apply_compile(model)
         if cfg.parallel.engine == "fsdp" and (self.world > 1 or self.dtype is not None):
@@ -142,7 +145,8 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------
     def _loss_sum(self, x, y):
-        return self.engine.model(x, labels=y)  # float32 sum over this rank's labelled tokens
+        with OffloadActivations() if self.cfg.train.offload_activations else contextlib.nullcontext():
+            return self.engine.model(x, labels=y)  # float32 sum over this rank's labelled tokens
 
     def train_step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()

@@ -36,13 +36,15 @@ def apply_memory_options(model: nn.Module, loss_chunk_tokens: int, mlp_chunk_tok
         block.mlp_chunk_tokens = mlp_chunk_tokens
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
+def apply_activation_checkpointing(model: nn.Module, reentrant: bool = False) -> None:
     """Recompute each block in backward (its ring attention included). State-dict keys are kept:
-    torch.distributed.checkpoint strips the wrapper's prefix."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    torch.distributed.checkpoint strips the wrapper's prefix. `reentrant` saves each block's input
+    through autograd's saved-tensor hooks, which is what activation offload moves to the host."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
+    impl = CheckpointImpl.REENTRANT if reentrant else CheckpointImpl.NO_REENTRANT
     for i, block in enumerate(model.layers):
-        model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+        model.layers[i] = checkpoint_wrapper(block, checkpoint_impl=impl, preserve_rng_state=False)
 
 
 def apply_compile(model: nn.Module) -> None:
