@@ -48,14 +48,17 @@ class MetricsLogger:
         self.file.flush()
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
-        if self.progress is not None:
-            if "loss" in record:
-                info = f"loss {record['loss']:.4f}" if record["loss"] is not None else "loss non-finite"
-                if record.get("tokens_per_s"):
-                    info += f"  {record['tokens_per_s']:,.0f} tok/s"
-                self.progress.update(self.task, completed=record["step"], info=info)
-            if "passkey_acc" in record or "eval_loss" in record:
-                self.progress.console.print(_eval_line(record))
+        if self.progress is not None and "loss" in record:
+            info = f"loss {record['loss']:.4f}" if record["loss"] is not None else "loss non-finite"
+            if record.get("tokens_per_s"):
+                info += f"  {record['tokens_per_s']:,.0f} tok/s"
+            self.progress.update(self.task, completed=record["step"], info=info)
+        if "passkey_acc" in record or "eval_loss" in record:  # eval lines show with or without the bar
+            line = _eval_line(record)
+            if self.progress is not None:
+                self.progress.console.print(line)
+            else:
+                print(line, flush=True)
 
     def close(self) -> None:
         if self.progress is not None:
