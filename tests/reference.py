@@ -49,3 +49,16 @@ FLOOR = {torch.float64: 1e-10, torch.float32: 2e-6, torch.bfloat16: 2e-4, torch.
 def tolerance(base_err: float, dtype: torch.dtype, factor: float = 2.0) -> float:
     """A small multiple of the same-dtype single-device op's error, plus a floor."""
     return factor * base_err + FLOOR[dtype]
+
+
+def single_process_errors(q, k, v, dout, causal=False, window=(-1, -1)) -> tuple[dict, dict]:
+    """(float64 reference, errors of the same-dtype single-process op against it): the yardstick of the
+    distributed tests' tolerances."""
+    from ringfa3.ops import attention
+
+    ref = reference64(q, k, v, dout, causal, None, window)
+    qs, ks, vs = (x.clone().requires_grad_() for x in (q, k, v))
+    out, lse = attention(qs, ks, vs, causal=causal, window=window, backend="reference")
+    out.backward(dout)
+    single = dict(out=out, lse=lse, dq=qs.grad, dk=ks.grad, dv=vs.grad)
+    return ref, {name: rel_err(single[name], ref[name]) for name in ref}

@@ -18,7 +18,7 @@ from ringfa3 import RingFlashAttention, ring_flash_attn_func, shard, unshard
 from ringfa3.ops import attention
 
 from distributed import run_distributed
-from reference import reference64, rel_err, tolerance
+from reference import reference64, rel_err, single_process_errors, tolerance
 
 B, S, H, D = 2, 48, 4, 16  # S divides 2 * world for every world size 1-4
 WORLDS = (1, 2, 3, 4)
@@ -79,13 +79,7 @@ def ring_results(world: int) -> dict:
 def expected(idx: int) -> tuple[dict, dict]:
     """(float64 reference, same-dtype single-process op errors against it) for combination idx."""
     _, causal, _, _ = COMBOS[idx]
-    q, k, v, dout = make_inputs(idx)
-    ref = reference64(q, k, v, dout, causal)
-    qs, ks, vs = (x.clone().requires_grad_() for x in (q, k, v))
-    out, lse = attention(qs, ks, vs, causal=causal, backend="reference")
-    out.backward(dout)
-    single = dict(out=out, lse=lse, dq=qs.grad, dk=ks.grad, dv=vs.grad)
-    return ref, {name: rel_err(single[name], ref[name]) for name in ref}
+    return single_process_errors(*make_inputs(idx), causal)
 
 
 def ring_errors(world: int, idx: int) -> dict:

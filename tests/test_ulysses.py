@@ -20,7 +20,7 @@ from ringfa3.ops import attention
 from ringfa3.parallel import shard, unshard
 from ringfa3.parallel.ulysses import HeadSplit, ulysses_attn_func
 
-from reference import reference64, rel_err, tolerance
+from reference import reference64, rel_err, single_process_errors, tolerance
 
 B, S, H, D = 1, 24, 24, 32  # S divides 2 * world for every world size 1-4
 WORLDS = (1, 2, 3, 4)
@@ -122,13 +122,7 @@ def _spawned() -> dict:
 def expected(idx: int) -> tuple[dict, dict]:
     """(float64 reference, same-dtype single-process op errors against it) for combination idx."""
     _, causal, _, _, window = COMBOS[idx]
-    q, k, v, dout = make_inputs(idx)
-    ref = reference64(q, k, v, dout, causal, window=window)
-    qs, ks, vs = (x.clone().requires_grad_() for x in (q, k, v))
-    out, lse = attention(qs, ks, vs, causal=causal, window=window, backend="reference")
-    out.backward(dout)
-    single = dict(out=out, lse=lse, dq=qs.grad, dk=ks.grad, dv=vs.grad)
-    return ref, {name: rel_err(single[name], ref[name]) for name in ref}
+    return single_process_errors(*make_inputs(idx), causal, window)
 
 
 def combo_id(c):
