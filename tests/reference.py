@@ -62,3 +62,12 @@ def single_process_errors(q, k, v, dout, causal=False, window=(-1, -1)) -> tuple
     out.backward(dout)
     single = dict(out=out, lse=lse, dq=qs.grad, dk=ks.grad, dv=vs.grad)
     return ref, {name: rel_err(single[name], ref[name]) for name in ref}
+
+
+def random_qkv(seed: int, b: int, s: int, h: int, h_kv: int, d: int, dtype: torch.dtype):
+    """Fresh q, k, v and an output gradient from `seed` (every rank draws the same full tensors)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, s, h, d, generator=g)
+    k, v = torch.randn(b, s, h_kv, d, generator=g), torch.randn(b, s, h_kv, d, generator=g)
+    dout = torch.randn(b, s, h, d, generator=g)
+    return q.to(dtype), k.to(dtype), v.to(dtype), dout.to(dtype)

@@ -18,7 +18,7 @@ from ringfa3.parallel import local_positions, shard, unshard
 from ringfa3.parallel.hybrid import (hybrid_attn_func, hybrid_groups, hybrid_local_positions, hybrid_shard,
                                      hybrid_unshard)
 
-from reference import rel_err, single_process_errors, tolerance
+from reference import random_qkv, rel_err, single_process_errors, tolerance
 
 B, S, H, D = 1, 24, 24, 32  # S divides 2 * world for world 4; H divides by every Ulysses degree
 DEGREES = {4: (1, 2, 4)}
@@ -33,10 +33,7 @@ SEED = int.from_bytes(os.urandom(4), "little")
 
 def make_inputs(idx: int, seed: int = SEED):
     _, _, gqa, dtype, _ = COMBOS[idx]
-    g = torch.Generator().manual_seed(seed + idx)
-    q, dout = torch.randn(B, S, H, D, generator=g), torch.randn(B, S, H, D, generator=g)
-    k, v = torch.randn(B, S, H // gqa, D, generator=g), torch.randn(B, S, H // gqa, D, generator=g)
-    return q.to(dtype), k.to(dtype), v.to(dtype), dout.to(dtype)
+    return random_qkv(seed + idx, B, S, H, H // gqa, D, dtype)
 
 
 def _run(idx, seed, ug, rg, parent=None, deterministic=False) -> dict:

@@ -18,7 +18,7 @@ from ringfa3 import RingFlashAttention, ring_flash_attn_func, shard, unshard
 from ringfa3.ops import attention
 
 from distributed import run_distributed
-from reference import reference64, rel_err, single_process_errors, tolerance
+from reference import random_qkv, reference64, rel_err, single_process_errors, tolerance
 
 B, S, H, D = 2, 48, 4, 16  # S divides 2 * world for every world size 1-4
 WORLDS = (1, 2, 3, 4)
@@ -29,12 +29,7 @@ SEED = int.from_bytes(os.urandom(4), "little")  # fresh inputs each session (pas
 
 def make_inputs(idx: int, seed: int = SEED):
     _, _, gqa, dtype = COMBOS[idx]
-    g = torch.Generator().manual_seed(seed + idx)
-    q = torch.randn(B, S, H, D, generator=g)
-    k = torch.randn(B, S, H // gqa, D, generator=g)
-    v = torch.randn(B, S, H // gqa, D, generator=g)
-    dout = torch.randn(B, S, H, D, generator=g)
-    return q.to(dtype), k.to(dtype), v.to(dtype), dout.to(dtype)
+    return random_qkv(seed + idx, B, S, H, H // gqa, D, dtype)
 
 
 def ring_matrix(rank: int, world: int, seed: int) -> dict:

@@ -20,7 +20,7 @@ from ringfa3.ops import attention
 from ringfa3.parallel import shard, unshard
 from ringfa3.parallel.ulysses import HeadSplit, ulysses_attn_func
 
-from reference import reference64, rel_err, single_process_errors, tolerance
+from reference import random_qkv, reference64, rel_err, single_process_errors, tolerance
 
 B, S, H, D = 1, 24, 24, 32  # S divides 2 * world for every world size 1-4
 WORLDS = (1, 2, 3, 4)
@@ -37,10 +37,7 @@ SEED = int.from_bytes(os.urandom(4), "little")
 
 def make_inputs(idx: int, seed: int = SEED):
     _, _, gqa, dtype, _ = COMBOS[idx]
-    g = torch.Generator().manual_seed(seed + idx)
-    q, dout = torch.randn(B, S, H, D, generator=g), torch.randn(B, S, H, D, generator=g)
-    k, v = torch.randn(B, S, H // gqa, D, generator=g), torch.randn(B, S, H // gqa, D, generator=g)
-    return q.to(dtype), k.to(dtype), v.to(dtype), dout.to(dtype)
+    return random_qkv(seed + idx, B, S, H, H // gqa, D, dtype)
 
 
 def _errors(world: int, group) -> dict:
