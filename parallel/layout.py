@@ -23,10 +23,15 @@ def check_layout(layout: str) -> None:
         raise ValueError(f"layout={layout!r} is not known; use one of {', '.join(map(repr, LAYOUTS))}")
 
 
+def split_parts(world: int, layout: str) -> int:
+    """How many equal chunks `layout` cuts a sequence into over `world` ranks (lengths must divide)."""
+    check_layout(layout)
+    return 2 * world if layout == "zigzag" else world
+
+
 def check_seqlen(seqlen: int, world: int, layout: str, name: str = "seqlen") -> None:
     """Raise ValueError unless `layout` can split a sequence of `seqlen` tokens over `world` ranks."""
-    check_layout(layout)
-    parts = 2 * world if layout == "zigzag" else world
+    parts = split_parts(world, layout)
     if seqlen % parts != 0:
         raise ValueError(
             f"{name}={seqlen} cannot be split by layout={layout!r} over {world} ranks: it must be a "

@@ -18,6 +18,8 @@ import bisect
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ringfa3.ops.masks import effective_window
+
 from .layout import global_positions
 
 NO_WINDOW = (-1, -1)
@@ -36,9 +38,7 @@ class Block:
 def visible_ranges(q_pos, k_pos, causal: bool, window=NO_WINDOW, doc_bounds=None):
     """[lo_i, hi_i) of the keys (indices into k_pos) each query row sees. doc_bounds: sorted document
     start positions plus the end (cu_seqlens); a row sees only its own document."""
-    left, right = window
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
+    left, right = effective_window(causal, window)
     ranges = []
     for p in q_pos:
         lo_p = p - left if left >= 0 else float("-inf")

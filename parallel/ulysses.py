@@ -34,8 +34,7 @@ from ringfa3.ops.checks import resolve_scale
 from .checks import check_cp_inputs
 from .comm import world_and_rank
 from .layout import check_seqlen, global_positions
-
-NO_WINDOW = (-1, -1)
+from .plan import NO_WINDOW
 
 
 def _a2a(x: Tensor, group) -> Tensor:

@@ -17,7 +17,7 @@ from ringfa3.ops import resolve_backend
 from ringfa3.ops.checks import resolve_scale
 
 from .comm import world_and_rank
-from .layout import check_layout, shard, unshard
+from .layout import shard, split_parts, unshard
 from .plan import NO_WINDOW
 from .ring import check_ring_inputs, ring_attention
 
@@ -35,9 +35,8 @@ def _bounds(cu_seqlens) -> tuple[int, ...]:
 
 def padded_bounds(cu_seqlens, world: int, layout: str) -> tuple[int, ...]:
     """Document bounds with the tail padding (a document of its own) the layout needs."""
-    check_layout(layout)
     b = _bounds(cu_seqlens)
-    parts = 2 * world if layout == "zigzag" else world
+    parts = split_parts(world, layout)
     padded = -(-b[-1] // parts) * parts
     return b + (padded,) if padded > b[-1] else b
 

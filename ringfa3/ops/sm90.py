@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .masks import effective_window
+
 _ABI_VERSION = 1
 _LIB_PATH = Path(os.environ.get("RINGFA3_SM90_LIB", Path(__file__).resolve().parents[1] / "lib" / "libringfa3_sm90.so"))
 _DTYPES = {torch.bfloat16: 0, torch.float16: 1}
@@ -104,9 +106,7 @@ class Sm90Backend:
 
     def _args(self, q, k, v, causal, softmax_scale, window):
         b, s_q, h, d = q.shape
-        left, right = window
-        if causal:   # causal = no key to the right of the (bottom-right aligned) diagonal
-            right = 0 if right < 0 else min(right, 0)
+        left, right = effective_window(causal, window)  # causal: no key right of the diagonal
         a = _FwdArgs()
         a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
         a.q_stride, a.k_stride, a.v_stride = _strides3(q), _strides3(k), _strides3(v)
