@@ -7,7 +7,6 @@ Each part runs in its own subprocess with a timeout, so a hung kernel costs that
 Writes $OUT/sm90_check.json, $OUT/sm90_bench.json, $OUT/sm90_sass.json; prints a ratio table last.
 """
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -22,10 +21,7 @@ LIB = ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"
 
 
 def load_backend():
-    # By file path: the package __init__ (another engineer's, possibly mid-edit) is not needed here.
-    spec = importlib.util.spec_from_file_location("ringfa3_sm90", ROOT / "ringfa3" / "ops" / "sm90.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from ringfa3.ops import sm90 as mod
     if mod.BACKEND is None:
         sys.exit(f"sm90 backend unavailable (library at {LIB} missing or no CUDA)")
     return mod.BACKEND
