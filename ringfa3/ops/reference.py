@@ -43,8 +43,12 @@ def _tiles(sq: int, sk: int, causal: bool, window):
         yield i0, i1, cols
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window, out_fp32: bool):
-    """out (b, s_q, h, d) in q.dtype (float32 if out_fp32), lse (b, h, s_q) float32."""
+def forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window, out_fp32: bool,
+            p_dtype: torch.dtype | None = None):
+    """out (b, s_q, h, d) in q.dtype (float32 if out_fp32), lse (b, h, s_q) float32.
+
+    p_dtype rounds the probabilities to that type before the P @ V product (row sums stay exact), as a
+    kernel that feeds P to a low-precision tensor-core GEMM does (ops/fp8.py)."""
     b, sq, h, d = q.shape
     sk, h_kv = k.shape[1], k.shape[2]
     acc_t = _acc_dtype(q.dtype)
@@ -66,7 +70,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window,
             p = torch.exp(s - m_safe[..., None])
             alpha = torch.exp(m - m_safe)
             den = den * alpha + p.sum(-1)
-            acc = acc * alpha[..., None] + p @ vg[..., j0:j1, :]
+            p_mm = p if p_dtype is None else p.to(p_dtype).to(acc_t)
+            acc = acc * alpha[..., None] + p_mm @ vg[..., j0:j1, :]
             m = m_new
         seen = den > 0
         out[..., i0:i1, :] = torch.where(seen[..., None], acc / torch.where(seen, den, 1)[..., None], 0)
