@@ -15,24 +15,12 @@ windows and packed documents.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 from functools import lru_cache
 
+from ringfa3.ops.blocks import NO_WINDOW, Block
 from ringfa3.ops.masks import effective_window
 
 from .layout import global_positions
-
-NO_WINDOW = (-1, -1)
-
-
-@dataclass(frozen=True)
-class Block:
-    q0: int  # query rows [q0, q1) of the local shard
-    q1: int
-    k0: int  # key rows [k0, k1) of the visiting shard
-    k1: int
-    causal: bool = False  # square block with the causal diagonal on its main diagonal
-    window: tuple[int, int] = NO_WINDOW  # the local kernel's (left, right) window within the block
 
 
 def visible_ranges(q_pos, k_pos, causal: bool, window=NO_WINDOW, doc_bounds=None):

@@ -4,9 +4,10 @@ Forward: at step t rank r holds the K/V of rank r - t; the next shard is already
 buffering) while the current one is computed. Partial (out, lse) merge into a float32 accumulator and
 are cast once at the end. Backward: K/V travel the ring again; the dK/dV of the visiting shard are
 accumulated in float32 and travel with it, and go home to their owner after the last step. dQ stays
-local. Steps after the last one at which any rank has work (short windows, short documents) are not
-run, so their K/V are not sent. Kernel-agnostic: any backend that returns (out, lse) and can take the
-global (out, lse) back.
+local. Each step's blocks (the plan's cut of the mask) go to the local op together: one launch per step
+and direction where the backend has a batched kernel (ops/blocks.py). Steps after the last one at which
+any rank has work (short windows, short documents) are not run, so their K/V are not sent.
+Kernel-agnostic: any backend that returns (out, lse) and can take the global (out, lse) back.
 """
 from __future__ import annotations
 
@@ -15,23 +16,13 @@ from torch import Tensor
 
 from ringfa3.ops import resolve_backend
 from ringfa3.ops.backends import resolve_backward
+from ringfa3.ops.blocks import backward_blocks, forward_blocks
 from ringfa3.ops.checks import resolve_scale
 
 from .checks import check_cp_inputs
 from .comm import Ring
 from .layout import check_seqlen
-from .merge import merge_into
 from .plan import NO_WINDOW, last_step, ring_blocks
-
-
-def _forward_block(impl, q, k, v, blk, scale, out_acc, lse_acc) -> None:
-    qb, kb, vb = q[:, blk.q0:blk.q1], k[:, blk.k0:blk.k1], v[:, blk.k0:blk.k1]
-    o_acc, l_acc = out_acc[:, blk.q0:blk.q1], lse_acc[:, :, blk.q0:blk.q1]
-    if hasattr(impl, "forward_merge"):
-        impl.forward_merge(qb, kb, vb, blk.causal, scale, blk.window, o_acc, l_acc)
-    else:
-        o, l = impl.forward(qb, kb, vb, blk.causal, scale, blk.window, True)
-        merge_into(o_acc, l_acc, o, l)
 
 
 class _RingAttention(torch.autograd.Function):
@@ -48,8 +39,8 @@ class _RingAttention(torch.autograd.Function):
         for step in range(last + 1):
             if step < last:
                 comm.start(kv)
-            for blk in ring_blocks(s, world, rank, (rank - step) % world, layout, causal, window, docs):
-                _forward_block(impl, q, kv[0], kv[1], blk, scale, out_acc, lse_acc)
+            blocks = ring_blocks(s, world, rank, (rank - step) % world, layout, causal, window, docs)
+            forward_blocks(impl, q, kv[0], kv[1], blocks, scale, out_acc, lse_acc)  # one launch per step
             if step < last:
                 kv = comm.wait()
         out = out_acc.to(q.dtype)
@@ -72,20 +63,15 @@ class _RingAttention(torch.autograd.Function):
         for step in range(last + 1):
             if step < last:
                 kv_comm.start(kv)
-            grads = []  # (key rows, dk, dv) of the visiting shard from our queries
-            for blk in ring_blocks(s, world, rank, (rank - step) % world, layout, causal, window, docs):
-                rows, keys = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
-                dqb, dkb, dvb = impl.backward(
-                    dout[:, rows], q[:, rows], kv[0][:, keys], kv[1][:, keys], out[:, rows],
-                    lse[:, :, rows], blk.causal, scale, blk.window, True)
-                dq[:, rows] += dqb
-                grads.append((keys, dkb, dvb))
+            blocks = ring_blocks(s, world, rank, (rank - step) % world, layout, causal, window, docs)
+            # dq accumulates in place; (k0, k1, dk, dv) pieces of the visiting shard from our queries
+            grads = backward_blocks(impl, dout, q, kv[0], kv[1], out, lse, blocks, scale, dq)
             # The float32 dK/dV of this shard so far, from the ranks before us; waiting only after our
             # compute keeps its transfer hidden. Our part is added on the rows we touched, then it moves on.
             dkv = dkv_comm.wait() if step > 0 else torch.zeros(kv.shape, dtype=torch.float32, device=q.device)
-            for keys, dkb, dvb in grads:
-                dkv[0][:, keys] += dkb
-                dkv[1][:, keys] += dvb
+            for k0, k1, dkb, dvb in grads:
+                dkv[0][:, k0:k1] += dkb
+                dkv[1][:, k0:k1] += dvb
             if step < last:
                 dkv_comm.start(dkv)
                 kv = kv_comm.wait()

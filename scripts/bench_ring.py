@@ -10,11 +10,16 @@ TFLOP/s of the whole sequence), per direction.
 
 --window L (causal sliding window of L keys) and --docs DIST (a packed batch of documents drawn as in
 scripts/varlen_balance.py) time the same tokens with those masks, next to the dense causal ring, to
-show the work the plan skips.
+show the work the plan skips. --loop hides the backend's batched block entry (one call per block, the
+old path); --split splits varlen launches by segment length (segments.split_by_size, off by default).
+--suite masks runs, in one process (one warm-up of the compiled merge), the dense causal ring with its
+monolithic anchor and then the window and packed-document rows on the same tokens, and writes them as
+one JSON list (rows under "rows").
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -24,18 +29,32 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import attn_flops, environment, median_ms, write_json  # noqa: E402
 
-from ringfa3.ops import attention, resolve_backend  # noqa: E402
+from ringfa3.ops import attention, resolve_backend, segments  # noqa: E402
+from ringfa3.ops.masks import effective_window  # noqa: E402
 from ringfa3.parallel.plan import NO_WINDOW, ring_blocks  # noqa: E402
 from ringfa3.parallel.ring import ring_attention  # noqa: E402
 from ringfa3.parallel.virtual import VirtualRing  # noqa: E402
 
+DEVICE = "cuda"
+
+
+def block_pairs(blk) -> int:
+    """Unmasked (row, key) pairs of a block (bottom-right causal / window inside it)."""
+    sq, sk = blk.q1 - blk.q0, blk.k1 - blk.k0
+    left, right = effective_window(blk.causal, blk.window)
+    diag = torch.arange(sq) + (sk - sq)
+    lo = (diag - left).clamp(min=0) if left >= 0 else torch.zeros_like(diag)
+    hi = (diag + right).clamp(max=sk - 1) if right >= 0 else torch.full_like(diag, sk - 1)
+    return int((hi - lo + 1).clamp(min=0).sum())
+
 
 def rank_flops(world, rank, s_local, layout, causal, b, h, d, window=NO_WINDOW, docs=None) -> float:
-    total = 0.0
+    """Forward FLOPs of the rank's unmasked pairs over all steps (4 * d per pair and head)."""
+    total = 0
     for step in range(world):
         for blk in ring_blocks(s_local, world, rank, (rank - step) % world, layout, causal, window, docs):
-            total += attn_flops(b, h, blk.q1 - blk.q0, blk.k1 - blk.k0, d, blk.causal)
-    return total
+            total += block_pairs(blk)
+    return 4.0 * b * h * d * total
 
 
 def doc_bounds(dist: str, tokens: int, world: int, layout: str):
@@ -53,6 +72,113 @@ def grad_fn(fn, q, k, v, dout):
     return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), dout)
 
 
+class LoopOnly:
+    """A backend without its batched block entry: the ring then makes one call per block."""
+
+    def __init__(self, impl):
+        self.impl, self.name = impl, impl.name + "(loop)"
+
+    def __getattr__(self, attr):
+        if attr in ("forward_blocks", "backward_blocks"):
+            raise AttributeError(attr)
+        return getattr(self.impl, attr)
+
+
+def run(args) -> dict:
+    """One configuration: the ring's times (and the monolithic anchor unless --no-mono)."""
+    n, d, h, b = args.virtual, args.headdim, args.hidden // args.headdim, 1
+    s_local = args.tokens // n
+    dt = torch.bfloat16
+    new = lambda *shape: torch.randn(*shape, device=DEVICE, dtype=dt)  # noqa: E731
+
+    shards = [new(2, b, s_local, h, d) for _ in range(n)]  # (2, b, s_local, h, d) per virtual rank
+    q, dout = new(b, s_local, h, d).requires_grad_(), new(b, s_local, h, d)
+    k, v = (shards[args.rank][i].clone().requires_grad_() for i in (0, 1))
+    window = (args.window, -1) if args.window >= 0 else NO_WINDOW
+    docs = doc_bounds(args.docs, args.tokens, n, args.layout) if args.docs else None
+    impl = resolve_backend(args.backend, q, k, v, args.causal, window)
+    if args.loop:
+        impl = LoopOnly(impl)
+    segments.SPLIT_BY_SIZE = args.split
+    segments._CACHE.clear()
+    ring = VirtualRing(n, args.rank, shards)
+    scale = d ** -0.5
+    ring_out = lambda q, k, v: ring_attention(q, k, v, args.causal, scale, ring, args.layout, impl, window, docs)[0]  # noqa: E731
+
+    f_rank = rank_flops(n, args.rank, s_local, args.layout, args.causal, b, h, d, window, docs)
+    res = dict(world=n, tokens=args.tokens, headdim=d, heads=h, layout=args.layout, causal=args.causal,
+               window=args.window, docs=args.docs, backend=impl.name, split_by_size=args.split,
+               rank_tflop=f_rank / 1e12,
+               docs_count=len(docs) - 1 if docs else None)
+    with torch.no_grad():
+        res["ring_fwd_ms"] = median_ms(lambda: ring_out(q, k, v))
+        res["ring_fwd"] = f_rank / res["ring_fwd_ms"] / 1e9
+    if not args.fwd_only:
+        res["ring_fwdbwd_ms"] = median_ms(grad_fn(ring_out, q, k, v, dout))
+        res["ring_fwdbwd"] = 3.5 * f_rank / res["ring_fwdbwd_ms"] / 1e9
+    del shards, ring, q, k, v, dout
+    torch.cuda.empty_cache()
+    if args.no_mono or args.fwd_only:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
+
+    Q, Dout = new(b, args.tokens, h, d).requires_grad_(), new(b, args.tokens, h, d)
+    K, V = new(b, args.tokens, h, d).requires_grad_(), new(b, args.tokens, h, d).requires_grad_()
+    mono_name = impl.impl.name if args.loop else impl.name
+    mono = lambda q, k, v: attention(q, k, v, causal=args.causal, backend=mono_name)[0]  # noqa: E731
+    f_mono = attn_flops(b, h, args.tokens, args.tokens, d, args.causal)
+    with torch.no_grad():
+        res["mono_fwd_ms"] = median_ms(lambda: mono(Q, K, V))
+    res["mono_fwd"] = f_mono / res["mono_fwd_ms"] / 1e9
+    res["mono_fwdbwd_ms"] = median_ms(grad_fn(mono, Q, K, V, Dout))
+    res["mono_fwdbwd"] = 3.5 * f_mono / res["mono_fwdbwd_ms"] / 1e9
+    res["eff_fwd"] = res["ring_fwd"] / res["mono_fwd"]
+    res["eff_fwdbwd"] = res["ring_fwdbwd"] / res["mono_fwdbwd"]
+    del Q, K, V, Dout
+    torch.cuda.empty_cache()
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
+
+
+def describe(r: dict) -> str:
+    mask = (f"docs {r['docs']} ({r['docs_count']}){' split' if r['split_by_size'] else ''}" if r["docs"] else
+            f"window {r['window']}" if r["window"] >= 0 else "causal" if r["causal"] else "full")
+    line = (f"N={r['world']} {r['layout']:>10} {mask:<24} [{r['backend']}] rank work {r['rank_tflop']:.2f} TFLOP: "
+            f"ring fwd {r['ring_fwd_ms']:.2f} ms")
+    if "ring_fwdbwd_ms" in r:
+        line += f", fwd+bwd {r['ring_fwdbwd_ms']:.2f} ms"
+    if "eff_fwd" in r:
+        line += (f"; fwd {r['ring_fwd']:.0f} vs mono {r['mono_fwd']:.0f} TF/s (eff {r['eff_fwd']:.3f}), "
+                 f"fwd+bwd {r['ring_fwdbwd']:.0f} vs {r['mono_fwdbwd']:.0f} TF/s (eff {r['eff_fwdbwd']:.3f})")
+    return line
+
+
+def suite_masks(args) -> list[dict]:
+    """Dense causal zigzag with its monolithic anchor, then windows and packed documents on the same
+    tokens (their time against the dense row is the skipped work)."""
+    rows = []
+
+    def case(**kw):
+        a = copy.copy(args)
+        a.causal, a.no_mono, a.fwd_only, a.loop, a.window, a.docs = True, True, False, False, -1, None
+        a.split = False
+        for key, val in kw.items():
+            setattr(a, key, val)
+        try:
+            rows.append(run(a))
+            print(describe(rows[-1]), flush=True)
+        except Exception as e:  # one broken row must not cost the others (device time is scarce)
+            rows.append(dict(kw, error=f"{type(e).__name__}: {e}"))
+            print(f"FAILED {kw}: {rows[-1]['error']}", flush=True)
+            torch.cuda.empty_cache()
+
+    case(layout="zigzag", no_mono=False)
+    for layout in ("zigzag", "contiguous"):
+        case(layout=layout, window=args.suite_window)
+    for dist in ("lognormal", "long_tail"):
+        case(layout="stripe", docs=dist)
+        case(layout="stripe", docs=dist, split=True)  # short and long documents in separate launches
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--virtual", type=int, required=True, help="virtual world size N")
@@ -65,57 +191,24 @@ def main():
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--window", type=int, default=-1, help="causal sliding window (keys to the left)")
     ap.add_argument("--docs", choices=["lognormal", "long_tail"], help="packed documents instead of one sequence")
+    ap.add_argument("--loop", action="store_true", help="one local call per block (hide the batched entry)")
+    ap.add_argument("--split", action="store_true",
+                    help="split varlen calls by segment length (segments.split_by_size)")
     ap.add_argument("--no-mono", action="store_true", help="skip the monolithic comparison")
     ap.add_argument("--fwd-only", action="store_true", help="time the forward only (implies --no-mono)")
+    ap.add_argument("--suite", choices=["masks"], help="run a set of configurations in one process")
+    ap.add_argument("--suite-window", type=int, default=4096, help="the window of the masks suite")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_ring.py needs a CUDA GPU")
-    n, d, h, b = args.virtual, args.headdim, args.hidden // args.headdim, 1
-    s_local = args.tokens // n
-    dt = torch.bfloat16
-    new = lambda *shape: torch.randn(*shape, device="cuda", dtype=dt)  # noqa: E731
-
-    shards = [new(2, b, s_local, h, d) for _ in range(n)]  # (2, b, s_local, h, d) per virtual rank
-    q, dout = new(b, s_local, h, d).requires_grad_(), new(b, s_local, h, d)
-    k, v = (shards[args.rank][i].clone().requires_grad_() for i in (0, 1))
-    window = (args.window, -1) if args.window >= 0 else NO_WINDOW
-    docs = doc_bounds(args.docs, args.tokens, n, args.layout) if args.docs else None
-    impl = resolve_backend(args.backend, q, k, v, args.causal, window)
-    ring = VirtualRing(n, args.rank, shards)
-    scale = d ** -0.5
-    ring_out = lambda q, k, v: ring_attention(q, k, v, args.causal, scale, ring, args.layout, impl, window, docs)[0]  # noqa: E731
-
-    f_rank = rank_flops(n, args.rank, s_local, args.layout, args.causal, b, h, d, window, docs)
-    res = dict(world=n, tokens=args.tokens, headdim=d, heads=h, layout=args.layout, causal=args.causal,
-               window=args.window, docs=args.docs, backend=impl.name, rank_tflop=f_rank / 1e12)
-    with torch.no_grad():
-        res["ring_fwd_ms"] = median_ms(lambda: ring_out(q, k, v))
-        res["ring_fwd"] = f_rank / res["ring_fwd_ms"] / 1e9
-    if not args.fwd_only:
-        res["ring_fwdbwd_ms"] = median_ms(grad_fn(ring_out, q, k, v, dout))
-        res["ring_fwdbwd"] = 3.5 * f_rank / res["ring_fwdbwd_ms"] / 1e9
-    del shards, ring, q, k, v, dout
-    torch.cuda.empty_cache()
-    if args.no_mono or args.fwd_only:
-        print(json.dumps(res))
-        return write_json(args.json, dict(environment(), **res))
-
-    Q, Dout = new(b, args.tokens, h, d).requires_grad_(), new(b, args.tokens, h, d)
-    K, V = new(b, args.tokens, h, d).requires_grad_(), new(b, args.tokens, h, d).requires_grad_()
-    mono = lambda q, k, v: attention(q, k, v, causal=args.causal, backend=impl.name)[0]  # noqa: E731
-    f_mono = attn_flops(b, h, args.tokens, args.tokens, d, args.causal)
-    with torch.no_grad():
-        res["mono_fwd"] = f_mono / median_ms(lambda: mono(Q, K, V)) / 1e9
-    res["mono_fwdbwd"] = 3.5 * f_mono / median_ms(grad_fn(mono, Q, K, V, Dout)) / 1e9
-    res["eff_fwd"] = res["ring_fwd"] / res["mono_fwd"]
-    res["eff_fwdbwd"] = res["ring_fwdbwd"] / res["mono_fwdbwd"]
-    res = {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
+    if args.suite == "masks":
+        rows = suite_masks(args)
+        print(json.dumps(rows))
+        return write_json(args.json, dict(environment(), rows=rows))
+    res = run(args)
     print(json.dumps(res))
-    print(f"virtual ring N={n} {args.layout} {'causal' if args.causal else 'full'} window {args.window} docs {args.docs} "
-          f"{args.tokens} tokens hd{d}: ring fwd {res['ring_fwd_ms']:.2f} ms, fwd+bwd {res['ring_fwdbwd_ms']:.2f} ms; "
-          f"[{impl.name}]: fwd {res['ring_fwd']:.0f} vs {res['mono_fwd']:.0f} TF/s (eff {res['eff_fwd']:.3f}); "
-          f"fwd+bwd {res['ring_fwdbwd']:.0f} vs {res['mono_fwdbwd']:.0f} TF/s (eff {res['eff_fwdbwd']:.3f})")
+    print(describe(res))
     write_json(args.json, dict(environment(), **res))
 
 

@@ -1,5 +1,6 @@
 """Sliding windows and packed documents through the ring, and deterministic mode, over gloo ranks
-(world sizes 1-4) against the float64 single-process reference."""
+(world sizes 1-4) against the float64 single-process reference; also the ring with a backend whose
+batched block entry runs the varlen path (FA2's kernel emulated on CPU, varlen_emulator.py)."""
 from __future__ import annotations
 
 import itertools
@@ -15,6 +16,7 @@ from ringfa3.parallel.plan import last_step
 
 from distributed import run_distributed
 from reference import reference64, rel_err, tolerance
+from varlen_emulator import EmulatedVarlen
 
 S, H, D = 48, 8, 16  # a shard is 12-48 tokens
 WORLDS = (1, 2, 3, 4)
@@ -29,6 +31,9 @@ DOCS = {
     "one_long": [61],  # one document longer than any rank's share
     "short": [2] * 20 + [7],  # documents shorter than a rank's share
 }
+# the ring through the batched entry's varlen path: (layout, docs or None, (causal, window), gqa)
+BATCHED_CASES = [("stripe", "odd", (True, (-1, -1)), 2), ("zigzag", "short", (True, (6, -1)), 4),
+                 ("contiguous", "one_long", (False, (-1, -1)), 1), ("zigzag", None, (True, (30, -1)), 8)]
 VARLEN_CASES = list(itertools.product(("contiguous", "zigzag", "stripe"), list(DOCS),
                                       [(True, (-1, -1)), (False, (-1, -1)), (True, (6, -1))], (1, 4)))
 
@@ -76,8 +81,28 @@ def masks_matrix(rank: int, world: int, seed: int) -> dict:
         back = lambda t: unshard_varlen(t, cu, 0, None, layout)  # noqa: E731
         dq, dk, dv = _grads(out, shard_varlen(dout, cu, 0, None, layout), loc, back)
         res[("v", idx)] = dict(out=back(out.detach()), lse=unshard_varlen(lse, cu, 1, None, layout), dq=dq, dk=dk, dv=dv)
+    for idx in range(len(BATCHED_CASES)):
+        res[("b", idx)] = _batched_case(idx, seed + 2000, EmulatedVarlen())
     res["deterministic"] = _repeat_bitwise(seed, world)
     return res if rank == 0 else None
+
+
+def _batched_case(idx, seed, impl):
+    """The ring engine with `impl` on this process group (world 1 without one) over a packed batch."""
+    from ringfa3.parallel.comm import Ring
+    from ringfa3.parallel.ring import ring_attention
+    from ringfa3.parallel.varlen import padded_bounds
+
+    layout, doc, (causal, window), gqa = BATCHED_CASES[idx]
+    cu = torch.tensor([0] + (DOCS[doc] if doc else [S])).cumsum(0)
+    q, k, v, dout = _inputs(seed + idx, int(cu[-1]), gqa, ())
+    ring = Ring(None)
+    loc = [shard_varlen(x, cu, 0, None, layout).clone().requires_grad_() for x in (q, k, v)]
+    bounds = padded_bounds(cu.tolist(), ring.world, layout) if doc else None
+    out, lse = ring_attention(*(x[None] for x in loc), causal, D ** -0.5, ring, layout, impl, window, bounds)
+    back = lambda t, dim=0: unshard_varlen(t, cu, dim, None, layout)  # noqa: E731
+    dq, dk, dv = _grads(out[0], shard_varlen(dout, cu, 0, None, layout), loc, back)
+    return dict(out=back(out[0].detach()), lse=back(lse[0], 1), dq=dq, dk=dk, dv=dv)
 
 
 def _repeat_bitwise(seed, world) -> bool:
@@ -144,6 +169,28 @@ def test_window_ring_matches_float64(world, idx):
 def test_varlen_ring_matches_float64(world, idx):
     ref, base = varlen_expected(idx)
     _check(results(world)[("v", idx)], ref, base)
+
+
+@lru_cache(maxsize=None)
+def batched_expected(idx):
+    from ringfa3.ops import BACKENDS
+
+    layout, doc, (causal, window), gqa = BATCHED_CASES[idx]
+    lengths = DOCS[doc] if doc else [S]
+    q, k, v, dout = _inputs(SEED + 2000 + idx, sum(lengths), gqa, ())
+    ref = reference64(q[None], k[None], v[None], dout[None], False, None, (-1, -1), doc_mask(lengths, causal, window))
+    ref = {n: t[0] for n, t in ref.items()}
+    single = _batched_case(idx, SEED + 2000, BACKENDS["reference"])  # one process, one call per block
+    return ref, {n: rel_err(single[n], ref[n]) for n in ref}
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("idx", range(len(BATCHED_CASES)),
+                         ids=[f"{l}-{d}-{'causal' if c else 'full'}-w{w[0]}-gqa{g}"
+                              for l, d, (c, w), g in BATCHED_CASES])
+def test_ring_with_batched_varlen_entry_matches_float64(world, idx):
+    ref, base = batched_expected(idx)
+    _check(results(world)[("b", idx)], ref, base)
 
 
 @pytest.mark.parametrize("world", WORLDS)

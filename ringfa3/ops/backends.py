@@ -8,7 +8,9 @@ A backend is an object with
 out_fp32 / grads_fp32 ask for results not rounded to the input dtype; a backend whose kernel rounds
 anyway may return its rounded tensors (the ring accumulates them in float32 either way).
 and optionally forward_merge(q, k, v, causal, scale, window, out_acc, lse_acc), which merges its
-block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present), and
+block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present),
+forward_blocks / backward_blocks, which compute a list of blocks of one problem in few launches
+(ops/blocks.py; backends without them are served one call per block), and
 `deterministic = True` when its results are bitwise repeatable (no atomics in reductions).
 A forward-only backend sets `has_backward = False`; its gradients then come from the fastest backend
 that has a backward for the same inputs (every backward takes the global out and lse, so any kernel's
@@ -91,13 +93,22 @@ def resolve(backend: str, q, k, v, causal: bool, window, deterministic: bool = F
     raise AssertionError("the reference backend serves every input")
 
 
+def _backward_why_not(impl, q, k, v, causal, window, deterministic):
+    """Why `impl`'s backward cannot serve these inputs: a backend whose backward covers less than its
+    forward says so in `backward_unsupported` (sm90: head dims)."""
+    if not getattr(impl, "has_backward", True):
+        return "it has no backward"
+    check = getattr(impl, "backward_unsupported", None)
+    return check(q, k, v, causal, window) if check is not None else None
+
+
 def resolve_backward(impl, q, k, v, causal: bool, window, deterministic: bool = False):
-    """`impl` if it has a backward, else the first `auto` backend with one that serves these inputs."""
-    if getattr(impl, "has_backward", True):
+    """`impl` if its backward serves these inputs, else the first `auto` backend whose does."""
+    if _backward_why_not(impl, q, k, v, causal, window, deterministic) is None:
         return impl
     for name in AUTO_ORDER:
         cand = BACKENDS.get(name)
-        if cand is not None and getattr(cand, "has_backward", True) and \
+        if cand is not None and _backward_why_not(cand, q, k, v, causal, window, deterministic) is None and \
                 _why_not(cand, q, k, v, causal, window, deterministic) is None:
             return cand
     raise AssertionError("the reference backend serves every input")

@@ -1,0 +1,88 @@
+"""Many blocks of one local attention problem in one call per direction.
+
+A Block is a sub-rectangle of a local attention problem: query rows [q0, q1) against key rows [k0, k1),
+with its own mask aligned bottom-right inside the block (`causal`, `window`, as `attention` takes them).
+A caller that needs several blocks of the same (q, k, v) (a ring step over packed documents, a sliding
+window, a zigzag shard) hands them over together:
+
+  forward_blocks(impl, q, k, v, blocks, scale, out_acc, lse_acc)
+      merges every block's partial (out, lse) into the float32 accumulators in place; blocks may share
+      query rows; rows no block covers keep their values.
+  backward_blocks(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc) -> [(k0, k1, dk, dv), ...]
+      adds every block's dq into the float32 dq_acc in place and returns the key gradients as pieces
+      (key rows [k0, k1) of k/v), for the caller to add where it keeps them.
+
+A backend with a batched kernel implements `forward_blocks` / `backward_blocks` (same arguments, less
+`impl`); any other backend is served by the loop below, one call per block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .merge import merge_into
+
+NO_WINDOW = (-1, -1)
+
+
+@dataclass(frozen=True)
+class Block:
+    q0: int  # query rows [q0, q1) of the local problem
+    q1: int
+    k0: int  # key rows [k0, k1)
+    k1: int
+    causal: bool = False  # the causal diagonal, aligned bottom-right in the block
+    window: tuple[int, int] = NO_WINDOW  # (left, right) window within the block, aligned bottom-right
+
+
+def loop_forward(impl, q: Tensor, k: Tensor, v: Tensor, blocks, scale: float, out_acc: Tensor,
+                 lse_acc: Tensor) -> None:
+    """One local call per block, merged into (out_acc (b, s_q, h, d), lse_acc (b, h, s_q)) float32."""
+    merge = getattr(impl, "forward_merge", None)
+    for blk in blocks:
+        qb, kb, vb = q[:, blk.q0:blk.q1], k[:, blk.k0:blk.k1], v[:, blk.k0:blk.k1]
+        o_acc, l_acc = out_acc[:, blk.q0:blk.q1], lse_acc[:, :, blk.q0:blk.q1]
+        if merge is not None:
+            merge(qb, kb, vb, blk.causal, scale, blk.window, o_acc, l_acc)
+        else:
+            o, lse = impl.forward(qb, kb, vb, blk.causal, scale, blk.window, True)
+            merge_into(o_acc, l_acc, o, lse)
+
+
+def loop_backward(impl, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks,
+                  scale: float, dq_acc: Tensor) -> list:
+    """One local backward per block: dq added into dq_acc (b, s_q, h, d) float32; the key pieces returned."""
+    pieces = []
+    for blk in blocks:
+        rows, keys = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
+        dqb, dkb, dvb = impl.backward(dout[:, rows], q[:, rows], k[:, keys], v[:, keys], out[:, rows],
+                                      lse[:, :, rows], blk.causal, scale, blk.window, True)
+        dq_acc[:, rows] += dqb
+        pieces.append((blk.k0, blk.k1, dkb, dvb))
+    return pieces
+
+
+def forward_blocks(impl, q: Tensor, k: Tensor, v: Tensor, blocks, scale: float, out_acc: Tensor,
+                   lse_acc: Tensor) -> None:
+    """Merge the blocks of (q (b, s_q, h, d), k/v (b, s_k, h_kv, d)) into out_acc/lse_acc, in as few
+    kernel calls as the backend allows."""
+    if not blocks:
+        return
+    batched = getattr(impl, "forward_blocks", None)
+    if batched is not None:
+        batched(q, k, v, blocks, scale, out_acc, lse_acc)
+    else:
+        loop_forward(impl, q, k, v, blocks, scale, out_acc, lse_acc)
+
+
+def backward_blocks(impl, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks,
+                    scale: float, dq_acc: Tensor) -> list:
+    """Gradients of the blocks given the global (merged) out and lse: dq added into dq_acc, key pieces
+    [(k0, k1, dk, dv)] returned (dk/dv (b, k1 - k0, h_kv, d), any float dtype)."""
+    if not blocks:
+        return []
+    batched = getattr(impl, "backward_blocks", None)
+    if batched is not None:
+        return batched(dout, q, k, v, out, lse, blocks, scale, dq_acc)
+    return loop_backward(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc)

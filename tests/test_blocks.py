@@ -1,0 +1,210 @@
+"""The batched block entry (ops/blocks.py) and its varlen-kernel form (ops/segments.py).
+
+On CPU the varlen kernel is emulated with the reference backend (varlen_emulator.py), so the grouping,
+the filler segments, the lse mapping and the key pieces are all checked here; the ring over gloo with
+this path runs in test_ring_masks.py (it shares that file's process groups). The GPU tests run the real
+FA2 kernel (flash backend) and the cudnn backend's hand-over to it. Ground truth: float64 attention with
+the blocks' union as mask.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from ringfa3.ops import BACKENDS
+from ringfa3.ops.blocks import backward_blocks, forward_blocks, loop_backward, loop_forward
+from ringfa3.ops.masks import tile_mask
+from ringfa3.ops import segments
+from ringfa3.ops.segments import group_blocks, varlen_calls
+from ringfa3.parallel.plan import ring_blocks
+from ringfa3.parallel.varlen import padded_bounds
+
+from reference import attention64, tolerance
+from varlen_emulator import EmulatedVarlen, call_segments
+
+SEED = int.from_bytes(os.urandom(4), "little")
+INF = math.inf
+
+
+# ---------------------------------------------------------------- problems: one ring step's blocks
+DOCS = {"odd": [5, 17, 3, 23, 1, 11], "one_long": [61], "short": [2] * 20 + [7]}
+
+
+def step_blocks(world, rank, src, layout, causal, window, docs):
+    bounds = None
+    if docs is not None:
+        cu = [0]
+        for n in DOCS[docs]:
+            cu.append(cu[-1] + n)
+        bounds = padded_bounds(cu, world, layout)
+    s_local = (bounds[-1] if bounds else 48) // world
+    return ring_blocks(s_local, world, rank, src, layout, causal, window, bounds), s_local
+
+
+def union_mask(blocks, sq, sk, count=False):
+    m = torch.zeros(sq, sk, dtype=torch.int32)
+    for b in blocks:
+        n, s = b.q1 - b.q0, b.k1 - b.k0
+        m[b.q0:b.q1, b.k0:b.k1] += tile_mask(0, n, 0, s, n, s, b.causal, b.window, "cpu").int()
+    return m if count else m > 0
+
+
+@pytest.mark.parametrize("split", (False, True), ids=("one_launch", "split_by_size"))
+def test_varlen_calls_cover_each_pair_of_the_blocks_once(split, monkeypatch):
+    """For every step of small rings (layouts, masks, documents), the calls' segments under FA2's
+    conventions see exactly the (row, key) pairs of the blocks, each once; dense and packed-document
+    causal steps are a single call."""
+    monkeypatch.setattr(segments, "SPLIT_BY_SIZE", split)
+    monkeypatch.setattr(segments, "_CACHE", type(segments._CACHE)())
+    masks = [(True, (-1, -1)), (False, (-1, -1)), (True, (4, -1)), (True, (30, -1)), (False, (5, 5)), (False, (20, 3))]
+    for world, layout, (causal, window), docs in itertools.product(
+            (3, 4), ("contiguous", "zigzag", "stripe"), masks, (None, "odd", "short")):
+        for rank, src in itertools.product(range(world), range(world)):
+            blocks, s = step_blocks(world, rank, src, layout, causal, window, docs)
+            if not blocks:
+                continue
+            got = torch.zeros(s, s, dtype=torch.int32)
+            calls = varlen_calls(blocks, 1, s, s, "cpu")
+            for call in calls:
+                segs, (left, right) = call_segments(call)
+                for a, b, c, d in segs:
+                    if b > a and d > c:
+                        got[a:b, c:d] += tile_mask(0, b - a, 0, d - c, b - a, d - c, False, (left, right), "cpu").int()
+            want = union_mask(blocks, s, s, count=True)
+            assert torch.equal(got, want), (world, layout, causal, window, docs, rank, src)
+            if causal and window == (-1, -1) and not split:
+                assert len(calls) == 1, (world, layout, docs, rank, src, blocks)
+
+
+# (world, rank, src, layout, causal, window, docs, gqa): rows no block covers (zigzag src > rank: the
+# first chunk sees nothing), blocks sharing query rows (zigzag windows: two calls), GQA 1/2/4/8,
+# windows smaller and larger than a shard, odd document lengths
+CASES = [
+    (4, 1, 2, "zigzag", True, (-1, -1), None, 1),
+    (4, 2, 1, "zigzag", True, (6, -1), None, 2),
+    (3, 0, 0, "zigzag", True, (30, -1), None, 4),
+    (4, 3, 0, "zigzag", False, (5, 5), None, 8),
+    (2, 1, 0, "contiguous", False, (20, 3), None, 2),
+    (4, 1, 1, "stripe", True, (-1, -1), "odd", 1),
+    (4, 0, 3, "stripe", True, (-1, -1), "short", 4),
+    (3, 2, 1, "zigzag", True, (6, -1), "odd", 2),
+    (2, 0, 1, "contiguous", False, (-1, -1), "one_long", 8),
+    (4, 2, 2, "stripe", False, (5, 5), "odd", 1),
+]
+H, D = 8, 16
+
+
+def _problem(case, device="cpu", dtype=torch.float64, seed=SEED):
+    world, rank, src, layout, causal, window, docs, gqa = case
+    blocks, s = step_blocks(world, rank, src, layout, causal, window, docs)
+    g = torch.Generator().manual_seed(seed)
+    q, dout = (torch.randn(2, s, H, D, generator=g) for _ in range(2))
+    k, v = (torch.randn(2, s, H // gqa, D, generator=g) for _ in range(2))
+    return blocks, [x.to(device, dtype) for x in (q, k, v, dout)]
+
+
+def _expected(blocks, q, k, v, dout):
+    qs, ks, vs = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out, lse = attention64(qs, ks, vs, mask=union_mask(blocks, q.shape[1], k.shape[1]).to(q.device))
+    dq, dk, dv = torch.autograd.grad(out, (qs, ks, vs), dout.double())
+    return dict(out=out.detach(), lse=lse.detach(), dq=dq, dk=dk, dv=dv)
+
+
+def _err(x, ref):
+    """rel_err with the norm floored at 1: gradients that are exactly 0 in float64 (a row that sees one
+    key) are compared absolutely."""
+    x, ref = x.double(), ref.double()
+    fin = torch.isfinite(ref)
+    assert torch.equal(fin, torch.isfinite(x)) and not torch.isnan(x).any()
+    return ((x[fin] - ref[fin]).norm() / ref[fin].norm().clamp_min(1.0)).item()
+
+
+def _run(fwd, bwd, impl, blocks, q, k, v, dout, global_out, global_lse):
+    """(out, lse) of fwd into fresh accumulators, grads of bwd given the global out/lse."""
+    b, s, h, d = q.shape
+    out = torch.zeros(b, s, h, d, dtype=torch.float32, device=q.device)
+    lse = torch.full((b, h, s), -INF, dtype=torch.float32, device=q.device)
+    fwd(impl, q, k, v, blocks, d ** -0.5, out, lse)
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dk, dv = (torch.zeros(k.shape, dtype=torch.float32, device=q.device) for _ in range(2))
+    for k0, k1, dkb, dvb in bwd(impl, dout, q, k, v, global_out.to(q.dtype), global_lse.float(), blocks, d ** -0.5, dq):
+        dk[:, k0:k1] += dkb
+        dv[:, k0:k1] += dvb
+    return dict(out=out, lse=lse, dq=dq, dk=dk, dv=dv)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"w{c[0]}r{c[1]}s{c[2]}-{c[3]}-{'causal' if c[4] else 'full'}"
+                         f"-w{c[5][0]}_{c[5][1]}-{c[6]}-gqa{c[7]}")
+def test_batched_entry_equals_per_block_loop(case):
+    blocks, (q, k, v, dout) = _problem(case)
+    ref = _expected(blocks, q, k, v, dout)
+    loop = _run(loop_forward, loop_backward, BACKENDS["reference"], blocks, q, k, v, dout, ref["out"], ref["lse"])
+    batched = _run(forward_blocks, backward_blocks, EmulatedVarlen(), blocks, q, k, v, dout, ref["out"], ref["lse"])
+    assert torch.equal(torch.isinf(batched["lse"]), torch.isinf(ref["lse"]))  # rows no block covers: -inf
+    assert torch.all(batched["out"][torch.isinf(ref["lse"]).transpose(1, 2)] == 0)
+    for name in ref:  # float32 accumulators: float32-level agreement with each other and float64
+        assert _err(loop[name], ref[name]) <= 1e-5, name
+        assert _err(batched[name], ref[name]) <= 1e-5, name
+        assert _err(batched[name], loop[name]) <= 1e-5, name
+
+
+def test_packed_documents_take_one_launch_per_step(monkeypatch):
+    """Packed documents over a stripe split: the step's 60 documents are one kernel call; with
+    split_by_size on, one long document goes to a call of its own."""
+    rng = random.Random(0)
+    cu = [0]
+    for _ in range(60):
+        cu.append(cu[-1] + rng.randint(1, 90))
+    bounds = padded_bounds(cu, 8, "stripe")
+    for src in range(8):
+        blocks = ring_blocks(bounds[-1] // 8, 8, 3, src, "stripe", True, (-1, -1), bounds)
+        assert len(blocks) > 20 and len(group_blocks(blocks)) == 1
+    monkeypatch.setattr(segments, "SPLIT_BY_SIZE", True)
+    bounds = padded_bounds(cu + [cu[-1] + 30000], 8, "stripe")  # one long document at the end
+    s = bounds[-1] // 8
+    blocks = ring_blocks(s, 8, 3, 3, "stripe", True, (-1, -1), bounds)
+    calls = group_blocks(blocks, s, s)
+    assert len(calls) == 2 and len(calls[1][2]) == 1  # the long one apart
+    assert sum(len(c[2]) for c in calls) == len(blocks)
+
+
+# ---------------------------------------------------------------- GPU: the real FA2 varlen kernel
+GPU_CASES = CASES + [(8, 5, 2, "stripe", True, (-1, -1), "odd", 2), (4, 3, 3, "zigzag", True, (9, -1), "short", 1)]
+
+
+class _LoopOnly:
+    """A backend seen without its batched entry: one dense call per block (the yardstick)."""
+
+    def __init__(self, impl):
+        self.impl = impl
+
+    def forward(self, *a):
+        return self.impl.forward(*a)
+
+    def backward(self, *a):
+        return self.impl.backward(*a)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ("flash", "cudnn"))
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"w{c[0]}r{c[1]}s{c[2]}-{c[3]}-{'causal' if c[4] else 'full'}"
+                         f"-w{c[5][0]}_{c[5][1]}-{c[6]}-gqa{c[7]}")
+def test_gpu_batched_entry_matches_float64(backend, case):
+    impl = BACKENDS[backend]
+    blocks, (q, k, v, dout) = _problem(case, "cuda", torch.bfloat16)
+    if impl.unsupported(q, k, v, case[4], case[5]):
+        pytest.skip(f"{backend} does not serve this mask")
+    ref = _expected(blocks, q, k, v, dout)
+    # yardstick: one dense FA2 call per block (cuDNN refuses the 1 x 1 blocks of short documents)
+    loop = _run(loop_forward, loop_backward, _LoopOnly(BACKENDS["flash"]), blocks, q, k, v, dout,
+                ref["out"], ref["lse"])
+    batched = _run(forward_blocks, backward_blocks, impl, blocks, q, k, v, dout, ref["out"], ref["lse"])
+    for name in ref:
+        base = _err(loop[name], ref[name])
+        err, tol = _err(batched[name], ref[name]), tolerance(base, torch.bfloat16)
+        assert err <= tol, f"{name}: rel err {err:.3g} > {tol:.3g} (per-block {backend} {base:.3g}, seed {SEED})"
