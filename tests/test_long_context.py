@@ -90,3 +90,37 @@ def test_activation_offload_keeps_results_and_frees_gpu_memory():
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert held1 < held0 / 2, (held0, held1)
+
+
+def test_all_options_on_and_meta_init_under_fsdp_two_ranks(tmp_path):
+    # FSDP2 over 2 gloo ranks: reentrant checkpointing (what offload uses), chunked loss, tiled MLP and
+    # a host cap give the losses of all off; and meta-device init (each rank materializes only its
+    # shards, the default) gives the losses of the whole model built on the CPU first
+    from train_helpers import losses, run_world
+
+    on = ["train.max_steps=3", "train.activation_checkpointing=true", "train.offload_activations=true",
+          "train.loss_chunk_tokens=40", "train.mlp_chunk_tokens=24", "train.offload_max_gb=1"]
+    jobs = [(["train.max_steps=3"], str(tmp_path / "off")), (on, str(tmp_path / "on")),
+            (["train.max_steps=3", "train.meta_init=false"], str(tmp_path / "cpu_init"))]
+    res = run_world(2, jobs, str(tmp_path / "store"))
+    off_l, on_l, cpu_init = (losses(r) for r in res[0])
+    assert on_l == pytest.approx(off_l, rel=1e-6)
+    assert off_l == pytest.approx(cpu_init, rel=1e-6)
+
+
+@pytest.mark.cuda
+def test_offload_with_chunked_loss_unpacks_out_of_order():
+    # the chunked loss saves (d_hidden, d_weight) together and the backward takes them back in another
+    # order than reversed saving: the prefetch must skip what is already taken
+    from ringfa3.train.offload import OffloadActivations
+
+    torch.manual_seed(0)
+    hidden = torch.randn(4096, 256, device="cuda", requires_grad=True)
+    weight = torch.randn(1024, 256, device="cuda", requires_grad=True)
+    labels = torch.randint(0, 1024, (4096,), device="cuda")
+    want = torch.autograd.grad(chunked_linear_cross_entropy(hidden, weight, labels, 1000), (hidden, weight))
+    with OffloadActivations(min_bytes=1):
+        loss = chunked_linear_cross_entropy(hidden * 1.0, weight, labels, 1000)
+    got = torch.autograd.grad(loss, (hidden, weight))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

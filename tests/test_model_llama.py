@@ -53,3 +53,31 @@ def test_causal():
 def test_bad_shapes_name_the_key(kw, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.").replace("/", "/")):
         _tiny(**kw)
+
+
+def test_rmsnorm_matches_autograd_and_saves_less():
+    import torch.nn.functional as F
+
+    from ringfa3.models import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(40).double()
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 5, 40, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(norm, (x,))
+    x32 = torch.randn(3, 17, 40, requires_grad=True)
+    w32 = norm.weight.detach().float().requires_grad_()
+    dy = torch.randn(3, 17, 40)
+    want = F.rms_norm(x32, (40,), None, 1e-5) * w32
+    got = RMSNorm(40)
+    got.weight.data.copy_(w32)
+    y = got(x32)
+    torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(y, (x32, got.weight), dy), torch.autograd.grad(want, (x32, w32), dy)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # bf16 activations: the norm keeps x (bf16) and one float per token, not float32 copies of x
+    saved = []
+    xb = torch.randn(1, 64, 40, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+        RMSNorm(40).to(torch.bfloat16)(xb)
+    assert sum(saved) <= xb.numel() * 2 + 64 * 4 + 40 * 2

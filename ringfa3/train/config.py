@@ -83,6 +83,11 @@ class ParallelConfig:
 
     cp: ranks that share one sequence (context parallel), in `layout` order.
     engine: 'fsdp' (FSDP2 fully_shard), 'deepspeed' (ZeRO `zero_stage`), or 'none' (replicated, all-reduce).
+    cpu_offload: engine fsdp only: FSDP2's CPUOffloadPolicy keeps the float32 parameter shards, their
+      gradients and the optimizer (its states and its step) in pinned host memory; the GPU holds one
+      block's gathered bf16 parameters at a time.
+    cpu_offload_pin: with cpu_offload, keep those host copies in pinned memory (faster copies; torch's
+      pinned allocator rounds each block up to a power of two, up to ~1.3x the bytes for an 8B model).
     """
 
     cp: int = 1
@@ -90,6 +95,8 @@ class ParallelConfig:
     layout: str = "zigzag"
     engine: str = "fsdp"
     zero_stage: int = 2
+    cpu_offload: bool = False
+    cpu_offload_pin: bool = True
 
     def __post_init__(self):
         _positive("parallel.cp", self.cp, 1)
@@ -98,6 +105,9 @@ class ParallelConfig:
         _one_of("parallel.layout", self.layout, LAYOUTS)
         _one_of("parallel.engine", self.engine, ENGINES)
         _one_of("parallel.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        if self.cpu_offload and self.engine != "fsdp":
+            raise ValueError(f"parallel.cpu_offload=true needs parallel.engine=fsdp (got {self.engine!r}); "
+                             f"use parallel.engine=fsdp")
 
 
 @dataclass
@@ -106,6 +116,8 @@ class OptimConfig:
 
     grad_accum: micro-batches per step (data.batch_size is split over dp ranks and micro-batches).
     grad_clip: max global grad norm (0 disables clipping; the norm is still logged).
+    state_dtype: 'float32' (torch AdamW) or 'bfloat16': the two moments stored in bf16, math in fp32
+      (ringfa3/train/adamw_lowmem.py; an approximation of AdamW that saves 4 bytes a parameter).
     """
 
     name: str = "adamw"
@@ -117,9 +129,11 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1
+    state_dtype: str = "float32"
 
     def __post_init__(self):
         _one_of("optim.name", self.name, ("adamw",))
+        _one_of("optim.state_dtype", self.state_dtype, ("float32", "bfloat16"))
         if not self.lr > 0:
             raise ValueError(f"optim.lr={self.lr} must be positive, e.g. optim.lr=3e-4")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -145,6 +159,10 @@ class TrainConfig:
     mlp_chunk_tokens: > 0 runs each MLP over sequence tiles of that many tokens, recomputed in backward.
     offload_activations: each checkpointed block's input goes to pinned host memory during the forward
     and comes back ahead of its backward (needs activation_checkpointing).
+    offload_max_gb: > 0 caps the offloaded bytes (GiB) per step; later tensors stay on the GPU.
+    meta_init: engines fsdp/none: build the model on the meta device, wrap and shard it, then allocate
+    and initialize each rank's shards on their device (ringfa3/train/meta_init.py); false builds it
+    whole on the CPU first. Same initial values on CPU runs either way.
     """
 
     max_steps: int = 400
@@ -164,6 +182,8 @@ class TrainConfig:
     loss_chunk_tokens: int = 0
     mlp_chunk_tokens: int = 0
     offload_activations: bool = False
+    offload_max_gb: float = 0.0
+    meta_init: bool = True
 
     def __post_init__(self):
         _positive("train.max_steps", self.max_steps, 100)
@@ -177,6 +197,9 @@ class TrainConfig:
         if self.offload_activations and not self.activation_checkpointing:
             raise ValueError("train.offload_activations=true offloads the checkpointed block inputs; "
                              "set train.activation_checkpointing=true as well")
+        if self.offload_max_gb < 0:
+            raise ValueError(f"train.offload_max_gb={self.offload_max_gb} must be >= 0 (0 = no cap), "
+                             f"e.g. train.offload_max_gb=24")
         for key in ("loss_chunk_tokens", "mlp_chunk_tokens"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key}={getattr(self, key)} must be >= 0 (0 = off), e.g. train.{key}=8192")

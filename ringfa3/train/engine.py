@@ -34,8 +34,15 @@ def lr_lambda(optim_cfg, max_steps: int):
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device):
     o = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                            weight_decay=o.weight_decay, foreach=device.type == "cuda")
+    if o.state_dtype == "bfloat16":
+        from .adamw_lowmem import LowPrecisionStateAdamW
+
+        opt = LowPrecisionStateAdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                     weight_decay=o.weight_decay, state_dtype=torch.bfloat16)
+    else:  # under cpu_offload the parameters (and so the step) are on the host
+        on_gpu = device.type == "cuda" and not getattr(cfg.parallel, "cpu_offload", False)
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                weight_decay=o.weight_decay, foreach=on_gpu)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, cfg.train.max_steps))
     return opt, sched
 

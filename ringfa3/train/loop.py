@@ -24,6 +24,7 @@ from .config import Config, check_world
 from .data import Sharder, make_dataset
 from .engine import make_engine
 from .flops import peak_flops, train_flops
+from .meta_init import materialize
 from .metrics import MetricsLogger, max_memory_gb
 from .offload import OffloadActivations
 from .parallelize import (apply_activation_checkpointing, apply_compile, apply_context_parallel, apply_fsdp,
@@ -96,21 +97,29 @@ class Trainer:
             ckpt.check_shape(self.resume_from, cfg.model)
 
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and for every world size
-        model = Llama(cfg.model)
+        meta = cfg.train.meta_init and cfg.parallel.engine in ("fsdp", "none")
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = Llama(cfg.model)  # on meta: shapes only, materialized after sharding
         self.mesh = build_mesh(self.device, self.dp, self.cp)
         self.cp_group = self.mesh["cp"].get_group()
         dp_rank = self.mesh.get_local_rank("dp")
         if cfg.model.attn_backend != "sdpa":
             apply_context_parallel(model, self.cp_group, cfg.parallel.layout, cfg.model.attn_backend)
-        model.to(self.device)
+        if not meta:
+            model.to(self.device)
         apply_memory_options(model, cfg.train.loss_chunk_tokens, cfg.train.mlp_chunk_tokens)
         if cfg.train.activation_checkpointing:
             apply_activation_checkpointing(model, reentrant=cfg.train.offload_activations)
         if cfg.train.compile:
             apply_compile(model)
-        if cfg.parallel.engine == "fsdp" and (self.world > 1 or self.dtype is not None):
-            apply_fsdp(model, self.mesh, self.dtype)  # on one GPU too: its bf16 mixed precision
-        elif self.dtype is not None and cfg.parallel.engine == "none":
+        fsdp = cfg.parallel.engine == "fsdp" and (self.world > 1 or self.dtype is not None)
+        if fsdp:  # on one GPU too: its bf16 mixed precision
+            apply_fsdp(model, self.mesh, self.dtype, cpu_offload=cfg.parallel.cpu_offload,
+                       pin_memory=cfg.parallel.cpu_offload_pin)
+        if meta:  # shards on their device (the host under cpu_offload), drawn on the compute device
+            home = "cpu" if fsdp and cfg.parallel.cpu_offload else self.device
+            materialize(model, home, cfg.train.seed, cfg.model.init_std, init_device=self.device)
+        if not fsdp and self.dtype is not None and cfg.parallel.engine == "none":
             model.to(self.dtype)
         self.engine = make_engine(model, cfg, self.device, self.world)
         self.sharder = Sharder(cfg.data.batch_size, cfg.optim.grad_accum, self.dp, dp_rank, self.cp_group,
@@ -145,7 +154,9 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------
     def _loss_sum(self, x, y):
-        with OffloadActivations() if self.cfg.train.offload_activations else contextlib.nullcontext():
+        tc = self.cfg.train
+        cap = int(tc.offload_max_gb * 2**30)
+        with OffloadActivations(max_bytes=cap) if tc.offload_activations else contextlib.nullcontext():
             return self.engine.model(x, labels=y)  # float32 sum over this rank's labelled tokens
 
     def train_step(self) -> dict:

@@ -53,18 +53,21 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None, cpu_offload: bool = False,
+               pin_memory: bool = True) -> None:
     """FSDP2 over all ranks (dp x cp flattened: cp ranks hold different tokens of the same sequences,
-    so their gradients are summed like data-parallel ones). Mixed precision when param_dtype is set."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    so their gradients are summed like data-parallel ones). Mixed precision when param_dtype is set.
+    cpu_offload: parameter shards, gradients and the optimizer step live in pinned host memory."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     fsdp_mesh = mesh._flatten("dp_cp") if mesh.ndim > 1 else mesh
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
+    offload = CPUOffloadPolicy(pin_memory=pin_memory) if cpu_offload else OffloadPolicy()
     last = len(model.layers) - 1
     for i, block in enumerate(model.layers):
         # The last block's params are needed right away by backward: no point resharding them.
-        fully_shard(block, mesh=fsdp_mesh, mp_policy=mp, reshard_after_forward=i < last)
-    fully_shard(model, mesh=fsdp_mesh, mp_policy=mp)
+        fully_shard(block, mesh=fsdp_mesh, mp_policy=mp, reshard_after_forward=i < last, offload_policy=offload)
+    fully_shard(model, mesh=fsdp_mesh, mp_policy=mp, offload_policy=offload)
 
 
 def all_reduce_grads(model: nn.Module) -> None:
