@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ringfa3.ops import resolve_backend
+from ringfa3.ops import BACKENDS, attention, resolve_backend
 from ringfa3.ops.backends import resolve_backward
 from ringfa3.ops.blocks import backward_blocks, forward_blocks
 from ringfa3.ops.checks import resolve_scale
@@ -85,6 +85,11 @@ class _RingAttention(torch.autograd.Function):
 def ring_attention(q, k, v, causal: bool, scale: float, ring, layout: str, impl, window=NO_WINDOW, doc_bounds=None):
     """The engine without argument checks: `ring` is a Ring (or a VirtualRing), `impl` a backend;
     q, k, v (b, s_local, h(_kv), d). doc_bounds: global document starts plus the end (packed batches)."""
+    if ring.world == 1 and doc_bounds is None and BACKENDS.get(impl.name) is impl:
+        # Every layout is the identity on one rank: the registered local op alone, without float32
+        # accumulators or merges.
+        return attention(q, k, v, causal, scale, tuple(window), backend=impl.name,
+                         precision=getattr(impl, "precision", "native"))
     return _RingAttention.apply(q, k, v, scale, ring, impl, (layout, causal, tuple(window), doc_bounds))
 
 
@@ -99,17 +104,19 @@ def check_ring_inputs(q, k, v, causal, layout, window, group):
 
 def ring_flash_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, softmax_scale: float | None = None,
                          group=None, layout: str = "zigzag", return_lse: bool = False, backend: str = "auto",
-                         window: tuple[int, int] = NO_WINDOW, deterministic: bool = False):
+                         window: tuple[int, int] = NO_WINDOW, deterministic: bool = False,
+                         precision: str = "native"):
     """Attention of this rank's queries against the whole sequence spread over `group`.
 
     q (b, s_local, h, d), k/v (b, s_local, h_kv, d): this rank's tokens in `layout` (see `shard`).
     Causal masking and the sliding `window` (left, right) refer to global positions. Returns out
     (b, s_local, h, d), and with return_lse the global lse (b, h, s_local) float32. Gradients flow to
     q, k, v of every rank. deterministic=True: bitwise repeatable results (fixed reduction order and a
-    deterministic local backend).
+    deterministic local backend). precision='fp8': every local block in FP8 e4m3 (ops/fp8.py), merged
+    in float32; forward only.
     """
     ring, window = check_ring_inputs(q, k, v, causal, layout, window, group)
     scale = resolve_scale(softmax_scale, q.shape[-1])
-    impl = resolve_backend(backend, q, k, v, causal, window, deterministic=deterministic)
+    impl = resolve_backend(backend, q, k, v, causal, window, deterministic=deterministic, precision=precision)
     out, lse = ring_attention(q, k, v, causal, scale, ring, layout, impl, window)
     return (out, lse) if return_lse else out

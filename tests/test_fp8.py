@@ -84,3 +84,68 @@ def test_fp8_without_outliers_is_at_e4m3_precision_and_handles_masked_rows():
     out, lse = fp8.attention_fp8(q, k[:, :50], v[:, :50], True, 32 ** -0.5)
     assert torch.isneginf(lse[:, :, :150]).all() and (out[:, :150] == 0).all()
     assert torch.isfinite(lse[:, :, 150:]).all()
+
+
+# ---------------------------------------------------------------- precision='fp8' through the API
+def test_attention_precision_fp8_is_the_fp8_numerics_and_forward_only():
+    from ringfa3.ops import attention
+
+    q, k, v = (x.float().requires_grad_() for x in _outlier_qkv(130, 4, 2, 32, factor=10.0, seed=2))
+    out, lse = attention(q, k, v, causal=True, precision="fp8")
+    spec, spec_lse = fp8.attention_fp8(q.detach(), k.detach(), v.detach(), True, 32 ** -0.5)
+    assert torch.equal(out.detach(), spec) and torch.equal(lse, spec_lse)
+    with pytest.raises(RuntimeError, match="forward-only.*precision='native'"):
+        out.sum().backward()
+
+
+def test_precision_errors_name_the_argument():
+    from ringfa3.ops import attention
+
+    q = torch.randn(1, 8, 2, 32)
+    with pytest.raises(ValueError, match="precision='int4' is not known"):
+        attention(q, q, q, precision="int4")
+    with pytest.raises(ValueError, match="backend='reference' computes in precision 'native'"):
+        attention(q, q, q, backend="reference", precision="fp8")
+    with pytest.raises(ValueError, match="power of two"):
+        attention(torch.randn(1, 8, 2, 48), torch.randn(1, 8, 2, 48), torch.randn(1, 8, 2, 48), precision="fp8")
+
+
+def _fp8_ring(rank, world, seed):
+    from ringfa3.parallel import ring_flash_attn_func, shard, unshard
+
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 96 * world, h, 32, generator=g) for h in (4, 2, 2))
+    loc = [shard(x, 1, layout="zigzag") for x in (q, k, v)]
+    out, lse = ring_flash_attn_func(*loc, causal=True, layout="zigzag", return_lse=True, precision="fp8")
+    grad_err = None
+    try:
+        ring_flash_attn_func(*(x.requires_grad_() for x in loc), causal=True, precision="fp8").sum().backward()
+    except RuntimeError as e:
+        grad_err = str(e)
+    return unshard(out, 1, layout="zigzag"), grad_err, (q, k, v)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ring_fp8_error_matches_single_process_fp8(world):
+    from distributed import run_distributed
+
+    results = run_distributed(_fp8_ring, world, 7)
+    out, grad_err, (q, k, v) = results[0]
+    ref, _ = attention64(q.double(), k.double(), v.double(), True)
+    single, _ = fp8.attention_fp8(q, k, v, True, 32 ** -0.5)
+    # each ring block quantizes its own rows (its own scales), so the error is of the same size, not equal
+    assert rel_err(out, ref) <= 1.5 * rel_err(single, ref)
+    assert all("forward-only" in r[1] for r in results)
+
+
+def test_layer_switches_to_fp8_for_evaluation():
+    from ringfa3.nn import RingFlashAttention
+
+    torch.manual_seed(0)
+    layer = RingFlashAttention(128, 4, 2)
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        native = layer(x)
+        layer.precision = "fp8"
+        quantized = layer(x)
+    assert rel_err(quantized, native.double()) < 0.1

@@ -22,7 +22,7 @@ import logging
 
 import torch
 
-from . import reference
+from . import fp8, reference
 from .aten_backends import AtenBackend
 
 log = logging.getLogger("ringfa3")
@@ -39,6 +39,29 @@ class ReferenceBackend:
     backward = staticmethod(reference.backward)
 
 
+class ReferenceFp8Backend:
+    """precision='fp8': the FP8 e4m3 numerics of ops/fp8.py (incoherent processing, block scales) in
+    torch, the specification an FP8 kernel is tested against. Forward only."""
+    name = "reference_fp8"
+    precision = "fp8"
+    deterministic = True
+    has_backward = False
+    backward_error = ("attention with precision='fp8' is forward-only (evaluation and inference): train with "
+                      "precision='native' on bf16 inputs")
+
+    def unsupported(self, q, k, v, causal, window):
+        d = q.shape[-1]
+        if d & (d - 1):
+            return f"head dim {d} is not a power of two (the Hadamard rotation of Q and K needs one)"
+        if q.dtype == torch.float64:
+            return "float64 inputs have no FP8 path; pass bf16, fp16 or fp32 inputs"
+        return None
+
+    @staticmethod
+    def forward(q, k, v, causal, scale, window, out_fp32):
+        return fp8.attention_fp8(q, k, v, causal, scale, window, out_fp32=out_fp32)
+
+
 def _load_sm90():
     try:
         from .sm90 import BACKEND
@@ -48,16 +71,19 @@ def _load_sm90():
     return BACKEND
 
 
-BACKENDS = {b.name: b for b in (ReferenceBackend(), AtenBackend("cudnn"), AtenBackend("flash"))}
+BACKENDS = {b.name: b for b in (ReferenceBackend(), AtenBackend("cudnn"), AtenBackend("flash"), ReferenceFp8Backend())}
 _sm90 = _load_sm90()
 if _sm90 is not None:
     BACKENDS["sm90"] = _sm90
 
-NAMES = ("auto", "sm90", "cudnn", "flash", "reference")
+NAMES = ("auto", "sm90", "cudnn", "flash", "reference", "reference_fp8")
+# precision: 'native' computes in the inputs' dtype; 'fp8' quantizes Q, K, V and P to e4m3 (ops/fp8.py).
+PRECISIONS = ("native", "fp8")
 # Fastest first, as measured on an H100 (bench/NOTES.md run 3, bench/results/attn_*.json): cuDNN is still
 # ahead of our sm90 forward in 7 of 8 hd128 rows and torch's FA2 is slower than both; sm90 serves what
 # cuDNN cannot (sliding windows, causal with s_q != s_k). Move sm90 first once it wins.
 AUTO_ORDER = ("cudnn", "sm90", "flash", "reference")
+FP8_AUTO_ORDER = ("reference_fp8",)
 _auto_logged: set = set()
 
 
@@ -67,21 +93,27 @@ def _why_not(impl, q, k, v, causal, window, deterministic):
     return impl.unsupported(q, k, v, causal, window)
 
 
-def resolve(backend: str, q, k, v, causal: bool, window, deterministic: bool = False):
+def resolve(backend: str, q, k, v, causal: bool, window, deterministic: bool = False, precision: str = "native"):
     """The backend object that serves these inputs; ValueError naming `backend` if none can."""
     if not isinstance(backend, str) or backend not in NAMES:
         raise ValueError(f"backend={backend!r} is not known; use one of {', '.join(map(repr, NAMES))}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not known; use 'native' (the inputs' dtype) or 'fp8'")
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(
                 f"backend={backend!r} is not available here: its library is not built or this GPU is not "
                 f"Hopper (build with `python scripts/build_csrc.py`), or use backend='auto'"
             )
+        own = getattr(BACKENDS[backend], "precision", "native")
+        if own != precision:
+            raise ValueError(f"backend={backend!r} computes in precision {own!r}, not precision={precision!r}; "
+                             f"use backend='auto' with precision={precision!r}")
         reason = _why_not(BACKENDS[backend], q, k, v, causal, window, deterministic)
         if reason:
             raise ValueError(f"backend={backend!r} cannot serve these inputs: {reason}")
         return BACKENDS[backend]
-    for name in AUTO_ORDER:
+    for name in AUTO_ORDER if precision == "native" else FP8_AUTO_ORDER:
         if name in BACKENDS and _why_not(BACKENDS[name], q, k, v, causal, window, deterministic) is None:
             key = (q.device.type, q.dtype, q.shape[-1], causal, tuple(window), q.shape[1] == k.shape[1],
                    deterministic, name)
@@ -90,6 +122,9 @@ def resolve(backend: str, q, k, v, causal: bool, window, deterministic: bool = F
                 log.info("ringfa3: backend='auto' chose %r for %s %s headdim %d causal=%s window=%s",
                          name, q.device.type, q.dtype, q.shape[-1], causal, tuple(window))
             return BACKENDS[name]
+    if precision == "fp8":
+        raise ValueError(f"precision='fp8' cannot serve these inputs: "
+                         f"{_why_not(BACKENDS['reference_fp8'], q, k, v, causal, window, deterministic)}")
     raise AssertionError("the reference backend serves every input")
 
 
@@ -103,7 +138,10 @@ def _backward_why_not(impl, q, k, v, causal, window, deterministic):
 
 
 def resolve_backward(impl, q, k, v, causal: bool, window, deterministic: bool = False):
-    """`impl` if its backward serves these inputs, else the first `auto` backend whose does."""
+    """`impl` if its backward serves these inputs, else the first `auto` backend whose does (an FP8
+    forward has no backward to fall back to: RuntimeError)."""
+    if getattr(impl, "backward_error", None):
+        raise RuntimeError(impl.backward_error)
     if _backward_why_not(impl, q, k, v, causal, window, deterministic) is None:
         return impl
     for name in AUTO_ORDER:

@@ -76,10 +76,10 @@ def fake_quantize(x: Tensor, rows_per_scale: int | None, per_tensor: bool = Fals
 
 def attention_fp8(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window=(-1, -1), *,
                   incoherent: bool = True, per_tensor: bool = False, block_q: int = 128, block_k: int = 128,
-                  seed: int = 0) -> tuple[Tensor, Tensor]:
+                  seed: int = 0, out_fp32: bool = False) -> tuple[Tensor, Tensor]:
     """FP8 attention as the kernel computes it. q (b, s_q, h, d); k, v (b, s_k, h_kv, d).
 
-    Returns out (b, s_q, h, d) in q's dtype and lse (b, h, s_q) float32.
+    Returns out (b, s_q, h, d) in q's dtype (float32 if out_fp32) and lse (b, h, s_q) float32.
     """
     qf, kf = q.float(), k.float()
     if incoherent:
@@ -89,4 +89,4 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, w
     k8, _ = fake_quantize(kf, block_k, per_tensor)
     v8, _ = fake_quantize(v, None, per_tensor)
     out, lse = reference.forward(q8, k8, v8, causal, scale, window, out_fp32=False, p_dtype=E4M3)
-    return out.to(q.dtype), lse
+    return out.to(torch.float32 if out_fp32 else q.dtype), lse

@@ -59,19 +59,21 @@ _attn_fwd.register_autograd(_backward, setup_context=_setup)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, softmax_scale: float | None = None,
-              window: tuple[int, int] = (-1, -1), backend: str = "auto") -> tuple[Tensor, Tensor]:
+              window: tuple[int, int] = (-1, -1), backend: str = "auto",
+              precision: str = "native") -> tuple[Tensor, Tensor]:
     """Local attention. q (b, s_q, h, d); k, v (b, s_k, h_kv, d).
 
     Returns out (b, s_q, h, d) in q's dtype and lse (b, h, s_q) float32, the natural log of each row's
     softmax denominator of the scaled scores (-inf, with out 0, for rows that see no key). Causal and
-    window masks are aligned bottom-right when s_q != s_k. Differentiable in q, k, v.
+    window masks are aligned bottom-right when s_q != s_k. Differentiable in q, k, v, except with
+    precision='fp8' (e4m3 with incoherent processing, ops/fp8.py: forward only).
     """
     check_qkv(q, k, v)
     window = check_window(window)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     scale = resolve_scale(softmax_scale, q.shape[-1])
-    impl = resolve(backend, q, k, v, causal, window)
+    impl = resolve(backend, q, k, v, causal, window, precision=precision)
     return _attn_fwd(q, k, v, causal, scale, window[0], window[1], impl.name, False)
 
 
