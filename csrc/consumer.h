@@ -1,6 +1,6 @@
 // Consumer warpgroups: per key block, S = Q K^T (WGMMA, both operands in smem), mask, online
 // softmax, P cast to 16 bit in registers, O += P V (WGMMA with P as the register A operand).
-// Each warpgroup owns 64 query rows of the tile; both share the K/V stages.
+// Each warpgroup owns 64 query rows of the tile; all share the K/V stages.
 #pragma once
 #include <cute/arch/mma_sm90_gmma.hpp>
 #include "epilogue.h"
@@ -32,16 +32,26 @@ __device__ __forceinline__ void issue_gemm(Mma& mma, TA& a, TB const& b, TC& c) 
   if constexpr (kARegs) warpgroup_fence_operand(a);
 }
 
-// Ping-pong between the two consumer warpgroups: warpgroup c may issue its GEMMs only after the other
-// one has issued its own (named barriers 1 and 2; 0 is __syncthreads). Warpgroup 1 opens with an
-// arrive so warpgroup 0 goes first, and warpgroup 0 absorbs the final dangling arrive at the end.
+// Ping-pong among the consumer warpgroups: warpgroup w may issue its GEMMs only after warpgroup w-1
+// (cyclically) has issued its own, so one warpgroup's softmax runs under the others' GEMMs. Named
+// barrier 1 + w (0 is __syncthreads) counts warpgroup w's sync and its predecessor's arrive. The last
+// warpgroup opens with an arrive so warpgroup 0 goes first; warpgroup 0 absorbs the last dangling
+// arrive at the end.
 __device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 __device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory"); }
-template <class Tr> __device__ __forceinline__ void pingpong_wait(int ct) {
-  if constexpr (Tr::kPingPong) named_sync(1 + ct / 128, 256);
+template <class Tr> __device__ __forceinline__ void pingpong_wait(int wg) { named_sync(1 + wg, 256); }
+template <class Tr> __device__ __forceinline__ void pingpong_signal(int wg) {
+  named_arrive(1 + (wg + 1) % Tr::kConsumerWG, 256);
 }
-template <class Tr> __device__ __forceinline__ void pingpong_signal(int ct) {
-  if constexpr (Tr::kPingPong) named_arrive(1 + (1 - ct / 128), 256);
+
+// A copy of an smem-descriptor fragment whose base the compiler cannot see through, so the per-k-step
+// descriptors are rebuilt at each GEMM issue (one integer add each) instead of being hoisted out of
+// the loops into two registers per k-step (16 registers for Q at hd128, 32 at hd256).
+template <class Frag>
+__device__ __forceinline__ auto opaque_desc(Frag const& f) {
+  auto it = f.data();
+  asm volatile("" : "+r"(it.desc_.reg32_[0]));
+  return cute::make_tensor(it, f.layout());
 }
 
 template <class Tr>
@@ -68,13 +78,13 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
   Tensor tOrP32 = recast<uint32_t>(tOrP);
 
   AccCoord coord(ct % 128);
-  int rows_base = (ct / 128) * 64;
+  int wg = ct / 128;
+  int rows_base = wg * 64;
   TileScheduler sched{p.n_tiles, p.n_m_blocks, a.h, p.heads_per_chunk, p.tile_counter};
   TileRing ring{ss.tile_id, ss.tile_full, ss.tile_empty};
   PipeState<Tr::kStages> kv;
   int q_round = 0;
-  static_assert(!Tr::kPingPong || (Tr::kOverlap && Tr::kConsumerWG == 2), "ping-pong pairs two overlapped warpgroups");
-  if constexpr (Tr::kPingPong) if (ct >= 128) named_arrive(1, 256);
+  if (wg == Tr::kConsumerWG - 1) named_arrive(1, 256);
 
   for (;;) {
     int t = ring.receive();
@@ -84,104 +94,74 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     int nb = mask.n_begin(), ne = mask.n_end();
     Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kM>, Int<kD>>{});   // (MMA, 1, 1) fp32
     clear(tOrO);
-    OnlineSoftmax<Tr::kIlp ? 4 : 1> softmax(p.scale_log2);
+    OnlineSoftmax softmax(p.scale_log2);
     Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kM>, Int<kN>>{});   // (MMA, 1, 1) fp32
 
     // Issue S = Q K(n)^T on the current K stage (asynchronous).
-    auto scores = [&](int n) {
+    auto scores = [&]() {
       FullBarrier::wait(&ss.k_full[kv.index], kv.phase);
-      issue_gemm<true, false>(mma_qk, tSrQ, tSrK(_, _, _, kv.index), tSrS);
+      auto q = opaque_desc(tSrQ);
+      issue_gemm<true, false>(mma_qk, q, tSrK(_, _, _, kv.index), tSrS);
     };
     // Once S(n) has landed: free its K stage (and Q after the tile's last block), mask, softmax.
-    auto softmax_part = [&](int n, int n_last, float (&rescale)[2]) {
+    auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
       warp_release(&ss.k_empty[kv.index]);
-      if (n == n_last) warp_release(&ss.q_empty);
+      if (n == nb) warp_release(&ss.q_empty);
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
-      softmax.template step<false>(tSrS, rescale);
+      softmax.template step<decltype(first)::value>(tSrS, rescale);
     };
     auto convert_p = [&]() {
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS) / 2; ++i) tOrP32(i) = pack2<T>(tSrS(2 * i), tSrS(2 * i + 1));
     };
-    auto after_scores = [&](auto first, int n, int n_last, auto& o) {
-      float rescale[2];
-      warp_release(&ss.k_empty[kv.index]);
-      if (n == n_last) warp_release(&ss.q_empty);
-      if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
-      if constexpr (decltype(first)::value) {
-        softmax.template step<true>(tSrS, rescale);
-      } else {
-        softmax.template step<false>(tSrS, rescale);
-        CUTE_UNROLL
-        for (int i = 0; i < size(o); ++i) o(i) *= rescale[AccCoord::row_half(i)];
-      }
-      convert_p();
+    float rescale[2];
+    auto rescale_o = [&]() {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[AccCoord::row_half(i)];
     };
 
     if (ne > nb) {
       FullBarrier::wait(&ss.q_full, q_round & 1);
-      if constexpr (Tr::kOverlap) {
-        // Software pipeline (FA3 "intra-warpgroup overlap"): issue S(n) = Q K(n)^T and
-        // O += P(n+1) V(n+1) back to back, run the softmax of S(n) while P V is still on the tensor
-        // cores, then rescale O (kLagV: rescale before the PV issue instead, under the S GEMM).
-        // With ping-pong, the two warpgroups take turns issuing, so one's GEMMs overlap the
-        // other's softmax.
-        pingpong_wait<Tr>(ct);
-        scores(ne - 1);
-        pingpong_signal<Tr>(ct);
-        warpgroup_wait<0>();
-        after_scores(cute::true_type{}, ne - 1, nb, tOrO);
-        PipeState<Tr::kStages> prev = kv;
-        kv.advance();
-        float rescale[2] = {1.f, 1.f};   // factor from the last softmax, not yet applied to O
-        auto rescale_o = [&]() {
-          CUTE_UNROLL
-          for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[AccCoord::row_half(i)];
-        };
-        for (int n = ne - 2; n >= nb; --n) {
-          pingpong_wait<Tr>(ct);
-          scores(n);
-          if constexpr (Tr::kLagV) rescale_o();
-          FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
-          issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
-          pingpong_signal<Tr>(ct);
-          warpgroup_wait<1>();   // S(n) is done; P V may still run
-          softmax_part(n, nb, rescale);
-          warpgroup_wait<0>();
-          warp_release(&ss.v_empty[prev.index]);
-          if constexpr (!Tr::kLagV) rescale_o();   // runs 1-3: O includes P(prev) V(prev) here
-          convert_p();
-          prev = kv;
-          kv.advance();
-        }
-        pingpong_wait<Tr>(ct);
-        if constexpr (Tr::kLagV) rescale_o();
+      // Software pipeline (intra-warpgroup overlap): issue S(n) = Q K(n)^T and O += P(n+1) V(n+1)
+      // back to back, run the softmax of S(n) while P V is still on the tensor cores, then rescale
+      // O. With ping-pong, the warpgroups take turns issuing, so one's softmax overlaps the others'
+      // GEMMs. (Run 4: rescaling O before the P V issue instead, under the S GEMM, was no faster.)
+      pingpong_wait<Tr>(wg);
+      scores();
+      pingpong_signal<Tr>(wg);
+      warpgroup_wait<0>();
+      softmax_part(cute::true_type{}, ne - 1, rescale);
+      convert_p();
+      PipeState<Tr::kStages> prev = kv;
+      kv.advance();
+      for (int n = ne - 2; n >= nb; --n) {
+        pingpong_wait<Tr>(wg);
+        scores();
         FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
         issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
-        pingpong_signal<Tr>(ct);
+        pingpong_signal<Tr>(wg);
+        warpgroup_wait<1>();   // S(n) is done; P V may still run
+        softmax_part(cute::false_type{}, n, rescale);
         warpgroup_wait<0>();
         warp_release(&ss.v_empty[prev.index]);
-      } else {
-        // Plain order: S, softmax, P V, each waited for before the next.
-        for (int n = ne - 1; n >= nb; --n) {
-          scores(n);
-          warpgroup_wait<0>();
-          if (n == ne - 1) after_scores(cute::true_type{}, n, nb, tOrO);
-          else after_scores(cute::false_type{}, n, nb, tOrO);
-          FullBarrier::wait(&ss.v_full[kv.index], kv.phase);
-          issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, kv.index), tOrO);
-          warpgroup_wait<0>();
-          warp_release(&ss.v_empty[kv.index]);
-          kv.advance();
-        }
+        rescale_o();   // O now includes P(prev) V(prev)
+        convert_p();
+        prev = kv;
+        kv.advance();
       }
+      pingpong_wait<Tr>(wg);
+      FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
+      issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
+      pingpong_signal<Tr>(wg);
+      warpgroup_wait<0>();
+      warp_release(&ss.v_empty[prev.index]);
       ++q_round;
     }
     float inv[2], lse[2];
     softmax.finish(a.softmax_scale, inv, lse);
     store_output<T>(a, tOrO, inv, lse, tile.batch, tile.head, tile.m_block * kM + rows_base, coord);
   }
-  if constexpr (Tr::kPingPong) if (ct < 128) named_sync(1, 256);
+  if (wg == 0) named_sync(1, 256);
 }
 
 }  // namespace ringfa3

@@ -29,10 +29,8 @@ typedef struct RingFa3FwdArgs {
   int32_t out_fp32;        // write out as fp32
   int32_t merge;           // merge into (out_acc, lse_acc) instead of writing out/lse
   int32_t num_sms;         // 0 = ask the device (persistent grid size)
-  int32_t variant;         // 0 = default; bf16 hd128 only, for A/B timing in one run:
-                           // 1 = static round-robin tile order instead of the atomic counter,
-                           // 2 = K(n)/V(n+1) producer order + early O rescale (not yet measured),
-                           // 3 = variant 2 + 4-chain softmax reductions (not yet measured)
+  int32_t reserved;        // must be 0 (was an A/B variant selector until run 4; kept so the layout
+                           // and ABI version stay the same)
   float softmax_scale;
   void* stream;            // cudaStream_t
 } RingFa3FwdArgs;

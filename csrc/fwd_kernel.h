@@ -12,8 +12,6 @@ template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT FwdParams<Tr> const p) {
   extern __shared__ __align__(1024) unsigned char smem_buf[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_buf);
-  constexpr int kProducerRegs = Tr::kConsumerWG == 2 ? 24 : 56;
-  constexpr int kConsumerRegs = Tr::kConsumerWG == 2 ? 240 : 160;
 
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.q_full, 1);
@@ -33,7 +31,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
   __syncthreads();
 
   if (threadIdx.x / 128 == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<kProducerRegs>();
+    cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
       cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
       cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
@@ -41,7 +39,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
       produce<Tr>(p, ss);
     }
   } else {
-    cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
+    cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     consume<Tr>(p, ss, threadIdx.x - 128);
   }
 }

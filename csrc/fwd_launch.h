@@ -6,8 +6,14 @@
 #include <mutex>
 #include <cuda_runtime.h>
 #include "fwd_kernel.h"
+#include "instantiations.h"
 
 namespace ringfa3 {
+// Internal linkage for everything below: the function-local statics (tile counters, the smem
+// attribute flag) would otherwise be GNU "unique" symbols that the dynamic loader merges across two
+// builds of this library loaded in one process (A/B timing), and one build would skip setting its own
+// kernel's smem attribute (run 4b: "invalid argument").
+namespace {
 
 // Query heads per scheduling chunk: enough that the chunk's K/V (shared by `group` query heads
 // each) take about kL2Budget bytes, a part of H100's 50 MB L2 that leaves room for Q/O traffic.
@@ -71,10 +77,8 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       /*tile_counter=*/nullptr};
   p.n_tiles = p.n_m_blocks * a.h * a.b;
   if (p.n_tiles == 0) return cudaSuccess;
-  if constexpr (Tr::kDynamic) {
-    p.tile_counter = tile_counter_slot();
-    if (p.tile_counter == nullptr) return cudaErrorMemoryAllocation;
-  }
+  p.tile_counter = tile_counter_slot();
+  if (p.tile_counter == nullptr) return cudaErrorMemoryAllocation;
 
   auto kernel = fwd_kernel<Tr>;
   // The smem limit is a per-device function attribute: set it once per device and instantiation.
@@ -95,4 +99,18 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   return cudaGetLastError();
 }
 
+// One (dtype, head_dim) entry: the tile shape from TileConfig, the longer key block when no mask
+// applies and the keys are many (at 1k keys, 176-key blocks leave a masked tail block per tile and
+// measured 10% slower than 128 in run 4b; 4k/8k not yet timed, so the switch sits at 8k).
+template <class T, int kHeadDim>
+cudaError_t run_fwd(RingFa3FwdArgs const& a) {
+  using Cfg = TileConfig<kHeadDim>;
+  if constexpr (Cfg::kNFull != Cfg::kN) {
+    if (a.window_left < 0 && a.window_right < 0 && a.s_k >= Cfg::kNFullMinKeys)
+      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages>>(a);
+  }
+  return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);
+}
+
+}  // namespace
 }  // namespace ringfa3

@@ -8,12 +8,28 @@
 
 namespace ringfa3 {
 
-// (kBlockM, kBlockN, kStages): Q tile of 128 rows = two consumer warpgroups; kBlockN and the stage
-// count are what fits shared memory (Q + stages * (K + V)) and the consumer register budget.
+// (kBlockM, kBlockN, kStages): kBlockM / 64 consumer warpgroups; kBlockN and the stage count are what
+// fits shared memory (Q + stages * (K + V)) and the consumer register budget. kNFull: kBlockN used
+// when no mask (causal / window) applies and s_k >= kNFullMinKeys; a longer key block amortizes the
+// per-block softmax work (hd128 16k full: 4.4% fewer cycles under ncu; 1k full: 10% slower, run 4b).
+// The RINGFA3_* macros select tile settings for A/B builds (scripts/build_csrc.py --define NAME=VALUE
+// --lib PATH). Built and checked correct on the GPU (run 4b) but not yet timed: RINGFA3_HD64_M=192
+// (three consumer warpgroups, FA3's hd64 shape) and RINGFA3_HD256_N=80; the defaults stay on the
+// measured shapes until a device run times them side by side (bench/NOTES.md, next steps).
+#ifndef RINGFA3_HD64_M
+#define RINGFA3_HD64_M 128
+#endif
+#ifndef RINGFA3_HD128_NFULL
+#define RINGFA3_HD128_NFULL 176
+#endif
+#ifndef RINGFA3_HD256_N
+#define RINGFA3_HD256_N 64
+#endif
 template <int kHeadDim> struct TileConfig;
-template <> struct TileConfig<64>  { static constexpr int kM = 128, kN = 128, kStages = 3; };
-template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kStages = 2; };
-template <> struct TileConfig<256> { static constexpr int kM = 128, kN = 64,  kStages = 2; };
+template <> struct TileConfig<64>  { static constexpr int kM = RINGFA3_HD64_M, kN = 128, kNFull = 128, kStages = 3, kNFullMinKeys = 0; };
+template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kNFull = RINGFA3_HD128_NFULL, kStages = 2;
+                                     static constexpr int kNFullMinKeys = 8192; };
+template <> struct TileConfig<256> { static constexpr int kM = 128, kN = RINGFA3_HD256_N, kNFull = RINGFA3_HD256_N, kStages = 2, kNFullMinKeys = 0; };
 
 // One entry per generated file (a library built with --only links stubs for the rest).
 cudaError_t run_fwd_bf16_hd64(RingFa3FwdArgs const& a);

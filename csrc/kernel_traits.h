@@ -9,25 +9,21 @@
 namespace ringfa3 {
 using namespace cute;
 
-template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_,
-          bool kOverlap_ = true, bool kPingPong_ = true, bool kDynamic_ = true, bool kLagV_ = false,
-          bool kIlp_ = false>
+template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
 struct FwdTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per CTA tile; 64 per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;   // keys per pipeline stage
   static constexpr int kStages = kStages_;
-  static constexpr bool kOverlap = kOverlap_;     // softmax of block n overlaps P V of block n+1
-  static constexpr bool kPingPong = kPingPong_;   // the two consumer warpgroups alternate GEMM issue
-  static constexpr bool kDynamic = kDynamic_;     // tiles drawn from a global atomic counter
-  // Not yet measured on a GPU (variant 2): producer loads K(n) next to V(n+1), and the consumers
-  // rescale O between the S and PV issues (under the QK^T GEMM) instead of after the PV wait.
-  static constexpr bool kLagV = kLagV_;
-  static constexpr bool kIlp = kIlp_;   // not yet measured (variant 3): 4 chains per row reduction
-  static constexpr int kConsumerWG = kBlockM / 64;
+  static constexpr int kConsumerWG = kBlockM / 64;   // they take turns issuing GEMMs (ping-pong)
   static constexpr int kThreads = 128 * (kConsumerWG + 1);  // warpgroup 0 = TMA producer
   static constexpr int kConsumerWarps = 4 * kConsumerWG;
+  // setmaxnreg budgets (multiples of 8; 128 * (producer + consumers) <= 64K registers).
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = kConsumerWG == 2 ? 240 : 160;
+  static_assert(kConsumerWG == 2 || kConsumerWG == 3, "two or three consumer warpgroups");
+  static_assert(128 * (kProducerRegs + kConsumerWG * kConsumerRegs) <= 65536, "register budget");
   static_assert(kHeadDim % 64 == 0, "128-byte swizzle needs head_dim % 64 == 0");
   static_assert(kBlockN % 16 == 0, "P @ V consumes kBlockN in k-steps of 16");
 

@@ -28,7 +28,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   for (int t = blockIdx.x;;) {
     ring.publish(t);
     if (!sched.valid(t)) break;
-    int t_next = sched.template draw_next<Tr::kDynamic>(t);   // drawn early: atomic latency hides
+    int t_next = sched.draw_next();   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
     BlockMask<kM, kN> mask(tile.m_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
     int nb = mask.n_begin(), ne = mask.n_end();
@@ -60,31 +60,32 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
       vs.advance();
     };
 
-    // Q of the previous tile must be fully consumed (its last QK^T done) before it is replaced.
+    // The tile's first K goes out before the wait for the Q buffer: that wait lasts until the
+    // previous tile's last Q K^T is done, and the K stage is usually free long before, so the first
+    // Q K^T of this tile no longer waits for K behind Q. (Until run 4 the order was Q, K, V.)
+    load_k(ne - 1);
     EmptyBarrier::wait(&ss.q_empty, (q_round & 1) ^ 1);
     FullBarrier::arrive_and_expect_tx(&ss.q_full, Tr::kBytesQ);
     copy(p.tma_q.with(ss.q_full), get<0>(tQ), get<1>(tQ));
     ++q_round;
-
-    if constexpr (Tr::kLagV) {
-      // Same order as the overlapped consumers use them: K(n) with V(n+1), since each consumer
-      // iteration runs Q K(n)^T next to P(n+1) V(n+1); V then never holds up the next K load.
-      load_k(ne - 1);
-      for (int n = ne - 2; n >= nb; --n) {
-        load_k(n);
-        load_v(n + 1);
-      }
-      load_v(nb);
-    } else {
-      // K(n), V(n): the order measured in runs 1-3 (the single producer thread can block on
-      // V(n)'s free slot before it issues K(n-1)).
-      for (int n = ne - 1; n >= nb; --n) {
-        load_k(n);
-        load_v(n);
-      }
+    // Warm L2 with the next tile's Q (HBM latency otherwise shows at every tile start: that Q load
+    // can only be issued once this tile's last Q K^T is done).
+    if (sched.valid(t)) {
+      auto nt = sched.decode(t);
+      Tensor gQn = local_tile(mQ(_, _, nt.head, nt.batch), Shape<Int<kM>, Int<kD>>{},
+                              make_coord(nt.m_block, _0{}));
+      auto tQn = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQn));
+      cute::prefetch(p.tma_q, get<0>(tQn));
+    }
+    load_v(ne - 1);
+    // Then K(n), V(n) in the order the consumers finish with them. (Run 4a measured K(n) next to
+    // V(n+1), the order the overlapped consumers use them: no faster.)
+    for (int n = ne - 2; n >= nb; --n) {
+      load_k(n);
+      load_v(n);
     }
   }
-  sched.template finish<Tr::kDynamic>();
+  sched.finish();
 }
 
 }  // namespace ringfa3

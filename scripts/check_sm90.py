@@ -1,10 +1,13 @@
 """Device script for the sm90 backend: correctness against float64, then timing of ours, cuDNN and
-FA3 side by side (FA3 convention), then SASS facts. One call does all three:
+FA3 side by side (FA3 convention), then SASS facts and ncu (summary + warp-stall samples per SASS
+instruction). One call does all:
 
-    PYTHONUNBUFFERED=1 python3 scripts/check_sm90.py --out $OUT
+    PYTHONUNBUFFERED=1 python3 scripts/check_sm90.py --out $OUT [--parts sass,check,bench,ncu]
+        [--alt-lib NAME=PATH ...]   # other builds of the library, checked and timed on the same inputs
 
-Each part runs in its own subprocess with a timeout, so a hung kernel costs that part only.
-Writes $OUT/sm90_check.json, $OUT/sm90_bench.json, $OUT/sm90_sass.json; prints a ratio table last.
+The library is ringfa3/lib/libringfa3_sm90.so, or $RINGFA3_SM90_LIB. Each part runs in its own
+subprocess with a timeout, so a hung kernel costs that part only. Writes $OUT/sm90_check.json,
+sm90_bench.json, sm90_sass.json, sm90_ncu.txt, sm90_ncu_source.csv; prints a ratio table last.
 """
 import argparse
 import json
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIB = ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"
+LIB = Path(os.environ.get("RINGFA3_SM90_LIB", ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"))
 
 
 def load_backend():
@@ -136,36 +139,58 @@ CASES = [
     dict(name="merge gqa odd", shape=(1, 333, 900, 4, 2, 128), merge=True, split=400),
     dict(name="merge window right", shape=(1, 512, 1024, 2, 2, 128), merge=True, split=512, window=(-1, 100)),
     dict(name="many tiles (persistent)", shape=(4, 2048, 2048, 16, 4, 128), causal=True),
-    # variants (bf16 hd128 only) kept for A/B timing must be right too: 1 = static tile order, 2 = K(n)/V(n+1) loads + early rescale,
-    # 2 = K(n)/V(n+1) producer order + early O rescale
-    dict(name="variant1 causal odd", shape=(2, 1000, 1000, 4, 4, 128), causal=True, variant=1),
-    dict(name="variant1 gqa window", shape=(1, 1500, 1500, 8, 2, 128), window=(300, 200), variant=1),
-    dict(name="variant2 causal odd", shape=(2, 1000, 1000, 4, 4, 128), causal=True, variant=2),
-    dict(name="variant2 full sq<sk", shape=(2, 300, 777, 2, 2, 128), variant=2),
-    dict(name="variant2 gqa window", shape=(1, 1500, 1500, 8, 2, 128), window=(300, 200), variant=2),
-    dict(name="variant2 many tiles", shape=(3, 1536, 1536, 16, 16, 128), causal=True, variant=2),
-    dict(name="variant3 causal odd", shape=(2, 1000, 1000, 4, 4, 128), causal=True, variant=3),
-    dict(name="variant3 gqa window", shape=(1, 1500, 1500, 8, 2, 128), window=(300, 200), variant=3),
-    dict(name="variant3 dead rows", shape=(1, 777, 300, 2, 2, 128), causal=True, variant=3),
+    # hd64 runs 3 consumer warpgroups (192-row tiles) since run 4: tails, masks, dead rows, merge
+    dict(name="hd64 odd causal", shape=(2, 1000, 1000, 4, 4, 64), causal=True),
+    dict(name="hd64 sq>sk causal dead", shape=(1, 777, 300, 2, 2, 64), causal=True),
+    dict(name="hd64 gqa window", shape=(1, 1500, 1500, 8, 2, 64), window=(300, 200)),
+    dict(name="hd64 merge causal", shape=(2, 512, 1024, 4, 4, 64), merge=True, split=512, causal=True),
+    dict(name="hd64 many tiles", shape=(3, 1536, 1536, 16, 16, 64), causal=True),
+    dict(name="hd64 full many", shape=(2, 2000, 2000, 16, 16, 64)),
+    dict(name="hd128 full sq<sk odd", shape=(2, 300, 777, 2, 2, 128)),
+    dict(name="hd128 full many", shape=(2, 2000, 2000, 16, 16, 128)),
     # many tiles, several launches in a row: the dynamic counter must come back to zero each time
     dict(name="dynamic sched again 1", shape=(3, 1536, 1536, 16, 16, 128), causal=True),
     dict(name="dynamic sched again 2", shape=(3, 1536, 1536, 16, 16, 128)),
 ]
 
 
-def part_check(out_dir):
+def alt_backends(alt_libs):
+    """name -> backend for each NAME=PATH of --alt-lib (other builds timed beside the default)."""
+    from ringfa3.ops.sm90 import backend_from
+    out = {}
+    for spec in alt_libs:
+        name, path = spec.split("=", 1)
+        be = backend_from(path)
+        if be is None:
+            print(f"alt lib {name}: {path} not loadable")
+        else:
+            out[name] = be
+    return out
+
+
+# The subset an --alt-lib build is checked on: every head dim, tails, masks, merge, many tiles.
+ALT_CASES = {"hd128 odd full", "hd128 odd causal", "window (128,64)", "causal+window 200", "hd64 odd full",
+             "hd64 odd causal", "hd64 gqa window", "hd256 odd full", "hd256 causal", "merge gqa odd",
+             "hd128 full many", "hd64 many tiles"}
+
+
+def part_check(out_dir, alt_libs=()):
     import torch
     be = load_backend()
     gen = torch.Generator(device="cuda")
     gen.manual_seed(int(time.time()))   # fresh inputs every run
     results = []
-    for case in CASES:
-        be.variant = case.get("variant", 0)
+    runs = [(case, "", be) for case in CASES]
+    for name, alt in alt_backends(alt_libs).items():   # an A/B build must be right too (its head dims)
+        runs += [(dict(case, name=f"[{name}] {case['name']}"), name, alt) for case in CASES
+                 if case["name"] in ALT_CASES]
+    for case, lib_name, b in runs:
         try:
-            r = check_case(be, case, gen)
+            r = check_case(b, case, gen)
         except Exception as e:   # noqa: BLE001
+            if lib_name and "unsupported" in repr(e):
+                continue   # head dim not built into this A/B library
             r = dict(case, **{"pass": False, "error": repr(e)[:300]})
-        be.variant = 0
         results.append(r)
         print(f"  {'PASS' if r['pass'] else 'FAIL'} {r['name']:28s} err={r.get('err', float('nan')):.2e} "
               f"cudnn={r.get('cudnn_err') or float('nan'):.2e} round={r.get('round_err', float('nan')):.2e} "
@@ -197,12 +222,13 @@ def graph_ms(fn):
     return do_bench(g.replay, warmup=25, rep=200, return_mode="median")
 
 
-def part_bench(out_dir, seqs, hds, extra_hds, extra_seqs):
+def part_bench(out_dir, seqs, hds, extra_hds, extra_seqs, alt_libs=()):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
     from triton.testing import do_bench
     be = load_backend()
+    alts = alt_backends(alt_libs)
     try:
         import fa3_fwd_interface as fa3
     except Exception as e:   # noqa: BLE001
@@ -220,14 +246,17 @@ def part_bench(out_dir, seqs, hds, extra_hds, extra_seqs):
             q, k, v = (torch.randn(b, s, h, hd, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             row = dict(hd=hd, seq=s, causal=causal)
             tf = lambda ms: round(flops / ms / 1e9, 1)   # noqa: E731
-            row["ours"] = tf(do_bench(lambda: be.forward(q, k, v, causal, None, (-1, -1), False),
-                                      warmup=25, rep=200, return_mode="median"))
-            if hd == 128:   # older mainloops, same run: 1 = static tile order, 2 = K(n)/V(n+1) loads + early rescale
-                for var in (1, 2, 3):
-                    be.variant = var
-                    row[f"ours_v{var}"] = tf(do_bench(lambda: be.forward(q, k, v, causal, None, (-1, -1), False),
+            try:
+                row["ours"] = tf(do_bench(lambda: be.forward(q, k, v, causal, None, (-1, -1), False),
+                                          warmup=25, rep=200, return_mode="median"))
+            except Exception as e:   # noqa: BLE001 - keep timing the rest
+                row["ours"], row["ours_error"] = float("nan"), repr(e)[:160]
+            for name, alt in alts.items():   # other builds, same inputs, same run
+                try:
+                    row[f"ours_{name}"] = tf(do_bench(lambda: alt.forward(q, k, v, causal, None, (-1, -1), False),
                                                       warmup=25, rep=200, return_mode="median"))
-                be.variant = 0
+                except Exception as e:   # noqa: BLE001
+                    row[f"ours_{name}_error"] = repr(e)[:120]
             qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))   # (b, h, s, d) as in the anchor
             with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
                 row["cudnn"] = tf(do_bench(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
@@ -262,11 +291,9 @@ def part_sass(out_dir):
     facts = {}
     for block in re.split(r"\n\s*Function : ", r.stdout)[1:]:
         name = block.split("\n", 1)[0].strip()
-        m = re.search(r"FwdTraits\w*?(bfloat16|half)\w*?ELi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)ELb(\d)ELb(\d)ELb(\d)ELb(\d)ELb(\d)E", name)
-        key = (f"{'bf16' if m.group(1) == 'bfloat16' else 'fp16'}_hd{m.group(2)}_m{m.group(3)}n{m.group(4)}"
-               f"s{m.group(5)}_ov{m.group(6)}pp{m.group(7)}dyn{m.group(8)}lag{m.group(9)}ilp{m.group(10)}") if m else name[:60]
-        if key == "bf16_hd128_m128n128s2_ov1pp1dyn1lag0ilp0":   # keep the default kernel's SASS for reading here
-            (Path(out_dir) / "sm90_bf16_hd128.sass").write_text(block)
+        m = re.search(r"(Fwd|Bwd)Traits\w*?(bfloat16|half)\w*?ELi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E", name)
+        key = (f"{m.group(1).lower()}_{'bf16' if m.group(2) == 'bfloat16' else 'fp16'}_hd{m.group(3)}_m{m.group(4)}"
+               f"n{m.group(5)}s{m.group(6)}") if m else name[:60]
         facts[key] = {op: len(re.findall(pat, block)) for op, pat in
                       [("HGMMA", r"\bHGMMA\b"), ("LDL", r"\bLDL\b"), ("STL", r"\bSTL\b"),
                        ("SETMAXREG", r"SETMAXREG"), ("UTMALDG", r"UTMALDG"), ("SYNCS", r"\bSYNCS\.")]}
@@ -286,14 +313,23 @@ def part_ncu_target():
 
 
 def part_ncu(out_dir):
-    sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy"]
-    cmd = ["ncu", "--kernel-name", "regex:fwd_kernel", "--launch-skip", "2", "--launch-count", "1"]
+    """ncu of ours at hd128 16k full: the summary sections, and warp-stall samples per SASS instruction
+    (where the consumer warps wait), exported as CSV for reading on the CPU machine."""
+    sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy",
+                "SourceCounters"]
+    rep = Path("/tmp") / "sm90_ncu"   # the report stays there; its text pages come back
+    cmd = ["ncu", "--kernel-name", "regex:fwd_kernel", "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
     for sec in sections:
         cmd += ["--section", sec]
     cmd += [sys.executable, __file__, "--part", "ncu_target"]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    (Path(out_dir) / "sm90_ncu.txt").write_text(r.stdout + r.stderr)
-    keep = [ln for ln in r.stdout.splitlines() if re.search(
+    out = r.stdout + r.stderr
+    r2 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "details"], capture_output=True, text=True)
+    (Path(out_dir) / "sm90_ncu.txt").write_text(out + r2.stdout + r2.stderr)
+    r3 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "source", "--csv", "--print-source", "sass"],
+                        capture_output=True, text=True)
+    (Path(out_dir) / "sm90_ncu_source.csv").write_text(r3.stdout + r3.stderr)
+    keep = [ln for ln in r2.stdout.splitlines() if re.search(
         r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|Executed Ipc|Registers", ln)]
     print("\n".join(keep[:40]))
 
@@ -304,14 +340,16 @@ def table(out_dir):
         return
     data = json.loads(p.read_text())
     print(f"\n{data['meta']['gpu']}  torch {data['meta']['torch']}  cuDNN {data['meta']['cudnn']}  (TFLOP/s, bf16)")
+    alts = sorted({k[5:] for r in data["rows"] for k in r if k.startswith("ours_") and k not in ("ours_graph",)
+                   and not k.endswith("_error")})
     print("plain = do_bench of the python call; graph = CUDA-graph replay (no host overhead); "
-          "v1 = static tile order, v2 = K(n)/V(n+1) loads + early O rescale, v3 = v2 + 4-chain reductions")
-    print(f"{'hd':>4} {'seq':>6} {'mask':>6} {'ours':>6} {'v1':>6} {'v2':>6} {'v3':>6} {'cuDNN':>6} {'FA3':>6} "
-          f"{'/cuDNN':>6} {'/FA3':>5} | {'ours_g':>6} {'cudnn_g':>7} {'fa3_g':>6} {'/FA3_g':>6}")
+          "other 'ours' columns = --alt-lib builds timed on the same inputs")
+    print(f"{'hd':>4} {'seq':>6} {'mask':>6} {'ours':>6} " + "".join(f"{a[:8]:>9}" for a in alts) +
+          f" {'cuDNN':>6} {'FA3':>6} {'/cuDNN':>6} {'/FA3':>5} | {'ours_g':>6} {'cudnn_g':>7} {'fa3_g':>6} {'/FA3_g':>6}")
     for r in data["rows"]:
         fa, og, fg = r.get("fa3"), r.get("ours_graph"), r.get("fa3_graph")
         print(f"{r['hd']:>4} {r['seq']:>6} {'causal' if r['causal'] else 'full':>6} {r['ours']:>6} "
-              f"{r.get('ours_v1', '-'):>6} {r.get('ours_v2', '-'):>6} {r.get('ours_v3', '-'):>6} {r['cudnn']:>6} "
+              + "".join(f"{r.get('ours_' + a, '-'):>9}" for a in alts) + f" {r['cudnn']:>6} "
               f"{fa if fa else '-':>6} {r['ours'] / r['cudnn']:>6.3f} {(r['ours'] / fa) if fa else float('nan'):>5.3f} | "
               f"{og or '-':>6} {r.get('cudnn_graph', '-'):>7} {fg or '-':>6} {(og / fg) if og and fg else float('nan'):>6.3f}")
 
@@ -326,13 +364,17 @@ def main():
     ap.add_argument("--extra-seqs", default="4096,16384")
     ap.add_argument("--check-timeout", type=int, default=150)
     ap.add_argument("--bench-timeout", type=int, default=240)
+    ap.add_argument("--parts", default="sass,check,bench,ncu", help="parts run by --part all, in this order")
+    ap.add_argument("--alt-lib", action="append", default=[],
+                    help="NAME=PATH: another build of the library, checked and timed beside the default")
     args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     seqs, hds = [int(x) for x in args.seqs.split(",")], [int(x) for x in args.hds.split(",")]
     if args.part == "check":
-        return part_check(args.out)
+        return part_check(args.out, args.alt_lib)
     if args.part == "bench":
         return part_bench(args.out, seqs, hds, [int(x) for x in args.extra_hds.split(",") if x],
-                          [int(x) for x in args.extra_seqs.split(",") if x])
+                          [int(x) for x in args.extra_seqs.split(",") if x], args.alt_lib)
     if args.part == "sass":
         return part_sass(args.out)
     if args.part == "ncu":
@@ -341,7 +383,11 @@ def main():
         return part_ncu_target()
     me = [sys.executable, __file__, "--out", args.out, "--seqs", args.seqs, "--hds", args.hds,
           "--extra-hds", args.extra_hds, "--extra-seqs", args.extra_seqs]
-    for part, limit in (("sass", 60), ("check", args.check_timeout), ("bench", args.bench_timeout), ("ncu", 120)):
+    for spec in args.alt_lib:
+        me += ["--alt-lib", spec]
+    limits = dict(sass=60, check=args.check_timeout, bench=args.bench_timeout, ncu=120)
+    for part in args.parts.split(","):
+        limit = limits[part]
         t = time.time()
         try:
             rc = subprocess.run(me + ["--part", part], timeout=limit).returncode

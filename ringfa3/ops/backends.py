@@ -79,9 +79,10 @@ if _sm90 is not None:
 NAMES = ("auto", "sm90", "cudnn", "flash", "reference", "reference_fp8")
 # precision: 'native' computes in the inputs' dtype; 'fp8' quantizes Q, K, V and P to e4m3 (ops/fp8.py).
 PRECISIONS = ("native", "fp8")
-# Fastest first, as measured on an H100 (bench/NOTES.md run 3, bench/results/attn_*.json): cuDNN is still
-# ahead of our sm90 forward in 7 of 8 hd128 rows and torch's FA2 is slower than both; sm90 serves what
-# cuDNN cannot (sliding windows, causal with s_q != s_k). Move sm90 first once it wins.
+# Fastest first, as measured on an H100 (bench/NOTES.md runs 3-4a, bench/results/attn_*.json): cuDNN is
+# still ahead of our sm90 forward in all 8 hd128 rows of run 4a (0.74-0.99x) and torch's FA2 is slower
+# than both; sm90 serves what cuDNN cannot (sliding windows, causal with s_q != s_k). Move sm90 first
+# once it wins.
 AUTO_ORDER = ("cudnn", "sm90", "flash", "reference")
 FP8_AUTO_ORDER = ("reference_fp8",)
 _auto_logged: set = set()

@@ -1,13 +1,14 @@
-"""The `sm90` backend: our Hopper forward kernel (csrc/, built into ringfa3/lib/libringfa3_sm90.so by
-scripts/build_csrc.py), loaded with ctypes. Only tensor pointers, strides and the current stream cross
-the boundary; the library itself knows nothing of torch.
+"""The `sm90` backend: our Hopper forward and backward kernels (csrc/ and csrc/bwd/, built into
+ringfa3/lib/libringfa3_sm90.so by scripts/build_csrc.py), loaded with ctypes. Only tensor pointers,
+strides and the current stream cross the boundary; the library itself knows nothing of torch.
 
 `BACKEND` is None when the library is absent or CUDA is unavailable; the device capability is checked
 per call in `unsupported` (checking it at import would initialize CUDA in every importer).
 
 CUDA graphs: the first call on a device allocates the tile-scheduler counters (cudaMalloc), so make
-one call outside capture before capturing. Results are bitwise repeatable (no atomics in the math;
-the dynamic tile order only changes which CTA computes a tile).
+one call outside capture before capturing. Forward results are bitwise repeatable (no atomics in the
+math; the dynamic tile order only changes which CTA computes a tile); backward results too while
+`bwd_deterministic` is True (fixed-order dQ sums), not with it False (faster, unordered reductions).
 """
 from __future__ import annotations
 
@@ -39,21 +40,52 @@ class _FwdArgs(ctypes.Structure):
         ("h", ctypes.c_int32), ("h_kv", ctypes.c_int32), ("d", ctypes.c_int32),
         ("dtype", ctypes.c_int32), ("window_left", ctypes.c_int32), ("window_right", ctypes.c_int32),
         ("out_fp32", ctypes.c_int32), ("merge", ctypes.c_int32), ("num_sms", ctypes.c_int32),
-        ("variant", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
         ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
     ]
 
 
-def _load():
-    if not _LIB_PATH.exists() or not torch.cuda.is_available():
+class _BwdArgs(ctypes.Structure):
+    """Mirror of RingFa3BwdArgs in csrc/bwd/bwd_args.h (same order and types)."""
+    _fields_ = [
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+        ("out", ctypes.c_void_p), ("dout", ctypes.c_void_p), ("lse", ctypes.c_void_p),
+        ("dq", ctypes.c_void_p), ("dk", ctypes.c_void_p), ("dv", ctypes.c_void_p),
+        ("dq_accum", ctypes.c_void_p), ("lse_log2", ctypes.c_void_p), ("delta", ctypes.c_void_p),
+        ("semaphore", ctypes.c_void_p),
+        ("q_stride", ctypes.c_int64 * 3), ("k_stride", ctypes.c_int64 * 3), ("v_stride", ctypes.c_int64 * 3),
+        ("o_stride", ctypes.c_int64 * 3), ("do_stride", ctypes.c_int64 * 3), ("dq_stride", ctypes.c_int64 * 3),
+        ("dk_stride", ctypes.c_int64 * 3), ("dv_stride", ctypes.c_int64 * 3), ("lse_stride", ctypes.c_int64 * 2),
+        ("b", ctypes.c_int32), ("s_q", ctypes.c_int32), ("s_k", ctypes.c_int32),
+        ("h", ctypes.c_int32), ("h_kv", ctypes.c_int32), ("d", ctypes.c_int32),
+        ("dtype", ctypes.c_int32), ("window_left", ctypes.c_int32), ("window_right", ctypes.c_int32),
+        ("out_fp32", ctypes.c_int32), ("grads_fp32", ctypes.c_int32), ("deterministic", ctypes.c_int32),
+        ("variant", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
+    ]
+
+
+_BWD_ABI_VERSION = 1
+_BWD_HEAD_DIMS = (64, 128)
+
+
+def _load(path=_LIB_PATH):
+    if not Path(path).exists() or not torch.cuda.is_available():
         return None
-    lib = ctypes.CDLL(str(_LIB_PATH))
+    lib = ctypes.CDLL(str(path))
     lib.ringfa3_sm90_fwd.argtypes = [ctypes.POINTER(_FwdArgs)]
     lib.ringfa3_sm90_fwd.restype = ctypes.c_int
     lib.ringfa3_sm90_last_error.restype = ctypes.c_char_p
     lib.ringfa3_sm90_abi_version.restype = ctypes.c_int
     if lib.ringfa3_sm90_abi_version() != _ABI_VERSION:
         return None   # stale build: rebuild with scripts/build_csrc.py
+    lib.has_bwd = hasattr(lib, "ringfa3_sm90_bwd")   # a library built before the backward has none
+    if lib.has_bwd:
+        lib.ringfa3_sm90_bwd.argtypes = [ctypes.POINTER(_BwdArgs)]
+        lib.ringfa3_sm90_bwd.restype = ctypes.c_int
+        lib.ringfa3_sm90_bwd_last_error.restype = ctypes.c_char_p
+        lib.ringfa3_sm90_bwd_block_m.restype = ctypes.c_int
+        lib.ringfa3_sm90_bwd_abi_version.restype = ctypes.c_int
+        lib.has_bwd = lib.ringfa3_sm90_bwd_abi_version() == _BWD_ABI_VERSION
     return lib
 
 
@@ -67,13 +99,24 @@ def _strides2(t):   # (b, h, s) tensor -> element strides of (batch, head)
 
 class Sm90Backend:
     name = "sm90"
-    deterministic = True   # no atomics in any reduction; the tile order does not change the math
-    has_backward = False   # forward only for now: gradients come from the next backend
+    # Forward: no atomics in any reduction. Backward: dQ partial sums added in a fixed order while
+    # bwd_deterministic is True (the default), so results are bitwise repeatable.
+    deterministic = True
+    # Backward verified on an H100 (bench/NOTES-bwd.md runs 1-2): bf16/fp16, head dims 64 and 128, full,
+    # causal, windows, GQA/MQA, s_q != s_k, fp32 grads / fp32 out. Head dim 256: backward_unsupported says
+    # so and resolve_backward takes the next backend.
+    has_backward = True
 
     def __init__(self, lib):
         self._lib = lib
         self._sms = {}
-        self.variant = 0   # kernel variant for A/B timing (csrc/fwd_args.h); 0 = default
+        # Backward dQ reduction: True = fixed order (bitwise repeatable, as `deterministic` promises),
+        # False = unordered float reductions: 1.6-1.7x faster at 16k (bench/NOTES-bwd.md run 2), not
+        # repeatable bit for bit.
+        self.bwd_deterministic = True
+        # dQ reduction for A/B timing, bf16 hd128 only (csrc/bwd/bwd_args.h): 0 = default, 1 = run 1's
+        # register atomics, 2 = reduces issued by a producer warp (not yet run on a GPU).
+        self.bwd_variant = 0
 
     def unsupported(self, q, k, v, causal=False, window=(-1, -1)):
         if not (q.is_cuda and k.is_cuda and v.is_cuda):
@@ -115,7 +158,6 @@ class Sm90Backend:
         a.window_left, a.window_right = int(left), int(right)
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
         a.num_sms = self._num_sms(q.device)
-        a.variant = self.variant
         a.stream = torch.cuda.current_stream(q.device).cuda_stream
         return a
 
@@ -160,9 +202,79 @@ class Sm90Backend:
         a.oacc_stride, a.lacc_stride = _strides3(out_acc), _strides2(lse_acc)
         self._call(a, q.device)
 
+    def backward_unsupported(self, q, k, v, causal=False, window=(-1, -1)):
+        """Why the backward kernel cannot serve these inputs (None if it can); the forward's limits too."""
+        why = self.unsupported(q, k, v, causal, window)
+        if why:
+            return why
+        if not getattr(self._lib, "has_bwd", False):
+            return "this build of the sm90 library has no backward (rebuild with scripts/build_csrc.py)"
+        if q.shape[-1] not in _BWD_HEAD_DIMS:
+            return f"sm90 backward supports head_dim in {_BWD_HEAD_DIMS}, got {q.shape[-1]}"
+        return None
+
     def backward(self, dout, q, k, v, out, lse, causal, softmax_scale, window, grads_fp32=False):
-        raise NotImplementedError("sm90 backward is not written yet; use the cudnn/flash backend for grads")
+        """(dq, dk, dv) from the global out (q's dtype or fp32) and lse (b, h, s_q); dK/dV are summed
+        over the query heads of each kv head. grads_fp32: all three in fp32 (the ring accumulates them).
+        `bwd_deterministic` (default True): dQ partial sums added in a fixed order, bitwise repeatable."""
+        why = self.backward_unsupported(q, k, v, causal, window)
+        if why:
+            raise ValueError(why)
+        b, s_q, h, d = q.shape
+        s_k, h_kv = k.shape[1], k.shape[2]
+        dt = torch.float32 if grads_fp32 else q.dtype
+        dq = torch.empty(b, s_q, h, d, device=q.device, dtype=dt)           # (b, s_q, h, d)
+        dk = torch.empty(b, s_k, h_kv, d, device=q.device, dtype=dt)        # (b, s_k, h_kv, d)
+        dv = torch.empty(b, s_k, h_kv, d, device=q.device, dtype=dt)
+        if b == 0 or s_q == 0:
+            return dq, dk.zero_(), dv.zero_()
+
+        def rows16(t):   # contiguous last dim, 16-byte base and 8-element strides, else a copy
+            ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(x % 8 == 0 for x in t.stride()[:3])
+            return t if ok else t.contiguous()
+
+        dout = rows16(dout.to(q.dtype))
+        out = rows16(out if out.dtype in (q.dtype, torch.float32) else out.to(q.dtype))
+        lse = lse.float()
+        if lse.stride(-1) != 1:
+            lse = lse.contiguous()
+        bm = self._lib.ringfa3_sm90_bwd_block_m()
+        s_pad = -(-s_q // bm) * bm
+        dq_accum = torch.empty(b, h, s_pad, d, device=q.device, dtype=torch.float32)   # (b, h, s_pad, d)
+        lse_log2 = torch.empty(b, h, s_pad, device=q.device, dtype=torch.float32)      # (b, h, s_pad)
+        delta = torch.empty(b, h, s_pad, device=q.device, dtype=torch.float32)
+        det = bool(self.bwd_deterministic)
+        sem = torch.empty(b, h, s_pad // bm, 2, device=q.device, dtype=torch.int32) if det else None
+
+        left, right = effective_window(causal, window)
+        a = _BwdArgs()
+        a.q, a.k, a.v, a.out, a.dout, a.lse = (t.data_ptr() for t in (q, k, v, out, dout, lse))
+        a.dq, a.dk, a.dv = dq.data_ptr(), dk.data_ptr(), dv.data_ptr()
+        a.dq_accum, a.lse_log2, a.delta = dq_accum.data_ptr(), lse_log2.data_ptr(), delta.data_ptr()
+        a.semaphore = sem.data_ptr() if det else None
+        a.q_stride, a.k_stride, a.v_stride = _strides3(q), _strides3(k), _strides3(v)
+        a.o_stride, a.do_stride = _strides3(out), _strides3(dout)
+        a.dq_stride, a.dk_stride, a.dv_stride = _strides3(dq), _strides3(dk), _strides3(dv)
+        a.lse_stride = _strides2(lse)
+        a.b, a.s_q, a.s_k, a.h, a.h_kv, a.d = b, s_q, s_k, h, h_kv, d
+        a.dtype = _DTYPES[q.dtype]
+        a.window_left, a.window_right = int(left), int(right)
+        a.out_fp32, a.grads_fp32, a.deterministic = int(out.dtype == torch.float32), int(grads_fp32), int(det)
+        a.variant = int(self.bwd_variant)
+        a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
+        a.stream = torch.cuda.current_stream(q.device).cuda_stream
+        with torch.cuda.device(q.device):
+            rc = self._lib.ringfa3_sm90_bwd(ctypes.byref(a))
+        if rc != 0:
+            raise RuntimeError(f"ringfa3 sm90 backward failed ({rc}): {self._lib.ringfa3_sm90_bwd_last_error().decode()}")
+        return dq, dk, dv
 
 
 _LIB = _load()
 BACKEND = Sm90Backend(_LIB) if _LIB is not None else None
+
+
+def backend_from(path):
+    """A backend over another build of the library (A/B timing of two builds in one process), or None."""
+    lib = _load(path)
+    return Sm90Backend(lib) if lib is not None else None

@@ -1,0 +1,44 @@
+// C entry point of the backward: validate what the kernels rely on, then dispatch on
+// (dtype, head_dim). Never lets a bad argument reach a kernel.
+#include <cstdio>
+#include <cstdint>
+#include <cuda_runtime.h>
+#include "bwd_args.h"
+#include "bwd_instantiations.h"
+
+namespace {
+thread_local char g_bwd_error[512] = "";
+
+int fail(int code, const char* msg) {
+  std::snprintf(g_bwd_error, sizeof(g_bwd_error), "%s", msg);
+  return code;
+}
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+bool strides8(int64_t const* s) { return s[0] % 8 == 0 && s[1] % 8 == 0 && s[2] % 8 == 0; }
+}  // namespace
+
+extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 1; }
+extern "C" int ringfa3_sm90_bwd_block_m(void) { return ringfa3::kBwdBlockM; }
+extern "C" const char* ringfa3_sm90_bwd_last_error(void) { return g_bwd_error; }
+
+extern "C" int ringfa3_sm90_bwd(const RingFa3BwdArgs* args) {
+  if (args == nullptr) return fail(1, "args is NULL");
+  const RingFa3BwdArgs& a = *args;
+  if (a.b < 0 || a.s_q < 0 || a.s_k <= 0 || a.h <= 0 || a.h_kv <= 0 || a.h % a.h_kv != 0)
+    return fail(2, "bad shape: need b, s_q >= 0, s_k > 0 and h % h_kv == 0");
+  const void* ptrs[] = {a.q, a.k, a.v, a.out, a.dout, a.dq, a.dk, a.dv, a.dq_accum};
+  for (const void* ptr : ptrs)
+    if (ptr == nullptr || !aligned16(ptr)) return fail(3, "q, k, v, out, dout, dq, dk, dv, dq_accum must be non-NULL and 16-byte aligned");
+  if (a.lse == nullptr || a.lse_log2 == nullptr || a.delta == nullptr || !aligned16(a.lse_log2) || !aligned16(a.delta))
+    return fail(3, "lse, lse_log2 and delta are required (workspace 16-byte aligned)");
+  if (a.deterministic && a.semaphore == nullptr) return fail(4, "deterministic mode needs the semaphore workspace");
+  int64_t const* strides[] = {a.q_stride, a.k_stride, a.v_stride, a.o_stride, a.do_stride, a.dq_stride, a.dk_stride, a.dv_stride};
+  for (int64_t const* s : strides)
+    if (!strides8(s)) return fail(3, "tensor strides must be multiples of 8 elements (16-byte rows for TMA and vector loads)");
+  if (a.window_left < -1 || a.window_right < -1) return fail(2, "window sides must be >= -1");
+  if (a.b == 0 || a.s_q == 0) return fail(2, "empty q: the caller handles it (zero dk, dv)");
+  cudaError_t err = ringfa3::dispatch_bwd(a);
+  if (err == cudaErrorNotSupported) return fail(5, "unsupported dtype / head_dim combination for the backward");
+  if (err != cudaSuccess) return fail(6, cudaGetErrorString(err));
+  return 0;
+}

@@ -1,0 +1,61 @@
+// Plain-C argument block of the backward pass (preprocess + main kernel + dQ conversion). Mirrored by
+// ctypes in ringfa3/ops/sm90.py in the same field order; the workspace tensors are allocated by the
+// caller (torch's allocator) and described here too, so the library itself never allocates.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct RingFa3BwdArgs {
+  const void* q;        // (b, s_q, h, d)     bf16 or fp16, d contiguous
+  const void* k;        // (b, s_k, h_kv, d)
+  const void* v;        // (b, s_k, h_kv, d)
+  const void* out;      // (b, s_q, h, d)     input dtype, or fp32 when out_fp32 (a merged ring output)
+  const void* dout;     // (b, s_q, h, d)     input dtype
+  const float* lse;     // (b, h, s_q)        natural log, as the forward wrote it (-inf: row sees no key)
+  void* dq;             // (b, s_q, h, d)     input dtype, or fp32 when grads_fp32
+  void* dk;             // (b, s_k, h_kv, d)  likewise
+  void* dv;             // (b, s_k, h_kv, d)  likewise
+  // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m):
+  float* dq_accum;      // (b, h, s_pad, d)   fp32, zeroed by the preprocess kernel
+  float* lse_log2;      // (b, h, s_pad)      lse * log2(e); +inf for dead and padding rows
+  float* delta;         // (b, h, s_pad)      rowsum(dout * out)
+  int* semaphore;       // (b, h, s_pad / block_m, 2) deterministic mode only (else may be NULL)
+  int64_t q_stride[3];  // element strides of (batch, seq, head); the head-dim stride must be 1
+  int64_t k_stride[3];
+  int64_t v_stride[3];
+  int64_t o_stride[3];
+  int64_t do_stride[3];
+  int64_t dq_stride[3];
+  int64_t dk_stride[3];
+  int64_t dv_stride[3];
+  int64_t lse_stride[2];   // (batch, head); the seq stride must be 1
+  int32_t b, s_q, s_k, h, h_kv, d;
+  int32_t dtype;           // 0 = bf16, 1 = fp16
+  int32_t window_left;     // -1 = unbounded; causal is window_right = 0 (bottom-right aligned)
+  int32_t window_right;
+  int32_t out_fp32;        // `out` is fp32
+  int32_t grads_fp32;      // write dq, dk, dv as fp32
+  int32_t deterministic;   // dQ partial sums added in a fixed order (key block ascending)
+  int32_t variant;         // dQ reduction, for A/B timing in one run (bf16 hd128 only, else ignored):
+                           // 0 = smem tile + one bulk reduce-add per warpgroup (default since run 2),
+                           // 1 = vector atomics from registers (run 1's default),
+                           // 2 = bulk reduce issued by a producer warp (NOT YET RUN ON A GPU)
+  float softmax_scale;
+  void* stream;            // cudaStream_t
+} RingFa3BwdArgs;
+
+// 0 on success, else a nonzero code; the message of the last failure on this thread is
+// ringfa3_sm90_bwd_last_error().
+int ringfa3_sm90_bwd(const RingFa3BwdArgs* args);
+const char* ringfa3_sm90_bwd_last_error(void);
+// Query rows per block of the main kernel: the workspace padding unit.
+int ringfa3_sm90_bwd_block_m(void);
+// Bumped when RingFa3BwdArgs changes; Python refuses a library whose version differs.
+int ringfa3_sm90_bwd_abi_version(void);
+
+#ifdef __cplusplus
+}
+#endif

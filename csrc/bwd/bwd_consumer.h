@@ -1,0 +1,164 @@
+// Consumer warpgroups of the backward. Warpgroup w owns keys [64w, 64w+64) of the CTA's key block and
+// keeps their dK, dV accumulators in registers across every (query head of the group, query block):
+//   S^T = K Q^T, dP^T = V dO^T (issued back to back), P^T = exp2(S^T * scale*log2e - lse*log2e),
+//   dV += P^T dO (P^T from registers), dS^T = P^T * (dP^T - delta), dK += dS^T Q (dS^T from registers),
+//   dS -> smem, dQ_partial = dS K, added into the fp32 dq_accum (bwd_epilogue.h).
+// dQ split: head dim >= 128, the two warpgroups share dS (double-buffered smem, one 256-thread
+// barrier per block) and each computes half of dQ's columns; head dim 64, each warpgroup multiplies
+// its own keys' dS (no cross-warpgroup barrier) and both add full-width partials.
+#pragma once
+#include <cutlass/arch/barrier.h>
+#include <cute/arch/mma_sm90_gmma.hpp>
+#include "../epilogue.h"
+#include "../pipeline.h"
+#include "bwd_epilogue.h"
+#include "bwd_mask.h"
+#include "bwd_params.h"
+#include "bwd_traits.h"
+
+namespace ringfa3 {
+
+__device__ __forceinline__ void bwd_bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
+
+// One asynchronous warpgroup GEMM over all k-steps; kARegs: A is a register fragment.
+template <bool kZeroInit, bool kARegs, class Mma, class TA, class TB, class TC>
+__device__ __forceinline__ void bwd_gemm(Mma& mma, TA const& a, TB const& b, TC& c) {
+  using namespace cute;
+  warpgroup_fence_operand(c);
+  if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(a));
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(a); ++k) {
+    cute::gemm(mma, a(_, _, k), b(_, _, k), c);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(c);
+  if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(a));
+}
+
+// fp32 accumulator (keys x queries, one warpgroup) -> 16-bit A operand of a (keys x .) GEMM over
+// queries: the accumulator's value order is the A-fragment order (see the forward's consumer.h).
+template <class T, int kBlockM, class Acc>
+__device__ __forceinline__ auto bwd_to_a_operand(Acc const& acc) {
+  using namespace cute;
+  Tensor r = make_tensor<T>(Layout<Shape<Shape<_2, _2, _2>, _1, Int<kBlockM / 16>>>{});
+  Tensor r32 = recast<uint32_t>(r);
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc) / 2; ++i) r32(i) = pack2<T>(acc(2 * i), acc(2 * i + 1));
+  return r;
+}
+
+template <class Tr>
+__device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int ct,
+                            int n_block, int hk, int bi) {
+  using namespace cute;
+  using T = typename Tr::T;
+  constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
+  constexpr bool kSplitD = Tr::kSplitD;
+  RingFa3BwdArgs const& a = p.a;
+  BwdMask<kM, kN> mask(n_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+  int mb = mask.m_begin(), me = mask.m_end();
+  int wg = ct / 128;
+
+  typename Tr::MmaSdP mma_sdp;
+  typename Tr::MmadKV mma_dkv;
+  typename Tr::MmadQ mma_dq;
+  auto thr_sdp = mma_sdp.get_thread_slice(ct);
+  auto thr_dkv = mma_dkv.get_thread_slice(ct);
+  auto thr_dq = mma_dq.get_thread_slice(kSplitD ? ct : ct % 128);
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQ{});      // (kM, d, stage)
+  Tensor sdO = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutK{});      // (kN, d)
+  Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutK{});
+  Tensor sQt = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQt{});    // (d, kM, stage)
+  Tensor sdOt = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemLayoutQt{});
+  Tensor sKt = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutKt{});    // (d, kN)
+  Tensor sdS = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemLayoutdS{});   // (kM, kN, buf)
+  Tensor sdSt = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemLayoutdSt{}); // (kN, kM, buf)
+
+  Tensor tSrK = thr_sdp.partition_fragment_A(sK);       // (MMA, 1, d/16)
+  Tensor tSrV = thr_sdp.partition_fragment_A(sV);
+  Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);       // (MMA, 1, d/16, stage)
+  Tensor tSrdO = thr_sdp.partition_fragment_B(sdO);
+  Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);   // (MMA, 1, kM/16, stage)
+  Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);
+  // dQ operands: split over d -> all keys, this warpgroup's d half (the tiled MMA picks it);
+  // split over keys -> this warpgroup's 64 keys, all of d.
+  auto dq_a = [&](int buf) {
+    if constexpr (kSplitD) return thr_dq.partition_fragment_A(sdS(_, _, buf));
+    else return thr_dq.partition_fragment_A(local_tile(sdS(_, _, buf), Shape<Int<kM>, _64>{}, make_coord(0, wg)));
+  };
+  auto dq_b = [&]() {
+    if constexpr (kSplitD) return thr_dq.partition_fragment_B(sKt);
+    else return thr_dq.partition_fragment_B(local_tile(sKt, Shape<Int<kD>, _64>{}, make_coord(0, wg)));
+  };
+  auto tdQrK = dq_b();
+
+  Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kN>, Int<kD>>{});   // (MMA, 1, 1) fp32
+  Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kN>, Int<kD>>{});
+  clear(tdVrdV);
+  clear(tdKrdK);
+  Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kN>, Int<kM>>{});      // S^T, then P^T
+  Tensor tSrdP = partition_fragment_C(mma_sdp, Shape<Int<kN>, Int<kM>>{});     // dP^T, then dS^T
+  Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kM>>{}));   // (key, query)
+  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(
+      Shape<Int<kM>, Int<kSplitD ? kD : kD>>{}));                                       // (query, d)
+
+  if (me > mb) FullBarrier::wait(&ss.kv_full, 0);
+  PipeState<Tr::kStages> st;
+  int buf = 0;
+  int n_dq = 0;   // dQ partials handed to the writer warp (kDqWriter)
+  for (int g = 0; g < p.group; ++g) {
+    int head = hk * p.group + g;
+    for (int m = mb; m < me; ++m) {
+      FullBarrier::wait(&ss.q_full[st.index], st.phase);
+      bwd_gemm<true, false>(mma_sdp, tSrK, tSrQ(_, _, _, st.index), tSrS);
+      bwd_gemm<true, false>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tSrdP);
+      float const* lse = ss.lse[st.index];
+      float const* delta = ss.delta[st.index];
+      warpgroup_wait<1>();   // S^T landed
+      if (mask.partial(m)) mask.apply(tSrS, tScS, m);
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i)
+        tSrS(i) = exp2f(tSrS(i) * p.scale_log2 - lse[get<1>(tScS(i))]);
+      Tensor tdVrP = bwd_to_a_operand<T, kM>(tSrS);
+      bwd_gemm<false, true>(mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), tdVrdV);
+      warpgroup_wait<1>();   // dP^T landed (dV may still run)
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrdP); ++i)
+        tSrdP(i) = tSrS(i) * (tSrdP(i) - delta[get<1>(tScS(i))]);
+      Tensor tdKrdS = bwd_to_a_operand<T, kM>(tSrdP);
+      bwd_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
+      // dS (16 bit) into smem for dQ = dS K; made visible to the tensor cores (async proxy).
+      Tensor tdSsdS = thr_sdp.partition_C(sdSt(_, _, buf));
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrdP); ++i) tdSsdS(i) = static_cast<T>(tSrdP(i));
+      cutlass::arch::fence_view_async_shared();
+      if constexpr (kSplitD) bwd_bar_sync(1, 256);
+      else bwd_bar_sync(2 + wg, 128);
+      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kM>, Int<kSplitD ? kD : kD>>{});
+      bwd_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
+      warpgroup_wait<0>();
+      warp_release(&ss.q_empty[st.index]);
+      if constexpr (Tr::kDqWriter) {
+        hand_dq_to_writer<Tr>(tdQrdQ, ss.dq + wg * Tr::kDqPerWG, &ss.dq_full[wg], &ss.dq_empty[wg], n_dq);
+        ++n_dq;
+      } else if constexpr (Tr::kBulkDq) {
+        add_dq_bulk<Tr>(a, p, tdQrdQ, ss.dq + wg * Tr::kDqPerWG, mask, bi, head, m, wg);
+      } else {
+        add_dq<Tr>(a, p, tdQrdQ, tdQcdQ, mask, bi, head, m, wg);
+      }
+      st.advance();
+      if constexpr (kSplitD) buf ^= 1;
+    }
+  }
+  if constexpr (Tr::kBulkDq && !Tr::kDqWriter)   // the last reduce must be done with smem before exit
+    if (ct % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  store_dkdv<Tr>(a, tdKrdK, tdVrdV, thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{})),
+                 mask, bi, hk);
+}
+
+}  // namespace ringfa3

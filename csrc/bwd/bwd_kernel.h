@@ -1,0 +1,71 @@
+// The backward main kernel: one CTA per (key block, kv head, batch); warpgroup 0 is the TMA producer
+// (registers given away), warpgroups 1-2 the consumers (registers taken for dK, dV, S, dP).
+// Block order (1-D grid): either way a lower key block of a head has a lower index, so it starts
+// first (the deterministic dQ order waits only on CTAs launched earlier) and under a causal mask the
+// longest CTAs start first.
+//   atomic dQ:        key block fastest: the resident CTAs share one head's Q/dO in L2.
+//   deterministic dQ: (kv head, batch) fastest: with key block fastest, resident CTA n could add to a
+//                     query block only after CTA n-1 had, a chain as long as the head's key blocks
+//                     (run 1: 0.66x full, 0.40x causal of the atomic speed); head-fastest keeps the
+//                     chain inside a wave to ~SMs / (h_kv * b) links.
+#pragma once
+#include <cutlass/arch/reg_reconfig.h>
+#include <cute/arch/cluster_sm90.hpp>
+#include "bwd_consumer.h"
+#include "bwd_producer.h"
+
+namespace ringfa3 {
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT BwdParams<Tr> const p) {
+  extern __shared__ __align__(1024) unsigned char smem_buf[];
+  auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_buf);
+  int n_block, hk, bi;
+  int lin = blockIdx.x, hb = p.a.h_kv * p.a.b;
+  if (p.a.deterministic) {
+    n_block = lin / hb;
+    hk = lin % hb % p.a.h_kv;
+    bi = lin % hb / p.a.h_kv;
+  } else {
+    n_block = lin % p.n_n_blocks;
+    hk = lin / p.n_n_blocks % p.a.h_kv;
+    bi = lin / p.n_n_blocks / p.a.h_kv;
+  }
+
+  if (threadIdx.x == 0) {
+    FullBarrier::init(&ss.kv_full, 1);
+    for (int i = 0; i < Tr::kStages; ++i) {
+      FullBarrier::init(&ss.q_full[i], 1);
+      EmptyBarrier::init(&ss.q_empty[i], Tr::kConsumerWarps);
+    }
+    if constexpr (Tr::kDqWriter) {
+      for (int i = 0; i < 2; ++i) {
+        EmptyBarrier::init(&ss.dq_full[i], 128);   // every thread of the warpgroup stored its part
+        EmptyBarrier::init(&ss.dq_empty[i], 1);    // the writer's reduce has read the buffer
+      }
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x / 128 == 0) {
+    // 24 registers are enough for the TMA thread; the dQ writer's loop (variant 2) spilled 104 bytes in
+    // 24, so it gets 32 (128 x 32 + 256 x 240 = 65536, the whole register file).
+    cutlass::arch::warpgroup_reg_dealloc<Tr::kDqWriter ? 32 : 24>();
+    if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
+      cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
+      bwd_produce<Tr>(p, ss, n_block, hk, bi);
+    }
+    if constexpr (Tr::kDqWriter) {
+      if (threadIdx.x / 32 == 1 && cute::elect_one_sync()) bwd_write_dq<Tr>(p, ss, n_block, hk, bi);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<240>();
+    bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
+  }
+}
+
+}  // namespace ringfa3

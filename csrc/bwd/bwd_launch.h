@@ -1,0 +1,75 @@
+// Host side of one backward instantiation: preprocess (delta, lse_log2, zeroed workspace), the main
+// kernel (TMA descriptors, grid = key blocks x kv heads x batch), the dQ conversion. Included only by
+// the generated csrc/generated/bwd_*.cu files.
+#pragma once
+#include <atomic>
+#include <cmath>
+#include <cuda_runtime.h>
+#include "bwd_kernel.h"
+#include "preprocess.h"
+
+namespace ringfa3 {
+
+template <class Tr>
+cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
+  using namespace cute;
+  using T = typename Tr::T;
+  constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
+  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
+  int n_m = (a.s_q + kM - 1) / kM, n_n = (a.s_k + kN - 1) / kN;
+  int s_pad = n_m * kM;
+
+  {   // delta, lse_log2, zero dq_accum / semaphores
+    constexpr int kRows = 256 / (kD / 8);
+    dim3 grid((s_pad + kRows - 1) / kRows, a.h, a.b);
+    if (a.out_fp32) bwd_preprocess_kernel<T, float, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
+    else bwd_preprocess_kernel<T, T, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+
+  auto view = [&](const void* ptr, int s, int heads, int64_t const* st) {
+    return make_tensor(make_gmem_ptr(static_cast<T const*>(ptr)), make_shape(s, a.d, heads, a.b),
+                       make_stride(st[1], _1{}, st[2], st[0]));
+  };
+  using TileQ = Shape<Int<kM>, Int<kD>>;
+  using TileK = Shape<Int<kN>, Int<kD>>;
+  BwdParams<Tr> p{
+      make_tma_copy(SM90_TMA_LOAD{}, view(a.q, a.s_q, a.h, a.q_stride), take<0, 2>(typename Tr::SmemLayoutQ{}), TileQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, view(a.dout, a.s_q, a.h, a.do_stride), take<0, 2>(typename Tr::SmemLayoutQ{}), TileQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, view(a.k, a.s_k, a.h_kv, a.k_stride), typename Tr::SmemLayoutK{}, TileK{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, view(a.v, a.s_k, a.h_kv, a.v_stride), typename Tr::SmemLayoutK{}, TileK{}, _1{}),
+      a,
+      /*n_m_blocks=*/n_m,
+      /*n_n_blocks=*/n_n,
+      /*group=*/a.h / a.h_kv,
+      /*diag_offset=*/a.s_k - a.s_q,
+      /*win_left=*/a.window_left < 0 ? kBwdUnbounded : a.window_left,
+      /*win_right=*/a.window_right < 0 ? kBwdUnbounded : a.window_right,
+      /*scale_log2=*/a.softmax_scale * float(M_LOG2E)};
+
+  auto kernel = bwd_kernel<Tr>;
+  static std::atomic<uint64_t> smem_attr_set{0};   // per device, as the forward's launch
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
+  if (bit == 0 || !(smem_attr_set.load() & bit)) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    smem_attr_set.fetch_or(bit);
+  }
+  long long n_ctas = (long long)n_n * a.h_kv * a.b;   // 1-D grid, order decoded in bwd_kernel.h
+  if (n_ctas >= (1ll << 31)) return cudaErrorInvalidConfiguration;
+  kernel<<<dim3(unsigned(n_ctas)), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  constexpr int kRows = 256 / (kD / 8);
+  dim3 grid((a.s_q + kRows - 1) / kRows, a.h, a.b);
+  if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM, Tr::kBulkDq><<<grid, 256, 0, stream>>>(a, s_pad);
+  else bwd_convert_dq_kernel<T, kD, kM, Tr::kBulkDq><<<grid, 256, 0, stream>>>(a, s_pad);
+  return cudaGetLastError();
+}
+
+}  // namespace ringfa3

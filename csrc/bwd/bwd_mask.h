@@ -1,0 +1,51 @@
+// The backward's view of the mask: which query blocks a key block must visit, which of those pairs
+// need element masks, and the mask on a transposed (keys x queries) score tile.
+// Key j is visible to query i iff  j < s_k  and  i + off - left <= j <= i + off + right,
+// off = s_k - s_q (bottom-right aligned, as the forward's mask.h).
+#pragma once
+#include <cmath>
+#include <cute/tensor.hpp>
+
+namespace ringfa3 {
+
+template <int kBlockM, int kBlockN>
+struct BwdMask {
+  int s_q, s_k, off, left, right;
+  int key_lo, key_hi;   // first / last key of this CTA's block (key_hi may pass s_k - 1)
+
+  __device__ BwdMask(int n_block, int s_q_, int s_k_, int off_, int left_, int right_)
+      : s_q(s_q_), s_k(s_k_), off(off_), left(left_), right(right_) {
+    key_lo = n_block * kBlockN;
+    key_hi = key_lo + kBlockN - 1;
+  }
+  // Query blocks [m_begin, m_end) hold every query that sees a key of the block.
+  __device__ int m_begin() const { return max(0, key_lo - off - right) / kBlockM; }
+  __device__ int m_end() const {
+    int last = min(s_q - 1, min(key_hi, s_k - 1) - off + left);   // last query that sees a key
+    return last < 0 ? 0 : last / kBlockM + 1;
+  }
+  // Index of this key block among the key blocks that query block m visits (the forward's
+  // n_begin): the deterministic dQ order.
+  __device__ int rank_in(int m) const {
+    int first = max(0, m * kBlockM + off - left) / kBlockN;
+    return key_lo / kBlockN - first;
+  }
+  // True when some (query, key) pair of (query block m, this key block) is hidden.
+  __device__ bool partial(int m) const {
+    int q_lo = m * kBlockM, q_hi = q_lo + kBlockM - 1;
+    return key_hi >= s_k || key_hi > q_lo + off + right || key_lo < q_hi + off - left;
+  }
+  // Hidden entries of a transposed score fragment set to -inf; coords (key, query) inside the tile.
+  template <class Frag, class Coords>
+  __device__ void apply(Frag& s, Coords const& c, int m) const {
+#pragma unroll
+    for (int i = 0; i < int(cute::size(s)); ++i) {
+      int key = key_lo + int(cute::get<0>(c(i)));
+      int row = m * kBlockM + int(cute::get<1>(c(i)));
+      bool ok = key < s_k && key <= row + off + right && key >= row + off - left;
+      if (!ok) s(i) = -INFINITY;
+    }
+  }
+};
+
+}  // namespace ringfa3

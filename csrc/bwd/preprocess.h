@@ -1,0 +1,105 @@
+// Backward preprocessing, one pass over (dO, O) before the main kernel:
+//   delta[b, h, i]    = sum_d dO[b, i, h, d] * O[b, i, h, d]        (fp32)
+//   lse_log2[b, h, i] = lse * log2(e), +inf where lse = -inf (a row that sees no key: P = 0, not NaN)
+// and zeroes the fp32 dQ accumulator and the deterministic-order semaphores. Rows s_q..s_pad-1 of the
+// padded workspace get delta 0 and lse +inf, so the main kernel needs no row bounds.
+// Thread layout: kChunks = d / 8 threads per row, 8 elements (16 bytes of a 16-bit tensor) each.
+#pragma once
+#include <cmath>
+#include <cuda_runtime.h>
+#include <cute/tensor.hpp>
+#include "bwd_args.h"
+
+namespace ringfa3 {
+
+template <class T>
+__device__ __forceinline__ void load8(const T* p, float (&x)[8]) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) x[i] = float(e[i]);
+}
+__device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
+  float4 lo = *reinterpret_cast<const float4*>(p), hi = *reinterpret_cast<const float4*>(p + 4);
+  x[0] = lo.x; x[1] = lo.y; x[2] = lo.z; x[3] = lo.w; x[4] = hi.x; x[5] = hi.y; x[6] = hi.z; x[7] = hi.w;
+}
+
+template <class T, class TO, int kHeadDim, int kBlockM>
+__global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int s_pad) {
+  constexpr int kChunks = kHeadDim / 8;
+  constexpr int kRows = 256 / kChunks;
+  int hi = blockIdx.y, bi = blockIdx.z;
+  int chunk = threadIdx.x % kChunks;
+  int row = blockIdx.x * kRows + threadIdx.x / kChunks;
+  if (row >= s_pad) return;
+  size_t ws_row = (size_t(bi) * a.h + hi) * s_pad + row;
+  float dot = 0.f;
+  if (row < a.s_q) {
+    float x[8], y[8];
+    load8(static_cast<const T*>(a.dout) + bi * a.do_stride[0] + row * a.do_stride[1] + hi * a.do_stride[2] + chunk * 8, x);
+    load8(static_cast<const TO*>(a.out) + bi * a.o_stride[0] + row * a.o_stride[1] + hi * a.o_stride[2] + chunk * 8, y);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dot += x[i] * y[i];
+  }
+#pragma unroll
+  for (int w = kChunks / 2; w > 0; w /= 2) dot += __shfl_xor_sync(0xffffffff, dot, w);
+  float4* acc = reinterpret_cast<float4*>(a.dq_accum + ws_row * kHeadDim + chunk * 8);
+  acc[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+  acc[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (chunk == 0) {
+    float l = row < a.s_q ? a.lse[bi * a.lse_stride[0] + hi * a.lse_stride[1] + row] : -INFINITY;
+    a.lse_log2[ws_row] = l == -INFINITY ? INFINITY : l * float(M_LOG2E);
+    a.delta[ws_row] = dot;
+    if (a.deterministic && row % kBlockM == 0) {
+      int* sem = a.semaphore + 2 * ((size_t(bi) * a.h + hi) * (s_pad / kBlockM) + row / kBlockM);
+      sem[0] = 0;
+      sem[1] = 0;
+    }
+  }
+}
+
+// dq[b, i, h, :] = softmax_scale * dq_accum[b, h, i, :], in the input dtype or fp32.
+// kPermuted: each (kBlockM x d) workspace tile holds the main kernel's bulk-variant order: per
+// warpgroup region (d split in two halves, or one full-width region), float4 j of thread t at
+// j * 512 + 4 t, in the WGMMA accumulator's (thread, value) order.
+template <class TQ, int kHeadDim, int kBlockM, bool kPermuted>
+__global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int s_pad) {
+  constexpr int kChunks = kHeadDim / 8;
+  constexpr int kRows = 256 / kChunks;
+  int hi = blockIdx.y, bi = blockIdx.z;
+  int chunk = threadIdx.x % kChunks;
+  int row = blockIdx.x * kRows + threadIdx.x / kChunks;
+  if (row >= a.s_q) return;
+  float x[8];
+  if constexpr (kPermuted) {
+    constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
+    const float* tile = a.dq_accum + ((size_t(bi) * a.h + hi) * s_pad + row / kBlockM * kBlockM) * kHeadDim;
+    int r = row % kBlockM;
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+      int col = chunk * 8 + e, c = col % kCols;
+      int t = (r / 16) * 32 + (r % 8) * 4 + (c % 8) / 2;
+      int i = (c / 8) * 4 + ((r % 16) / 8) * 2;   // value of (r, c); (r, c + 1) is i + 1
+      float2 v = *reinterpret_cast<const float2*>(tile + (col / kCols) * (kBlockM * kCols) + (i / 4) * 512 + t * 4 + i % 4);
+      x[e] = v.x;
+      x[e + 1] = v.y;
+    }
+  } else {
+    load8(a.dq_accum + ((size_t(bi) * a.h + hi) * s_pad + row) * kHeadDim + chunk * 8, x);
+  }
+  TQ* dst = static_cast<TQ*>(a.dq) + bi * a.dq_stride[0] + row * a.dq_stride[1] + hi * a.dq_stride[2] + chunk * 8;
+  if constexpr (sizeof(TQ) == 4) {
+    reinterpret_cast<float4*>(dst)[0] = make_float4(x[0] * a.softmax_scale, x[1] * a.softmax_scale,
+                                                     x[2] * a.softmax_scale, x[3] * a.softmax_scale);
+    reinterpret_cast<float4*>(dst)[1] = make_float4(x[4] * a.softmax_scale, x[5] * a.softmax_scale,
+                                                     x[6] * a.softmax_scale, x[7] * a.softmax_scale);
+  } else {
+    uint4 raw;
+    TQ* e = reinterpret_cast<TQ*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) e[i] = TQ(x[i] * a.softmax_scale);
+    *reinterpret_cast<uint4*>(dst) = raw;
+  }
+}
+
+}  // namespace ringfa3

@@ -1,0 +1,318 @@
+"""Device script for the sm90 backward (issue #7): gradients against float64 next to cuDNN's on the same
+inputs, then timing of ours (deterministic and atomic dQ) next to cuDNN's backward and FA3's
+(flash-attn3-jax wheel, own subprocess), then SASS facts of the backward kernels. One call:
+
+    PYTHONUNBUFFERED=1 python3 scripts/check_sm90_bwd.py --out $OUT
+
+The forward's out and lse fed to every backward come from the float64 reference (rounded to the input
+dtype / fp32), so a backward is checked on its own. Each part runs in its own subprocess with a timeout.
+Writes $OUT/sm90_bwd_check.json, sm90_bwd_bench.json, sm90_bwd_fa3.json, sm90_bwd_sass.json.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"
+FA3_ANCHOR = ROOT.parent / "shared" / "tools" / "fa3_anchor.py"
+
+# (b, s_q, s_k, h, h_kv, d) + options. Odd lengths, s_q != s_k both ways (dead rows when s_q > s_k
+# under causal), GQA / MQA, windows, a non-default scale, fp32 grads, fp32 out (a merged ring output).
+CASES = [
+    dict(name="full", shape=(2, 1024, 1024, 8, 8, 128)),
+    dict(name="causal", shape=(2, 1024, 1024, 8, 8, 128), causal=True),
+    dict(name="gqa_odd_causal", shape=(2, 1000, 1000, 8, 2, 128), causal=True),
+    dict(name="sq<sk_causal", shape=(1, 300, 777, 4, 4, 128), causal=True),
+    dict(name="sq>sk_causal_dead_rows", shape=(1, 777, 300, 4, 2, 128), causal=True),
+    dict(name="window_256_0", shape=(1, 1500, 1500, 4, 4, 128), window=(256, 0)),
+    dict(name="window_100_50_sq<sk", shape=(1, 900, 1300, 4, 2, 128), window=(100, 50)),
+    dict(name="mqa_scale", shape=(1, 513, 700, 4, 1, 128), scale=0.05),
+    dict(name="grads_fp32_gqa", shape=(2, 1000, 1000, 8, 2, 128), causal=True, grads_fp32=True),
+    dict(name="out_fp32", shape=(1, 777, 777, 4, 4, 128), causal=True, out_fp32=True),
+    dict(name="fp16_causal", shape=(2, 1024, 1024, 8, 8, 128), causal=True, dtype="fp16"),
+    dict(name="atomic_dq", shape=(2, 1000, 1000, 8, 2, 128), causal=True, atomic=True),
+    dict(name="hd64_full_gqa", shape=(2, 1000, 1000, 8, 4, 64)),
+    dict(name="hd64_causal", shape=(2, 1024, 1024, 8, 8, 64), causal=True),
+    dict(name="hd64_fp16_window", shape=(1, 1100, 1100, 4, 2, 64), window=(200, 0), dtype="fp16"),
+    dict(name="hd64_atomic", shape=(2, 1000, 1000, 8, 4, 64), causal=True, atomic=True),
+    dict(name="long_causal", shape=(1, 4096, 4096, 4, 4, 128), causal=True),
+    # variant 1 (bf16 hd128): run 1's dQ path, vector atomics from registers (default: bulk reduce-add)
+    dict(name="v1_full", shape=(2, 1024, 1024, 8, 8, 128), variant=1),
+    dict(name="v1_gqa_odd_causal", shape=(2, 1000, 1000, 8, 2, 128), causal=True, variant=1),
+    dict(name="v1_window_sq<sk", shape=(1, 900, 1300, 4, 2, 128), window=(100, 50), variant=1),
+    dict(name="v1_dead_rows_fp32", shape=(1, 777, 300, 4, 2, 128), causal=True, variant=1, grads_fp32=True),
+    dict(name="v1_atomic", shape=(2, 1000, 1000, 8, 2, 128), causal=True, variant=1, atomic=True),
+    # variant 2 (bf16 hd128): bulk reduces issued by a producer warp (written after run 2, unverified)
+    dict(name="v2_full", shape=(2, 1024, 1024, 8, 8, 128), variant=2),
+    dict(name="v2_gqa_odd_causal", shape=(2, 1000, 1000, 8, 2, 128), causal=True, variant=2),
+    dict(name="v2_window_sq<sk", shape=(1, 900, 1300, 4, 2, 128), window=(100, 50), variant=2),
+    dict(name="v2_dead_rows_fp32", shape=(1, 777, 300, 4, 2, 128), causal=True, variant=2, grads_fp32=True),
+    dict(name="v2_atomic", shape=(2, 1000, 1000, 8, 2, 128), causal=True, variant=2, atomic=True),
+]
+
+
+def load_backend():
+    from ringfa3.ops import sm90 as mod
+    if mod.BACKEND is None:
+        sys.exit(f"sm90 backend unavailable (library at {LIB} missing or no CUDA)")
+    return mod.BACKEND
+
+
+def ref_grads(q, k, v, dout, causal, window, scale):
+    """float64 attention and its gradients; q (b, s_q, h, d), k/v (b, s_k, h_kv, d)."""
+    import torch
+    b, s_q, h, d = q.shape
+    s_k, h_kv = k.shape[1], k.shape[2]
+    qf, kf, vf = (x.detach().double().requires_grad_() for x in (q, k, v))
+    qt = qf.transpose(1, 2)                                                # (b, h, s_q, d)
+    kt = kf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)           # (b, h, s_k, d)
+    vt = vf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
+    s = qt @ kt.transpose(-1, -2) * scale                                  # (b, h, s_q, s_k)
+    i = torch.arange(s_q, device=q.device)[:, None]
+    j = torch.arange(s_k, device=q.device)[None, :]
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        ok &= j <= i + (s_k - s_q) + right
+    if left >= 0:
+        ok &= j >= i + (s_k - s_q) - left
+    s = s.masked_fill(~ok, -math.inf)
+    lse = torch.logsumexp(s, -1)                                           # (b, h, s_q)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    out = (p @ vt).transpose(1, 2)                                         # (b, s_q, h, d)
+    dq, dk, dv = torch.autograd.grad(out, (qf, kf, vf), dout.double())
+    return out.detach(), lse.detach(), (dq, dk, dv)
+
+
+def rel_err(x, ref):
+    return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def check_case(be, case, gen):
+    import torch
+    from ringfa3.ops.aten_backends import AtenBackend
+    from ringfa3.ops import reference as reference_backend
+    b, s_q, s_k, h, h_kv, d = case["shape"]
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[case.get("dtype", "bf16")]
+    causal, window = case.get("causal", False), tuple(case.get("window", (-1, -1)))
+    scale = case.get("scale", d ** -0.5)
+    q = torch.randn(b, s_q, h, d, device="cuda", dtype=dt, generator=gen)
+    k = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dt, generator=gen)
+    v = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dt, generator=gen)
+    dout = torch.randn(b, s_q, h, d, device="cuda", dtype=dt, generator=gen)
+    out64, lse64, ref = ref_grads(q, k, v, dout, causal, window, scale)
+    out = out64.float() if case.get("out_fp32") else out64.to(dt)
+    lse = lse64.float().contiguous()
+    res = dict(name=case["name"], shape=case["shape"], dtype=case.get("dtype", "bf16"), causal=causal,
+               window=window, scale=scale)
+    be.bwd_deterministic = not case.get("atomic", False)
+    be.bwd_variant = case.get("variant", 0)
+    grads_fp32 = case.get("grads_fp32", False)
+    try:
+        outs = []
+        for _ in range(2):   # twice: repeatability
+            g = be.backward(dout, q, k, v, out, lse, causal, scale, window, grads_fp32)
+            torch.cuda.synchronize()
+            outs.append(g)
+    finally:
+        be.bwd_deterministic, be.bwd_variant = True, 0
+    dq, dk, dv = outs[0]
+    res["ours"] = [rel_err(x, r) for x, r in zip((dq, dk, dv), ref)]
+    res["finite"] = all(bool(torch.isfinite(x).all()) for x in (dq, dk, dv))
+    res["dtype_ok"] = all(x.dtype == (torch.float32 if grads_fp32 else dt) for x in (dq, dk, dv))
+    res["bitwise_repeat"] = all(torch.equal(x, y) for x, y in zip(outs[0], outs[1]))
+    cud = AtenBackend("cudnn")
+    why = cud.unsupported(q, k, v, causal, window)
+    if why is None:
+        try:
+            g = cud.backward(dout, q, k, v, out.to(dt), lse, causal, scale, window, False)
+            res["cudnn"] = [rel_err(x, r) for x, r in zip(g, ref)]
+        except Exception as e:
+            res["cudnn_err"] = repr(e)[:200]
+    # Second anchor for every case (windows, s_q != s_k causal too): the blockwise fp32 reference
+    # backend on the same 16-bit inputs, rounded to the input dtype.
+    g = reference_backend.backward(dout, q, k, v, out.to(dt), lse, causal, scale, window, False)
+    res["torch_fp32"] = [rel_err(x.to(dt), r) for x, r in zip(g, ref)]
+    anchor = res.get("cudnn", res["torch_fp32"])
+    # Pass: finite, right dtype, every gradient within 2x the anchor's error plus bf16 rounding slack,
+    # and bitwise repeatable in deterministic mode.
+    slack = 2e-3 if dt == torch.bfloat16 else 3e-4
+    res["ok"] = bool(res["finite"] and res["dtype_ok"] and
+                     all(o <= 2.0 * a + slack for o, a in zip(res["ours"], anchor)) and
+                     (case.get("atomic", False) or res["bitwise_repeat"]))
+    return res
+
+
+def part_check(out_dir):
+    import torch
+    be = load_backend()
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    results = []
+    # atomic-dQ cases first: should the deterministic order ever hang, they are done already
+    for case in sorted(CASES, key=lambda c: not c.get("atomic", False)):
+        try:
+            r = check_case(be, case, gen)
+        except Exception as e:
+            r = dict(name=case["name"], ok=False, error=repr(e)[:400])
+        results.append(r)
+        fmt = lambda xs: "/".join(f"{x:.2e}" for x in xs) if xs else "-"
+        print(f"{'PASS' if r['ok'] else 'FAIL'} {r['name']:26s} ours dq/dk/dv {fmt(r.get('ours'))}  "
+              f"cudnn {fmt(r.get('cudnn'))}  torch_fp32 {fmt(r.get('torch_fp32'))}  "
+              f"repeat={r.get('bitwise_repeat')} {r.get('error', '')}", flush=True)
+        torch.cuda.empty_cache()
+    (out_dir / "sm90_bwd_check.json").write_text(json.dumps(results, indent=1))
+
+
+def part_bench(out_dir, seqs):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    from triton.testing import do_bench
+    from ringfa3.ops.aten_backends import AtenBackend
+    be = load_backend()
+    info = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cudnn=torch.backends.cudnn.version())
+    print(json.dumps(info), flush=True)
+    rows = []
+    for hd, seq_list in ((128, seqs), (64, [4096, 16384])):
+        for s in seq_list:
+            b, h = 16384 // s, 2048 // hd
+            for causal in (False, True):
+                f = 4 * b * h * s * s * hd / (2 if causal else 1)
+                bf = 2.5 * f
+                q, k, v, dout = (torch.randn(b, s, h, hd, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+                # out / lse from cuDNN's forward: the backwards compared here share them exactly
+                out, lse = AtenBackend("cudnn").forward(q, k, v, causal, hd ** -0.5, (-1, -1), False)
+                row = dict(hd=hd, seq=s, causal=causal)
+                modes = (("ours_atomic", False, 0), ("ours", True, 0), ("v1_atomic", False, 1), ("v1", True, 1),
+                         ("v2_atomic", False, 2), ("v2", True, 2))
+                for mode, det, var in modes if hd == 128 else modes[:2]:
+                    be.bwd_deterministic, be.bwd_variant = det, var
+                    fn = lambda: be.backward(dout, q, k, v, out, lse, causal, hd ** -0.5, (-1, -1))
+                    ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+                    row[mode] = round(bf / ms / 1e9)
+                be.bwd_deterministic, be.bwd_variant = True, 0
+                g_ours = be.backward(dout, q, k, v, out, lse, causal, hd ** -0.5, (-1, -1))
+                qt, kt, vt = (x.transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                    o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+                    gt = dout.transpose(1, 2).contiguous()
+                    ms = do_bench(lambda: torch.autograd.grad(o, (qt, kt, vt), gt, retain_graph=True),
+                                  warmup=25, rep=100, return_mode="median")
+                    g_cud = torch.autograd.grad(o, (qt, kt, vt), gt)
+                row["cudnn"] = round(bf / ms / 1e9)
+                row["vs_cudnn"] = round(row["ours"] / row["cudnn"], 3)
+                # ours vs cuDNN on the same inputs (each with its own forward's out/lse)
+                row["diff_vs_cudnn"] = [round(rel_err(x, y.transpose(1, 2).double()), 5) for x, y in zip(g_ours, g_cud)]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                del q, k, v, dout, out, lse, qt, kt, vt, o, g_ours, g_cud
+                torch.cuda.empty_cache()
+    (out_dir / "sm90_bwd_bench.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
+
+
+def part_sass(out_dir):
+    lib = os.environ.get("RINGFA3_SM90_LIB", str(LIB))   # the library the other parts loaded
+    r = subprocess.run(["cuobjdump", "-sass", lib], capture_output=True, text=True)
+    facts = {}
+    for m in re.finditer(r"Function : (\S+)\n(.*?)(?=\n\s*Function : |\Z)", r.stdout, re.S):
+        name, body = m.group(1), m.group(2)
+        if "bwd" not in name:
+            continue
+        facts[name[:120]] = dict(hgmma=len(re.findall(r"\bHGMMA\b", body)), ldl=len(re.findall(r"\bLDL\b", body)),
+                                 stl=len(re.findall(r"\bSTL\b", body)), setmaxnreg=len(re.findall(r"USETMAXREG", body)),
+                                 red=len(re.findall(r"\bRED\b", body)), instr=body.count("\n"))
+    (out_dir / "sm90_bwd_sass.json").write_text(json.dumps(facts, indent=1))
+    for n, f in facts.items():
+        print(n[:90], f)
+    if r.returncode != 0:
+        print("cuobjdump failed:", r.stderr[:300])
+
+
+def part_fa3(out_dir, limit):
+    """FA3 fwd+bwd (flash-attn3-jax) in its own process; rows are streamed to a file, so the ones done
+    before the time limit survive it."""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    # ../shared/tools/fa3_anchor.py here; on the device a copy carried in .whl/ (../shared does not travel)
+    anchor = FA3_ANCHOR if FA3_ANCHOR.exists() else ROOT / ".whl" / "fa3_anchor.py"
+    log = out_dir / "sm90_bwd_fa3.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-u", str(anchor), "jax"], stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            print(f"FA3 anchor stopped after {limit} s", flush=True)
+    text = log.read_text()
+    rows = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+    (out_dir / "sm90_bwd_fa3.json").write_text(json.dumps(rows, indent=1))
+    print(text[-2500:])
+
+
+def table(out_dir):
+    try:
+        bench = json.loads((out_dir / "sm90_bwd_bench.json").read_text())["rows"]
+    except Exception:
+        return
+    fa3 = {}
+    try:
+        for r in json.loads((out_dir / "sm90_bwd_fa3.json").read_text()):
+            if "fa3jax_bwd_est" in r:
+                fa3[(r["seq"], r["causal"])] = r["fa3jax_bwd_est"]
+    except Exception:
+        pass
+    print("\nTFLOP/s (bwd = 2.5 x fwd flops); v0 = bulk-reduce dQ (default), v1 = register atomics, "
+          "v2 = bulk reduce by a producer warp\n"
+          "hd seq causal | v0 det, v0 atomic, v1 det, v1 atomic, v2 det, v2 atomic | cuDNN FA3 | best/cuDNN best/FA3")
+    keys = ("ours", "ours_atomic", "v1", "v1_atomic", "v2", "v2_atomic")
+    for r in bench:
+        f = fa3.get((r["seq"], r["causal"])) if r["hd"] == 128 else None
+        best = max(r.get(k, 0) for k in keys)
+        print(f"{r['hd']} {r['seq']} {r['causal']!s:5} | {' '.join(str(r.get(k, '-')) for k in keys)} | "
+              f"{r['cudnn']} {f or '-'} | {round(best / r['cudnn'], 3)} {round(best / f, 3) if f else '-'}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/sm90_bwd")
+    ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3"])
+    ap.add_argument("--seqs", default="1024,4096,8192,16384")
+    ap.add_argument("--fa3", action="store_true", help="also run the FA3 (JAX) anchor subprocess")
+    ap.add_argument("--budget", type=float, default=600, help="seconds for all parts together")
+    args = ap.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.part == "check":
+        return part_check(out_dir)
+    if args.part == "bench":
+        return part_bench(out_dir, [int(x) for x in args.seqs.split(",")])
+    if args.part == "sass":
+        return part_sass(out_dir)
+    if args.part == "fa3":
+        return part_fa3(out_dir, args.budget)
+    parts = [("check", 75), ("bench", 75), ("sass", 10)] + ([("fa3", 0)] if args.fa3 else [])
+    t0 = time.time()
+    for part, limit in parts:
+        if part == "fa3":   # the anchor gets what is left of the call's budget
+            limit = int(args.budget - (time.time() - t0))
+            if limit < 30:
+                print("no time left for the FA3 anchor", flush=True)
+                continue
+        cmd = [sys.executable, __file__, "--part", part, "--out", str(out_dir), "--seqs", args.seqs,
+               "--budget", str(limit)]
+        try:
+            subprocess.run(cmd, timeout=limit + 10)
+        except subprocess.TimeoutExpired:
+            print(f"part {part} timed out after {limit} s", flush=True)
+    table(out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The sm90 backward kernel (csrc/bwd/) against float64 gradients. Skipped without CUDA, without a Hopper
+GPU, or without a library that has the backward (python scripts/build_csrc.py). The tolerance is twice
+the error of the blockwise fp32 reference backend on the same 16-bit inputs (the dtype's rounding
+floor) plus a small atol."""
+import math
+
+import pytest
+import torch
+
+
+
+def _backend():
+    from ringfa3.ops import sm90 as mod
+    be = mod.BACKEND
+    return be if be is not None and getattr(be._lib, "has_bwd", False) else None
+
+
+BACKEND = _backend() if torch.cuda.is_available() else None
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(BACKEND is None, reason="needs CUDA and a libringfa3_sm90.so with the backward"),
+    pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
+                       reason="needs an sm_90 GPU"),
+]
+
+
+def _reference(q, k, v, dout, causal, window, scale):
+    """float64 out, lse and (dq, dk, dv) with bottom-right aligned causal / window masks."""
+    b, s_q, h, d = q.shape
+    s_k, h_kv = k.shape[1], k.shape[2]
+    qf, kf, vf = (x.detach().double().requires_grad_() for x in (q, k, v))
+    kt = kf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
+    vt = vf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
+    s = qf.transpose(1, 2) @ kt.transpose(-1, -2) * scale          # (b, h, s_q, s_k)
+    i = torch.arange(s_q, device=q.device)[:, None]
+    j = torch.arange(s_k, device=q.device)[None, :]
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        ok &= j <= i + (s_k - s_q) + right
+    if left >= 0:
+        ok &= j >= i + (s_k - s_q) - left
+    s = s.masked_fill(~ok, -math.inf)
+    lse = torch.logsumexp(s, -1)
+    out = (torch.exp(s - lse[..., None]).nan_to_num(0.0) @ vt).transpose(1, 2)
+    grads = torch.autograd.grad(out, (qf, kf, vf), dout.double())
+    return out.detach(), lse.detach().float(), grads
+
+
+def _err(x, ref):
+    return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+CASES = [
+    # (b, s_q, s_k, h, h_kv, d), dtype, causal, window
+    ((2, 256, 256, 4, 4, 128), torch.bfloat16, False, (-1, -1)),
+    ((2, 333, 333, 4, 2, 128), torch.bfloat16, True, (-1, -1)),
+    ((1, 200, 450, 4, 1, 128), torch.bfloat16, True, (-1, -1)),
+    ((1, 450, 200, 4, 2, 128), torch.bfloat16, True, (-1, -1)),      # rows that see no key
+    ((1, 500, 500, 2, 2, 128), torch.float16, False, (64, 16)),
+    ((2, 300, 300, 4, 2, 64), torch.bfloat16, True, (-1, -1)),
+    ((1, 300, 400, 4, 4, 64), torch.float16, False, (100, 0)),
+]
+
+
+@pytest.mark.parametrize("shape,dtype,causal,window", CASES)
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_sm90_backward_matches_float64(shape, dtype, causal, window, deterministic):
+    from ringfa3.ops import reference as reference_backend
+    b, s_q, s_k, h, h_kv, d = shape
+    gen = torch.Generator(device="cuda").manual_seed(sum(shape))
+    q = torch.randn(b, s_q, h, d, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dtype, generator=gen)
+    dout = torch.randn(b, s_q, h, d, device="cuda", dtype=dtype, generator=gen)
+    scale = d ** -0.5
+    out64, lse, ref = _reference(q, k, v, dout, causal, window, scale)
+    out = out64.to(dtype)
+    BACKEND.bwd_deterministic = deterministic
+    try:
+        grads = BACKEND.backward(dout, q, k, v, out, lse, causal, scale, window, False)
+        again = BACKEND.backward(dout, q, k, v, out, lse, causal, scale, window, False)
+    finally:
+        BACKEND.bwd_deterministic = True
+    floor = reference_backend.backward(dout, q, k, v, out, lse, causal, scale, window, False)
+    for name, g, f, r in zip("qkv", grads, floor, ref):
+        assert g.dtype == dtype and torch.isfinite(g).all(), f"d{name} not finite / wrong dtype"
+        assert _err(g, r) <= 2 * _err(f.to(dtype), r) + 1e-3, f"d{name}: {_err(g, r):.2e} vs floor {_err(f.to(dtype), r):.2e}"
+    if deterministic:
+        assert all(torch.equal(x, y) for x, y in zip(grads, again))
+
+
+def test_sm90_backward_fp32_grads_and_fp32_out():
+    b, s, h, h_kv, d = 1, 257, 4, 2, 128
+    q, k, v, dout = (torch.randn(b, s, hh, d, device="cuda", dtype=torch.bfloat16)
+                     for hh in (h, h_kv, h_kv, h))
+    out64, lse, ref = _reference(q, k, v, dout, True, (-1, -1), d ** -0.5)
+    g32 = BACKEND.backward(dout, q, k, v, out64.float(), lse, True, d ** -0.5, (-1, -1), True)
+    g16 = BACKEND.backward(dout, q, k, v, out64.to(q.dtype), lse, True, d ** -0.5, (-1, -1), False)
+    for x, y, r in zip(g32, g16, ref):
+        assert x.dtype == torch.float32
+        assert _err(x, r) <= _err(y, r) + 1e-3
+
+
+def test_sm90_backward_refuses_head_dim_256():
+    q = torch.randn(1, 64, 2, 256, device="cuda", dtype=torch.bfloat16)
+    assert "head_dim" in BACKEND.backward_unsupported(q, q, q, False, (-1, -1))
