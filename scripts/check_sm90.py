@@ -32,29 +32,10 @@ def load_backend():
 
 # ----------------------------------------------------------------------------------------- checks
 def ref_attention(q, k, v, causal, window, scale):
-    """float64 math attention; q (b, s_q, h, d), k/v (b, s_k, h_kv, d). Returns out (b, s_q, h, d), lse (b, h, s_q)."""
-    import torch
-    b, s_q, h, d = q.shape
-    s_k, h_kv = k.shape[1], k.shape[2]
-    qf = q.double().transpose(1, 2)                                       # (b, h, s_q, d)
-    kf = k.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)   # (b, h, s_k, d)
-    vf = v.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
-    s = qf @ kf.transpose(-1, -2) * scale                                 # (b, h, s_q, s_k)
-    i = torch.arange(s_q, device=q.device)[:, None]
-    j = torch.arange(s_k, device=q.device)[None, :]
-    off = s_k - s_q
-    left, right = window
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
-    if right >= 0:
-        ok &= j <= i + off + right
-    if left >= 0:
-        ok &= j >= i + off - left
-    s = s.masked_fill(~ok, -math.inf)
-    lse = torch.logsumexp(s, dim=-1)                                      # (b, h, s_q)
-    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
-    return (p @ vf).transpose(1, 2), lse
+    """float64 out (b, s_q, h, d) and lse (b, h, s_q): the tests' ground truth (tests/reference.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reference import attention64
+    return attention64(q.double(), k.double(), v.double(), causal, scale, window)
 
 
 def rel_err(x, ref):

@@ -10,7 +10,6 @@ Writes $OUT/sm90_bwd_check.json, sm90_bwd_bench.json, sm90_bwd_fa3.json, sm90_bw
 """
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -65,31 +64,11 @@ def load_backend():
 
 
 def ref_grads(q, k, v, dout, causal, window, scale):
-    """float64 attention and its gradients; q (b, s_q, h, d), k/v (b, s_k, h_kv, d)."""
-    import torch
-    b, s_q, h, d = q.shape
-    s_k, h_kv = k.shape[1], k.shape[2]
-    qf, kf, vf = (x.detach().double().requires_grad_() for x in (q, k, v))
-    qt = qf.transpose(1, 2)                                                # (b, h, s_q, d)
-    kt = kf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)           # (b, h, s_k, d)
-    vt = vf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
-    s = qt @ kt.transpose(-1, -2) * scale                                  # (b, h, s_q, s_k)
-    i = torch.arange(s_q, device=q.device)[:, None]
-    j = torch.arange(s_k, device=q.device)[None, :]
-    left, right = window
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
-    if right >= 0:
-        ok &= j <= i + (s_k - s_q) + right
-    if left >= 0:
-        ok &= j >= i + (s_k - s_q) - left
-    s = s.masked_fill(~ok, -math.inf)
-    lse = torch.logsumexp(s, -1)                                           # (b, h, s_q)
-    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
-    out = (p @ vt).transpose(1, 2)                                         # (b, s_q, h, d)
-    dq, dk, dv = torch.autograd.grad(out, (qf, kf, vf), dout.double())
-    return out.detach(), lse.detach(), (dq, dk, dv)
+    """float64 out, lse and (dq, dk, dv): the tests' ground truth (tests/reference.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reference import reference64
+    r = reference64(q, k, v, dout, causal, scale, window)
+    return r["out"], r["lse"], (r["dq"], r["dk"], r["dv"])
 
 
 def rel_err(x, ref):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from reference import attention64
 
 
 
@@ -19,30 +20,6 @@ pytestmark = [
     pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
                        reason="needs an sm_90 GPU"),
 ]
-
-
-def reference(q, k, v, causal, window, scale):
-    """float64 attention with bottom-right aligned causal / window masks; out (b,s_q,h,d), lse (b,h,s_q)."""
-    b, s_q, h, d = q.shape
-    s_k, h_kv = k.shape[1], k.shape[2]
-    qf = q.double().transpose(1, 2)
-    kf = k.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
-    vf = v.double().repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
-    s = qf @ kf.transpose(-1, -2) * scale                       # (b, h, s_q, s_k)
-    i = torch.arange(s_q, device=q.device)[:, None]
-    j = torch.arange(s_k, device=q.device)[None, :]
-    left, right = window
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
-    if right >= 0:
-        ok &= j <= i + (s_k - s_q) + right
-    if left >= 0:
-        ok &= j >= i + (s_k - s_q) - left
-    s = s.masked_fill(~ok, -math.inf)
-    lse = torch.logsumexp(s, -1)
-    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
-    return (p @ vf).transpose(1, 2), lse
 
 
 def rel(x, ref):
@@ -85,7 +62,7 @@ def test_forward_matches_float64(case):
     v = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dtype)
     assert BACKEND.unsupported(q, k, v, causal, window) is None
     out, lse = BACKEND.forward(q, k, v, causal, d ** -0.5, window, False)
-    ref_o, ref_lse = reference(q, k, v, causal, window, d ** -0.5)
+    ref_o, ref_lse = attention64(q.double(), k.double(), v.double(), causal, d ** -0.5, window)
     assert out.dtype == dtype and out.shape == q.shape and lse.shape == (b, h, s_q)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     assert rel(out, ref_o) <= 4 * rounding_floor(ref_o, dtype) + 1e-4
@@ -99,7 +76,7 @@ def test_out_fp32_and_merge():
     q = torch.randn(b, s_q, h, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
-    ref_o, ref_lse = reference(q, k, v, True, (-1, -1), d ** -0.5)
+    ref_o, ref_lse = attention64(q.double(), k.double(), v.double(), True, d ** -0.5)
     out, lse = BACKEND.forward(q, k, v, True, None, (-1, -1), True)
     assert out.dtype == torch.float32
     assert rel(out, ref_o) <= 3 * rounding_floor(ref_o, torch.bfloat16)

@@ -2,11 +2,16 @@
 GPU, or without a library that has the backward (python scripts/build_csrc.py). The tolerance is twice
 the error of the blockwise fp32 reference backend on the same 16-bit inputs (the dtype's rounding
 floor) plus a small atol."""
-import math
 
 import pytest
 import torch
+from reference import reference64
 
+
+def _reference(q, k, v, dout, causal, window, scale):
+    """float64 out, lse and (dq, dk, dv)."""
+    r = reference64(q, k, v, dout, causal, scale, window)
+    return r["out"], r["lse"], (r["dq"], r["dk"], r["dv"])
 
 
 def _backend():
@@ -22,31 +27,6 @@ pytestmark = [
     pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
                        reason="needs an sm_90 GPU"),
 ]
-
-
-def _reference(q, k, v, dout, causal, window, scale):
-    """float64 out, lse and (dq, dk, dv) with bottom-right aligned causal / window masks."""
-    b, s_q, h, d = q.shape
-    s_k, h_kv = k.shape[1], k.shape[2]
-    qf, kf, vf = (x.detach().double().requires_grad_() for x in (q, k, v))
-    kt = kf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
-    vt = vf.repeat_interleave(h // h_kv, dim=2).transpose(1, 2)
-    s = qf.transpose(1, 2) @ kt.transpose(-1, -2) * scale          # (b, h, s_q, s_k)
-    i = torch.arange(s_q, device=q.device)[:, None]
-    j = torch.arange(s_k, device=q.device)[None, :]
-    left, right = window
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    ok = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device)
-    if right >= 0:
-        ok &= j <= i + (s_k - s_q) + right
-    if left >= 0:
-        ok &= j >= i + (s_k - s_q) - left
-    s = s.masked_fill(~ok, -math.inf)
-    lse = torch.logsumexp(s, -1)
-    out = (torch.exp(s - lse[..., None]).nan_to_num(0.0) @ vt).transpose(1, 2)
-    grads = torch.autograd.grad(out, (qf, kf, vf), dout.double())
-    return out.detach(), lse.detach().float(), grads
 
 
 def _err(x, ref):
