@@ -10,34 +10,15 @@
 #include "pipeline.h"
 #include "softmax.h"
 #include "tile_scheduler.h"
+#include "warpgroup.h"
 
 namespace ringfa3 {
-
-// Issue one warpgroup GEMM over all k-steps of the operands, asynchronously (wait separately).
-// kARegs: A is a register fragment (needs its own fence), else A is an smem descriptor.
-template <bool kZeroInit, bool kARegs, class Mma, class TA, class TB, class TC>
-__device__ __forceinline__ void issue_gemm(Mma& mma, TA& a, TB const& b, TC& c) {
-  using namespace cute;
-  warpgroup_fence_operand(c);
-  if constexpr (kARegs) warpgroup_fence_operand(a);
-  warpgroup_arrive();
-  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(a); ++k) {
-    cute::gemm(mma, a(_, _, k), b(_, _, k), c);
-    mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  warpgroup_fence_operand(c);
-  if constexpr (kARegs) warpgroup_fence_operand(a);
-}
 
 // Ping-pong among the consumer warpgroups: warpgroup w may issue its GEMMs only after warpgroup w-1
 // (cyclically) has issued its own, so one warpgroup's softmax runs under the others' GEMMs. Named
 // barrier 1 + w (0 is __syncthreads) counts warpgroup w's sync and its predecessor's arrive. The last
 // warpgroup opens with an arrive so warpgroup 0 goes first; warpgroup 0 absorbs the last dangling
 // arrive at the end.
-__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 __device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 template <class Tr> __device__ __forceinline__ void pingpong_wait(int wg) { named_sync(1 + wg, 256); }
 template <class Tr> __device__ __forceinline__ void pingpong_signal(int wg) {

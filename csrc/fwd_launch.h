@@ -7,12 +7,12 @@
 #include <cuda_runtime.h>
 #include "fwd_kernel.h"
 #include "instantiations.h"
+#include "smem_attr.h"
 
 namespace ringfa3 {
-// Internal linkage for everything below: the function-local statics (tile counters, the smem
-// attribute flag) would otherwise be GNU "unique" symbols that the dynamic loader merges across two
-// builds of this library loaded in one process (A/B timing), and one build would skip setting its own
-// kernel's smem attribute (run 4b: "invalid argument").
+// Internal linkage for everything below, as in smem_attr.h: the function-local statics (tile
+// counters) would otherwise be GNU "unique" symbols merged across two builds of this library loaded
+// in one process (A/B timing).
 namespace {
 
 // Query heads per scheduling chunk: enough that the chunk's K/V (shared by `group` query heads
@@ -81,17 +81,11 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   if (p.tile_counter == nullptr) return cudaErrorMemoryAllocation;
 
   auto kernel = fwd_kernel<Tr>;
-  // The smem limit is a per-device function attribute: set it once per device and instantiation.
-  static std::atomic<uint64_t> smem_attr_set{0};
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
-  uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
-  if (bit == 0 || !(smem_attr_set.load() & bit)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
-    if (err != cudaSuccess) return err;
-    smem_attr_set.fetch_or(bit);
-  }
+  err = set_max_dynamic_smem_once<fwd_kernel<Tr>>(dev, Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
   int sms = a.num_sms;
   if (sms <= 0) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   int grid = p.n_tiles < sms ? p.n_tiles : sms;

@@ -11,32 +11,13 @@
 #include <cute/arch/mma_sm90_gmma.hpp>
 #include "../epilogue.h"
 #include "../pipeline.h"
+#include "../warpgroup.h"
 #include "bwd_epilogue.h"
 #include "bwd_mask.h"
 #include "bwd_params.h"
 #include "bwd_traits.h"
 
 namespace ringfa3 {
-
-__device__ __forceinline__ void bwd_bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
-
-// One asynchronous warpgroup GEMM over all k-steps; kARegs: A is a register fragment.
-template <bool kZeroInit, bool kARegs, class Mma, class TA, class TB, class TC>
-__device__ __forceinline__ void bwd_gemm(Mma& mma, TA const& a, TB const& b, TC& c) {
-  using namespace cute;
-  warpgroup_fence_operand(c);
-  if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(a));
-  warpgroup_arrive();
-  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(a); ++k) {
-    cute::gemm(mma, a(_, _, k), b(_, _, k), c);
-    mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  warpgroup_fence_operand(c);
-  if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(a));
-}
 
 // fp32 accumulator (keys x queries, one warpgroup) -> 16-bit A operand of a (keys x .) GEMM over
 // queries: the accumulator's value order is the A-fragment order (see the forward's consumer.h).
@@ -115,8 +96,8 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
     int head = hk * p.group + g;
     for (int m = mb; m < me; ++m) {
       FullBarrier::wait(&ss.q_full[st.index], st.phase);
-      bwd_gemm<true, false>(mma_sdp, tSrK, tSrQ(_, _, _, st.index), tSrS);
-      bwd_gemm<true, false>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tSrdP);
+      issue_gemm<true, false>(mma_sdp, tSrK, tSrQ(_, _, _, st.index), tSrS);
+      issue_gemm<true, false>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tSrdP);
       float const* lse = ss.lse[st.index];
       float const* delta = ss.delta[st.index];
       warpgroup_wait<1>();   // S^T landed
@@ -125,22 +106,22 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       for (int i = 0; i < size(tSrS); ++i)
         tSrS(i) = exp2f(tSrS(i) * p.scale_log2 - lse[get<1>(tScS(i))]);
       Tensor tdVrP = bwd_to_a_operand<T, kM>(tSrS);
-      bwd_gemm<false, true>(mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), tdVrdV);
+      issue_gemm<false, true>(mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), tdVrdV);
       warpgroup_wait<1>();   // dP^T landed (dV may still run)
       CUTE_UNROLL
       for (int i = 0; i < size(tSrdP); ++i)
         tSrdP(i) = tSrS(i) * (tSrdP(i) - delta[get<1>(tScS(i))]);
       Tensor tdKrdS = bwd_to_a_operand<T, kM>(tSrdP);
-      bwd_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
+      issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
       // dS (16 bit) into smem for dQ = dS K; made visible to the tensor cores (async proxy).
       Tensor tdSsdS = thr_sdp.partition_C(sdSt(_, _, buf));
       CUTE_UNROLL
       for (int i = 0; i < size(tSrdP); ++i) tdSsdS(i) = static_cast<T>(tSrdP(i));
       cutlass::arch::fence_view_async_shared();
-      if constexpr (kSplitD) bwd_bar_sync(1, 256);
-      else bwd_bar_sync(2 + wg, 128);
+      if constexpr (kSplitD) named_sync(1, 256);
+      else named_sync(2 + wg, 128);
       Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kM>, Int<kSplitD ? kD : kD>>{});
-      bwd_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
+      issue_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
       warpgroup_wait<0>();
       warp_release(&ss.q_empty[st.index]);
       if constexpr (Tr::kDqWriter) {

@@ -2,11 +2,11 @@
 // kernel (TMA descriptors, grid = key blocks x kv heads x batch), the dQ conversion. Included only by
 // the generated csrc/generated/bwd_*.cu files.
 #pragma once
-#include <atomic>
 #include <cmath>
 #include <cuda_runtime.h>
 #include "bwd_kernel.h"
 #include "preprocess.h"
+#include "../smem_attr.h"
 
 namespace ringfa3 {
 
@@ -49,16 +49,11 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
       /*scale_log2=*/a.softmax_scale * float(M_LOG2E)};
 
   auto kernel = bwd_kernel<Tr>;
-  static std::atomic<uint64_t> smem_attr_set{0};   // per device, as the forward's launch
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
-  uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
-  if (bit == 0 || !(smem_attr_set.load() & bit)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
-    if (err != cudaSuccess) return err;
-    smem_attr_set.fetch_or(bit);
-  }
+  err = set_max_dynamic_smem_once<bwd_kernel<Tr>>(dev, Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
   long long n_ctas = (long long)n_n * a.h_kv * a.b;   // 1-D grid, order decoded in bwd_kernel.h
   if (n_ctas >= (1ll << 31)) return cudaErrorInvalidConfiguration;
   kernel<<<dim3(unsigned(n_ctas)), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
