@@ -32,6 +32,7 @@ extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
   if (a.merge ? (a.out_acc == nullptr || a.lse_acc == nullptr) : (a.out == nullptr))
     return fail(4, "merge needs out_acc and lse_acc; otherwise out is required");
   if (a.s_k <= 0) return fail(2, "s_k must be > 0 (TMA descriptors need non-empty extents)");
+  if (a.reserved != 0) return fail(2, "reserved must be 0");
   if (a.b == 0 || a.s_q == 0) return 0;
   cudaError_t err = ringfa3::dispatch_fwd(a);
   if (err == cudaErrorNotSupported) return fail(5, "unsupported dtype / head_dim combination");

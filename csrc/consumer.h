@@ -84,12 +84,14 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       auto q = opaque_desc(tSrQ);
       issue_gemm<true, false>(mma_qk, q, tSrK(_, _, _, kv.index), tSrS);
     };
-    // Once S(n) has landed: free its K stage (and Q after the tile's last block), mask, softmax.
+    // Once S(n) has landed: mask, softmax, then free its K stage (and Q after the tile's last block).
     auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
-      warp_release(&ss.k_empty[kv.index]);
       if (n == nb) warp_release(&ss.q_empty);
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
       softmax.template step<decltype(first)::value>(tSrS, rescale);
+      // Freed only now, and through the softmax result: this pins the P V wait that follows behind
+      // the softmax (see warp_release_after).
+      warp_release_after(&ss.k_empty[kv.index], softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
     };
     auto convert_p = [&]() {
       CUTE_UNROLL
@@ -103,10 +105,12 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
 
     if (ne > nb) {
       FullBarrier::wait(&ss.q_full, q_round & 1);
-      // Software pipeline (intra-warpgroup overlap): issue S(n) = Q K(n)^T and O += P(n+1) V(n+1)
-      // back to back, run the softmax of S(n) while P V is still on the tensor cores, then rescale
-      // O. With ping-pong, the warpgroups take turns issuing, so one's softmax overlaps the others'
-      // GEMMs. (Run 4: rescaling O before the P V issue instead, under the S GEMM, was no faster.)
+      // Software pipeline (intra-warpgroup overlap): issue S(n) = Q K(n)^T, rescale O under it, issue
+      // O += P(n+1) V(n+1), run the softmax of S(n) while P V is still on the tensor cores. With
+      // ping-pong, the warpgroups take turns issuing, so one's softmax also overlaps the others'
+      // GEMMs. The P V wait stays behind the softmax only because the K release before it reads the
+      // softmax result (warp_release_after; run 6: without it ptxas hoisted the wait above the
+      // softmax and nothing overlapped).
       pingpong_wait<Tr>(wg);
       scores();
       pingpong_signal<Tr>(wg);
@@ -118,6 +122,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       for (int n = ne - 2; n >= nb; --n) {
         pingpong_wait<Tr>(wg);
         scores();
+        rescale_o();   // O holds P V up to block prev + 1, relative to the max before block prev
         FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
         issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
         pingpong_signal<Tr>(wg);
@@ -125,12 +130,12 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         softmax_part(cute::false_type{}, n, rescale);
         warpgroup_wait<0>();
         warp_release(&ss.v_empty[prev.index]);
-        rescale_o();   // O now includes P(prev) V(prev)
         convert_p();
         prev = kv;
         kv.advance();
       }
       pingpong_wait<Tr>(wg);
+      rescale_o();
       FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
       issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
       pingpong_signal<Tr>(wg);

@@ -11,16 +11,19 @@ namespace ringfa3 {
 // (kBlockM, kBlockN, kStages): kBlockM / 64 consumer warpgroups; kBlockN and the stage count are what
 // fits shared memory (Q + stages * (K + V)) and the consumer register budget. kNFull: kBlockN used
 // when no mask (causal / window) applies and s_k >= kNFullMinKeys; a longer key block amortizes the
-// per-block softmax work (hd128 16k full: 4.4% fewer cycles under ncu; 1k full: 10% slower, run 4b).
+// per-block softmax work (hd128 16k full: 4.4% fewer cycles under ncu; 1k full: 10% slower, run 4b;
+// from 0 keys: -17% at 1k, no gain at 4k-16k, run 6). hd64 runs three consumer warpgroups (M 192:
+// +5-12% over M 128, run 6); hd256 N 80 measured no better than N 64 (run 6).
 // The RINGFA3_* macros select tile settings for A/B builds (scripts/build_csrc.py --define NAME=VALUE
-// --lib PATH). Built and checked correct on the GPU (run 4b) but not yet timed: RINGFA3_HD64_M=192
-// (three consumer warpgroups, FA3's hd64 shape) and RINGFA3_HD256_N=80; the defaults stay on the
-// measured shapes until a device run times them side by side (bench/NOTES.md, next steps).
+// --lib PATH --only dtype:hd --no-bwd), timed beside the default by check_sm90.py --alt-lib.
 #ifndef RINGFA3_HD64_M
-#define RINGFA3_HD64_M 128
+#define RINGFA3_HD64_M 192
 #endif
 #ifndef RINGFA3_HD128_NFULL
 #define RINGFA3_HD128_NFULL 176
+#endif
+#ifndef RINGFA3_HD128_NFULL_MIN_KEYS
+#define RINGFA3_HD128_NFULL_MIN_KEYS 8192
 #endif
 #ifndef RINGFA3_HD256_N
 #define RINGFA3_HD256_N 64
@@ -28,7 +31,7 @@ namespace ringfa3 {
 template <int kHeadDim> struct TileConfig;
 template <> struct TileConfig<64>  { static constexpr int kM = RINGFA3_HD64_M, kN = 128, kNFull = 128, kStages = 3, kNFullMinKeys = 0; };
 template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kNFull = RINGFA3_HD128_NFULL, kStages = 2;
-                                     static constexpr int kNFullMinKeys = 8192; };
+                                     static constexpr int kNFullMinKeys = RINGFA3_HD128_NFULL_MIN_KEYS; };
 template <> struct TileConfig<256> { static constexpr int kM = 128, kN = RINGFA3_HD256_N, kNFull = RINGFA3_HD256_N, kStages = 2, kNFullMinKeys = 0; };
 
 // One entry per generated file (a library built with --only links stubs for the rest).

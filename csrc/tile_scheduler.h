@@ -55,8 +55,9 @@ struct TileRing {
   }
   __device__ int receive() {         // every consumer thread
     FullBarrier::wait(&full[st.index], st.phase);
-    int t = ids[st.index];
-    __syncwarp();
+    // Broadcast from lane 0: the compiler then knows the tile (and the loop bounds and pipeline
+    // stages derived from it) is warp-uniform and keeps them in uniform registers.
+    int t = __shfl_sync(0xffffffff, ids[st.index], 0);
     warp_release(&empty[st.index]);
     st.advance();
     return t;

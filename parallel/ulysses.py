@@ -212,6 +212,7 @@ def ulysses_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, soft
     qh, kh, vh = swap.to_heads(q, k, v)  # (b, s, h/w, d), (b, s, n_kv, d)
     # auto is resolved again on the gathered shapes; an explicit or deterministic choice is kept
     out, lse = swap.attend(lambda q_, k_, v_: attention(q_, k_, v_, causal=causal, softmax_scale=scale, window=window,
-                                                        backend=name if deterministic else backend), qh, kh, vh)
+                                                        backend=name if deterministic else backend,
+                                                        deterministic=deterministic), qh, kh, vh)
     out = swap.to_seq(out)
     return (out, swap.lse_to_seq(lse)) if return_lse else out

@@ -1,13 +1,14 @@
 """Device script for the sm90 backend: correctness against float64, then timing of ours, cuDNN and
-FA3 side by side (FA3 convention), then SASS facts and ncu (summary + warp-stall samples per SASS
-instruction). One call does all:
+FA3 side by side (FA3 convention), then SASS facts and ncu of ours and of FA3's kernel on the same
+inputs (summary + warp-stall samples per SASS instruction). One call does all:
 
     PYTHONUNBUFFERED=1 python3 scripts/check_sm90.py --out $OUT [--parts sass,check,bench,ncu]
         [--alt-lib NAME=PATH ...]   # other builds of the library, checked and timed on the same inputs
 
 The library is ringfa3/lib/libringfa3_sm90.so, or $RINGFA3_SM90_LIB. Each part runs in its own
 subprocess with a timeout, so a hung kernel costs that part only. Writes $OUT/sm90_check.json,
-sm90_bench.json, sm90_sass.json, sm90_ncu.txt, sm90_ncu_source.csv; prints a ratio table last.
+sm90_bench.json, sm90_sass.json, sm90_ncu{,_fa3}.txt, sm90_ncu_source{,_fa3}.csv; prints a ratio
+table last.
 """
 import argparse
 import json
@@ -283,36 +284,45 @@ def part_sass(out_dir):
 
 
 # -------------------------------------------------------------------------------------------- ncu
-def part_ncu_target():
-    """One warm launch of ours at hd128 16k (full) for ncu to profile (launches 0-1 are warm-up)."""
+def part_ncu_target(which="ours"):
+    """One warm launch at hd128 16k (full) for ncu to profile (launches 0-1 are warm-up): ours, or FA3's
+    kernel on the same inputs (the anchor's counters beside ours)."""
     import torch
-    be = load_backend()
     q, k, v = (torch.randn(1, 16384, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    if which == "fa3":
+        import fa3_fwd_interface as fa3
+        fn = lambda: fa3.flash_attn_func(q, k, v, causal=False)   # noqa: E731
+    else:
+        be = load_backend()
+        fn = lambda: be.forward(q, k, v, False, None, (-1, -1), False)   # noqa: E731
     for _ in range(3):
-        be.forward(q, k, v, False, None, (-1, -1), False)
+        fn()
     torch.cuda.synchronize()
 
 
 def part_ncu(out_dir):
-    """ncu of ours at hd128 16k full: the summary sections, and warp-stall samples per SASS instruction
-    (where the consumer warps wait), exported as CSV for reading on the CPU machine."""
+    """ncu of ours and of FA3 at hd128 16k full: the summary sections, and warp-stall samples per SASS
+    instruction (where the consumer warps wait), exported as CSV for reading on the CPU machine."""
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy",
                 "SourceCounters"]
-    rep = Path("/tmp") / "sm90_ncu"   # the report stays there; its text pages come back
-    cmd = ["ncu", "--kernel-name", "regex:fwd_kernel", "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
-    for sec in sections:
-        cmd += ["--section", sec]
-    cmd += [sys.executable, __file__, "--part", "ncu_target"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    out = r.stdout + r.stderr
-    r2 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "details"], capture_output=True, text=True)
-    (Path(out_dir) / "sm90_ncu.txt").write_text(out + r2.stdout + r2.stderr)
-    r3 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "source", "--csv", "--print-source", "sass"],
-                        capture_output=True, text=True)
-    (Path(out_dir) / "sm90_ncu_source.csv").write_text(r3.stdout + r3.stderr)
-    keep = [ln for ln in r2.stdout.splitlines() if re.search(
-        r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|Executed Ipc|Registers", ln)]
-    print("\n".join(keep[:40]))
+    for which, kernel in (("ours", "regex:fwd_kernel"), ("fa3", "regex:device_kernel")):
+        rep = Path("/tmp") / f"sm90_ncu_{which}"   # the report stays there; its text pages come back
+        cmd = ["ncu", "--kernel-name", kernel, "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
+        for sec in sections:
+            cmd += ["--section", sec]
+        cmd += [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        out = r.stdout + r.stderr
+        r2 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "details"], capture_output=True, text=True)
+        suffix = "" if which == "ours" else "_fa3"
+        (Path(out_dir) / f"sm90_ncu{suffix}.txt").write_text(out + r2.stdout + r2.stderr)
+        r3 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "source", "--csv", "--print-source", "sass"],
+                            capture_output=True, text=True)
+        (Path(out_dir) / f"sm90_ncu_source{suffix}.csv").write_text(r3.stdout + r3.stderr)
+        keep = [ln for ln in r2.stdout.splitlines() if re.search(
+            r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|Executed Ipc|Registers", ln)]
+        print(f"--- {which}")
+        print("\n".join(keep[:40]))
 
 
 def table(out_dir):
@@ -339,6 +349,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--part", choices=["check", "bench", "sass", "ncu", "ncu_target", "all"], default="all")
+    ap.add_argument("--ncu-which", choices=["ours", "fa3"], default="ours", help="kernel launched by --part ncu_target")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--hds", default="128")
     ap.add_argument("--extra-hds", default="64,256", help="also timed, at --extra-seqs only")
@@ -361,12 +372,12 @@ def main():
     if args.part == "ncu":
         return part_ncu(args.out)
     if args.part == "ncu_target":
-        return part_ncu_target()
+        return part_ncu_target(args.ncu_which)
     me = [sys.executable, __file__, "--out", args.out, "--seqs", args.seqs, "--hds", args.hds,
           "--extra-hds", args.extra_hds, "--extra-seqs", args.extra_seqs]
     for spec in args.alt_lib:
         me += ["--alt-lib", spec]
-    limits = dict(sass=60, check=args.check_timeout, bench=args.bench_timeout, ncu=120)
+    limits = dict(sass=60, check=args.check_timeout, bench=args.bench_timeout, ncu=200)
     for part in args.parts.split(","):
         limit = limits[part]
         t = time.time()

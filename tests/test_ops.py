@@ -117,7 +117,43 @@ def test_torch_compile_fullgraph_matches_eager():
 
 def test_custom_ops_pass_opcheck():
     q, k, v = torch.randn(1, 40, 4, 16), torch.randn(1, 40, 2, 16), torch.randn(1, 40, 2, 16)
-    torch.library.opcheck(torch.ops.ringfa3.attn_fwd.default, (q, k, v, True, 0.25, -1, -1, "reference", False))
+    torch.library.opcheck(torch.ops.ringfa3.attn_fwd.default, (q, k, v, True, 0.25, -1, -1, "reference", False, False))
     out, lse = attention(q, k, v, causal=True)
     torch.library.opcheck(torch.ops.ringfa3.attn_bwd.default,
-                          (torch.randn_like(out), q, k, v, out, lse, True, 0.25, -1, -1, "reference", False))
+                          (torch.randn_like(out), q, k, v, out, lse, True, 0.25, -1, -1, "reference", False, False))
+
+
+class _RecordingBackend:
+    """The reference backend, remembering the `deterministic` each backward call was given."""
+    name, deterministic = "recording", True
+
+    def __init__(self):
+        self.seen = []
+
+    def unsupported(self, q, k, v, causal, window):
+        return None
+
+    def forward(self, *a):
+        return BACKENDS["reference"].forward(*a)
+
+    def backward(self, dout, q, k, v, out, lse, causal, scale, window, grads_fp32=False, deterministic=False):
+        self.seen.append(deterministic)
+        return BACKENDS["reference"].backward(dout, q, k, v, out, lse, causal, scale, window, grads_fp32)
+
+
+@pytest.mark.parametrize("deterministic", (False, True))
+def test_deterministic_reaches_the_backward(monkeypatch, deterministic):
+    """The op and the ring hand deterministic to the local backward (sm90 picks its dQ order by it)."""
+    from ringfa3.parallel.ring import ring_attention
+    from ringfa3.parallel.virtual import VirtualRing
+    from ringfa3.ops import backends
+    rec = _RecordingBackend()
+    monkeypatch.setitem(BACKENDS, rec.name, rec)
+    monkeypatch.setattr(backends, "NAMES", backends.NAMES + (rec.name,))
+    q, k, v = (torch.randn(1, 32, 2, 16, requires_grad=True) for _ in range(3))
+    out, _ = attention(q, k, v, causal=True, backend=rec.name, deterministic=deterministic)
+    out.sum().backward()
+    kv = [torch.stack([k.detach(), v.detach()])] * 2   # a virtual world of 2 (rank 0 sees both shards)
+    out, _ = ring_attention(q, k, v, True, 0.25, VirtualRing(2, 0, kv), "contiguous", rec, deterministic=deterministic)
+    out.sum().backward()
+    assert rec.seen and all(seen == deterministic for seen in rec.seen)

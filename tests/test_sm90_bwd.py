@@ -58,12 +58,8 @@ def test_sm90_backward_matches_float64(shape, dtype, causal, window, determinist
     scale = d ** -0.5
     out64, lse, ref = _reference(q, k, v, dout, causal, window, scale)
     out = out64.to(dtype)
-    BACKEND.bwd_deterministic = deterministic
-    try:
-        grads = BACKEND.backward(dout, q, k, v, out, lse, causal, scale, window, False)
-        again = BACKEND.backward(dout, q, k, v, out, lse, causal, scale, window, False)
-    finally:
-        BACKEND.bwd_deterministic = True
+    grads = BACKEND.backward(dout, q, k, v, out, lse, causal, scale, window, False, deterministic)
+    again = BACKEND.backward(dout, q, k, v, out, lse, causal, scale, window, False, deterministic)
     floor = reference_backend.backward(dout, q, k, v, out, lse, causal, scale, window, False)
     for name, g, f, r in zip("qkv", grads, floor, ref):
         assert g.dtype == dtype and torch.isfinite(g).all(), f"d{name} not finite / wrong dtype"

@@ -53,5 +53,5 @@ class EmulatedVarlen:
     def forward_blocks(self, q, k, v, blocks, scale, out_acc, lse_acc):
         varlen_forward(emulated_fwd, q, k, v, blocks, scale, out_acc, lse_acc)
 
-    def backward_blocks(self, dout, q, k, v, out, lse, blocks, scale, dq_acc):
+    def backward_blocks(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic=False):
         return varlen_backward(emulated_bwd, dout, q, k, v, out, lse, blocks, scale, dq_acc)

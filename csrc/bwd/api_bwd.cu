@@ -36,6 +36,7 @@ extern "C" int ringfa3_sm90_bwd(const RingFa3BwdArgs* args) {
   for (int64_t const* s : strides)
     if (!strides8(s)) return fail(3, "tensor strides must be multiples of 8 elements (16-byte rows for TMA and vector loads)");
   if (a.window_left < -1 || a.window_right < -1) return fail(2, "window sides must be >= -1");
+  if (a.reserved != 0) return fail(2, "reserved must be 0");
   if (a.b == 0 || a.s_q == 0) return fail(2, "empty q: the caller handles it (zero dk, dv)");
   cudaError_t err = ringfa3::dispatch_bwd(a);
   if (err == cudaErrorNotSupported) return fail(5, "unsupported dtype / head_dim combination for the backward");

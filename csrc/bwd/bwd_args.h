@@ -39,10 +39,8 @@ typedef struct RingFa3BwdArgs {
   int32_t out_fp32;        // `out` is fp32
   int32_t grads_fp32;      // write dq, dk, dv as fp32
   int32_t deterministic;   // dQ partial sums added in a fixed order (key block ascending)
-  int32_t variant;         // dQ reduction, for A/B timing in one run (bf16 hd128 only, else ignored):
-                           // 0 = smem tile + one bulk reduce-add per warpgroup (default since run 2),
-                           // 1 = vector atomics from registers (run 1's default),
-                           // 2 = bulk reduce issued by a producer warp (NOT YET RUN ON A GPU)
+  int32_t reserved;        // must be 0 (was an A/B dQ-path selector until the third 2026-11-25
+                           // session; kept so the layout and the ABI version do not change)
   float softmax_scale;
   void* stream;            // cudaStream_t
 } RingFa3BwdArgs;

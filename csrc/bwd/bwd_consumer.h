@@ -85,13 +85,10 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kN>, Int<kM>>{});      // S^T, then P^T
   Tensor tSrdP = partition_fragment_C(mma_sdp, Shape<Int<kN>, Int<kM>>{});     // dP^T, then dS^T
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kM>>{}));   // (key, query)
-  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(
-      Shape<Int<kM>, Int<kSplitD ? kD : kD>>{}));                                       // (query, d)
 
   if (me > mb) FullBarrier::wait(&ss.kv_full, 0);
   PipeState<Tr::kStages> st;
   int buf = 0;
-  int n_dq = 0;   // dQ partials handed to the writer warp (kDqWriter)
   for (int g = 0; g < p.group; ++g) {
     int head = hk * p.group + g;
     for (int m = mb; m < me; ++m) {
@@ -124,20 +121,12 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       issue_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
       warpgroup_wait<0>();
       warp_release(&ss.q_empty[st.index]);
-      if constexpr (Tr::kDqWriter) {
-        hand_dq_to_writer<Tr>(tdQrdQ, ss.dq + wg * Tr::kDqPerWG, &ss.dq_full[wg], &ss.dq_empty[wg], n_dq);
-        ++n_dq;
-      } else if constexpr (Tr::kBulkDq) {
-        add_dq_bulk<Tr>(a, p, tdQrdQ, ss.dq + wg * Tr::kDqPerWG, mask, bi, head, m, wg);
-      } else {
-        add_dq<Tr>(a, p, tdQrdQ, tdQcdQ, mask, bi, head, m, wg);
-      }
+      add_dq_bulk<Tr>(a, p, tdQrdQ, ss.dq + wg * Tr::kDqPerWG, mask, bi, head, m, wg);
       st.advance();
       if constexpr (kSplitD) buf ^= 1;
     }
   }
-  if constexpr (Tr::kBulkDq && !Tr::kDqWriter)   // the last reduce must be done with smem before exit
-    if (ct % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  if (ct % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");   // smem read before exit
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{})),
                  mask, bi, hk);
 }

@@ -38,29 +38,18 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
       FullBarrier::init(&ss.q_full[i], 1);
       EmptyBarrier::init(&ss.q_empty[i], Tr::kConsumerWarps);
     }
-    if constexpr (Tr::kDqWriter) {
-      for (int i = 0; i < 2; ++i) {
-        EmptyBarrier::init(&ss.dq_full[i], 128);   // every thread of the warpgroup stored its part
-        EmptyBarrier::init(&ss.dq_empty[i], 1);    // the writer's reduce has read the buffer
-      }
-    }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
 
   if (threadIdx.x / 128 == 0) {
-    // 24 registers are enough for the TMA thread; the dQ writer's loop (variant 2) spilled 104 bytes in
-    // 24, so it gets 32 (128 x 32 + 256 x 240 = 65536, the whole register file).
-    cutlass::arch::warpgroup_reg_dealloc<Tr::kDqWriter ? 32 : 24>();
+    cutlass::arch::warpgroup_reg_dealloc<24>();
     if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
       cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
       cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
       cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
       bwd_produce<Tr>(p, ss, n_block, hk, bi);
-    }
-    if constexpr (Tr::kDqWriter) {
-      if (threadIdx.x / 32 == 1 && cute::elect_one_sync()) bwd_write_dq<Tr>(p, ss, n_block, hk, bi);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<240>();

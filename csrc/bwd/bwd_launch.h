@@ -62,8 +62,8 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
 
   constexpr int kRows = 256 / (kD / 8);
   dim3 grid((a.s_q + kRows - 1) / kRows, a.h, a.b);
-  if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM, Tr::kBulkDq><<<grid, 256, 0, stream>>>(a, s_pad);
-  else bwd_convert_dq_kernel<T, kD, kM, Tr::kBulkDq><<<grid, 256, 0, stream>>>(a, s_pad);
+  if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
+  else bwd_convert_dq_kernel<T, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
   return cudaGetLastError();
 }
 

@@ -19,23 +19,13 @@
 namespace ringfa3 {
 using namespace cute;
 
-template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kBulkDq_ = true,
-          bool kDqWriter_ = false>
+template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
 struct BwdTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per pipeline stage
   static constexpr int kBlockN = kBlockN_;   // keys per CTA: 64 per consumer warpgroup
   static constexpr int kStages = kStages_;   // Q / dO / lse / delta stages
-  // dQ partials: false = red.global.add.v2.f32 from registers (row-major workspace); true = each
-  // warpgroup stores its partial to smem in register order and one thread issues a bulk
-  // reduce-add of the 16 KB (the workspace tile is then in that permuted order, see preprocess.h).
-  static constexpr bool kBulkDq = kBulkDq_;
-  // NOT YET RUN ON A GPU (variant 2): a warp of the producer warpgroup issues the bulk reduces (and
-  // waits for the deterministic turn); the consumers hand their smem partial over through an
-  // mbarrier pair and go on, instead of stalling on thread 0 and two warpgroup barriers per block.
-  static constexpr bool kDqWriter = kDqWriter_;
-  static_assert(!kDqWriter || kBulkDq, "the dQ writer warp issues bulk reduces");
   static constexpr int kConsumerWG = kBlockN / 64;
   static constexpr int kThreads = 128 * (kConsumerWG + 1);
   static constexpr int kConsumerWarps = 4 * kConsumerWG;
@@ -100,12 +90,11 @@ struct BwdTraits {
     alignas(1024) T q[cosize_v<SmemLayoutQ>];
     alignas(1024) T dout[cosize_v<SmemLayoutQ>];
     alignas(1024) T ds[cosize_v<SmemLayoutdS>];
-    alignas(128) float dq[kBulkDq ? kConsumerWG * kDqPerWG : 4];   // per warpgroup, register order
+    alignas(128) float dq[kConsumerWG * kDqPerWG];   // dQ partial per warpgroup, register order
     alignas(16) float lse[kStages][kBlockM];     // lse * log2(e) of the stage's query rows
     alignas(16) float delta[kStages][kBlockM];   // rowsum(dO * O)
     alignas(8) uint64_t kv_full;
     uint64_t q_full[kStages], q_empty[kStages];
-    uint64_t dq_full[2], dq_empty[2];   // kDqWriter: per consumer warpgroup's smem dQ partial
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit shared memory");

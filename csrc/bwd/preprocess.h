@@ -58,11 +58,11 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, i
   }
 }
 
-// dq[b, i, h, :] = softmax_scale * dq_accum[b, h, i, :], in the input dtype or fp32.
-// kPermuted: each (kBlockM x d) workspace tile holds the main kernel's bulk-variant order: per
-// warpgroup region (d split in two halves, or one full-width region), float4 j of thread t at
-// j * 512 + 4 t, in the WGMMA accumulator's (thread, value) order.
-template <class TQ, int kHeadDim, int kBlockM, bool kPermuted>
+// dq[b, i, h, :] = softmax_scale * dq_accum[b, h, i, :], in the input dtype or fp32. Each
+// (kBlockM x d) workspace tile holds the main kernel's order (add_dq_bulk): per warpgroup region (d
+// split in two halves, or one full-width region), float4 j of thread t at j * 512 + 4 t, in the
+// WGMMA accumulator's (thread, value) order.
+template <class TQ, int kHeadDim, int kBlockM>
 __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int s_pad) {
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kRows = 256 / kChunks;
@@ -71,21 +71,17 @@ __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, i
   int row = blockIdx.x * kRows + threadIdx.x / kChunks;
   if (row >= a.s_q) return;
   float x[8];
-  if constexpr (kPermuted) {
-    constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
-    const float* tile = a.dq_accum + ((size_t(bi) * a.h + hi) * s_pad + row / kBlockM * kBlockM) * kHeadDim;
-    int r = row % kBlockM;
+  constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
+  const float* tile = a.dq_accum + ((size_t(bi) * a.h + hi) * s_pad + row / kBlockM * kBlockM) * kHeadDim;
+  int r = row % kBlockM;
 #pragma unroll
-    for (int e = 0; e < 8; e += 2) {
-      int col = chunk * 8 + e, c = col % kCols;
-      int t = (r / 16) * 32 + (r % 8) * 4 + (c % 8) / 2;
-      int i = (c / 8) * 4 + ((r % 16) / 8) * 2;   // value of (r, c); (r, c + 1) is i + 1
-      float2 v = *reinterpret_cast<const float2*>(tile + (col / kCols) * (kBlockM * kCols) + (i / 4) * 512 + t * 4 + i % 4);
-      x[e] = v.x;
-      x[e + 1] = v.y;
-    }
-  } else {
-    load8(a.dq_accum + ((size_t(bi) * a.h + hi) * s_pad + row) * kHeadDim + chunk * 8, x);
+  for (int e = 0; e < 8; e += 2) {
+    int col = chunk * 8 + e, c = col % kCols;
+    int t = (r / 16) * 32 + (r % 8) * 4 + (c % 8) / 2;
+    int i = (c / 8) * 4 + ((r % 16) / 8) * 2;   // value of (r, c); (r, c + 1) is i + 1
+    float2 v = *reinterpret_cast<const float2*>(tile + (col / kCols) * (kBlockM * kCols) + (i / 4) * 512 + t * 4 + i % 4);
+    x[e] = v.x;
+    x[e + 1] = v.y;
   }
   TQ* dst = static_cast<TQ*>(a.dq) + bi * a.dq_stride[0] + row * a.dq_stride[1] + hi * a.dq_stride[2] + chunk * 8;
   if constexpr (sizeof(TQ) == 4) {

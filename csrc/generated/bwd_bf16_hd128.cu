@@ -5,8 +5,6 @@
 namespace ringfa3 {
 cudaError_t run_bwd_bf16_hd128(RingFa3BwdArgs const& a) {
   using Cfg = BwdTileConfig<128>;
-  if (a.variant == 1) return launch_bwd<BwdTraits<cutlass::bfloat16_t, 128, Cfg::kM, Cfg::kN, Cfg::kStages, false>>(a);
-  if (a.variant == 2) return launch_bwd<BwdTraits<cutlass::bfloat16_t, 128, Cfg::kM, Cfg::kN, Cfg::kStages, true, true>>(a);
   return launch_bwd<BwdTraits<cutlass::bfloat16_t, 128, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);
 }
 }  // namespace ringfa3

@@ -13,15 +13,15 @@ from .rope import apply_rope, rope_cos_sin
 class RingFlashAttention(nn.Module):
     """qkv projection, RoPE on global positions, ring attention over `group`, output projection.
 
-    x_local is this rank's part of the sequence in `layout`. `group`, `layout`, `backend` and `precision`
-    are plain attributes, so a training script can apply context parallelism after building the model
-    (and an evaluation can switch to precision='fp8', forward only). Without a process group it is
-    ordinary (causal) attention.
+    x_local is this rank's part of the sequence in `layout`. `group`, `layout`, `backend`, `precision`
+    and `deterministic` are plain attributes, so a training script can apply context parallelism after
+    building the model (and an evaluation can switch to precision='fp8', forward only). Without a
+    process group it is ordinary (causal) attention.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int | None = None, causal: bool = True,
                  layout: str = "zigzag", group=None, rope_theta: float = 10000.0, backend: str = "auto",
-                 bias: bool = False, precision: str = "native"):
+                 bias: bool = False, precision: str = "native", deterministic: bool = False):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if embed_dim % num_heads != 0:
@@ -34,7 +34,7 @@ class RingFlashAttention(nn.Module):
         check_layout(layout)
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.causal, self.layout, self.group, self.backend = causal, layout, group, backend
-        self.precision = precision
+        self.precision, self.deterministic = precision, deterministic
         self.rope_theta = rope_theta
         self.qkv = nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=bias)
         self.out = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias)
@@ -49,5 +49,5 @@ class RingFlashAttention(nn.Module):
         cos, sin = rope_cos_sin(position_ids, self.head_dim, self.rope_theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = ring_flash_attn_func(q, k, v.contiguous(), causal=self.causal, group=self.group, layout=self.layout,
-                                 backend=self.backend, precision=self.precision)
+                                 backend=self.backend, precision=self.precision, deterministic=self.deterministic)
         return self.out(rearrange(o, "b s h d -> b s (h d)"))

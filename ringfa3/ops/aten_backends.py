@@ -103,7 +103,8 @@ class AtenBackend:
         lse = lse.reshape(q.shape[0], q.shape[2], q.shape[1]).float()  # (b, h, s, 1) -> (b, h, s)
         return _bshd(out), lse  # out_fp32 has nothing to keep here: the op's output is already rounded
 
-    def backward(self, dout, q, k, v, out, lse, causal: bool, scale: float, window, grads_fp32: bool = False):
+    def backward(self, dout, q, k, v, out, lse, causal: bool, scale: float, window, grads_fp32: bool = False,
+                 deterministic: bool = False):   # the aten kernels have one mode each
         sq, sk = q.shape[1], k.shape[1]
         if self.name == "flash":
             left, right = effective_window(causal, window)
@@ -133,7 +134,7 @@ class AtenBackend:
             return loop_forward(self, q, k, v, blocks, scale, out_acc, lse_acc)
         varlen_forward(fa2_varlen_fwd, q, k, v, blocks, scale, out_acc, lse_acc)
 
-    def backward_blocks(self, dout, q, k, v, out, lse, blocks, scale: float, dq_acc) -> list:
+    def backward_blocks(self, dout, q, k, v, out, lse, blocks, scale: float, dq_acc, deterministic=False) -> list:
         if self._loops(blocks):
-            return loop_backward(self, dout, q, k, v, out, lse, blocks, scale, dq_acc)
+            return loop_backward(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
         return varlen_backward(fa2_varlen_bwd, dout, q, k, v, out, lse, blocks, scale, dq_acc)

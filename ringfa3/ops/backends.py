@@ -4,9 +4,11 @@ A backend is an object with
   name
   unsupported(q, k, v, causal, window) -> str | None      why it cannot serve these inputs
   forward(q, k, v, causal, scale, window, out_fp32) -> (out, lse)
-  backward(dout, q, k, v, out, lse, causal, scale, window, grads_fp32) -> (dq, dk, dv)
+  backward(dout, q, k, v, out, lse, causal, scale, window, grads_fp32, deterministic) -> (dq, dk, dv)
 out_fp32 / grads_fp32 ask for results not rounded to the input dtype; a backend whose kernel rounds
 anyway may return its rounded tensors (the ring accumulates them in float32 either way).
+deterministic=True asks the backward for bitwise repeatable gradients: a backend with a faster,
+unordered reduction (sm90's dQ) then takes its fixed-order one; the others are repeatable either way.
 and optionally forward_merge(q, k, v, causal, scale, window, out_acc, lse_acc), which merges its
 block into a float32 running (out_acc, lse_acc) in place (the ring uses it when present),
 forward_blocks / backward_blocks, which compute a list of blocks of one problem in few launches

@@ -8,7 +8,7 @@ window, a zigzag shard) hands them over together:
   forward_blocks(impl, q, k, v, blocks, scale, out_acc, lse_acc)
       merges every block's partial (out, lse) into the float32 accumulators in place; blocks may share
       query rows; rows no block covers keep their values.
-  backward_blocks(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc) -> [(k0, k1, dk, dv), ...]
+  backward_blocks(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic) -> [(k0, k1, dk, dv), ...]
       adds every block's dq into the float32 dq_acc in place and returns the key gradients as pieces
       (key rows [k0, k1) of k/v), for the caller to add where it keeps them.
 
@@ -51,13 +51,13 @@ def loop_forward(impl, q: Tensor, k: Tensor, v: Tensor, blocks, scale: float, ou
 
 
 def loop_backward(impl, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks,
-                  scale: float, dq_acc: Tensor) -> list:
+                  scale: float, dq_acc: Tensor, deterministic: bool = False) -> list:
     """One local backward per block: dq added into dq_acc (b, s_q, h, d) float32; the key pieces returned."""
     pieces = []
     for blk in blocks:
         rows, keys = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
         dqb, dkb, dvb = impl.backward(dout[:, rows], q[:, rows], k[:, keys], v[:, keys], out[:, rows],
-                                      lse[:, :, rows], blk.causal, scale, blk.window, True)
+                                      lse[:, :, rows], blk.causal, scale, blk.window, True, deterministic)
         dq_acc[:, rows] += dqb
         pieces.append((blk.k0, blk.k1, dkb, dvb))
     return pieces
@@ -77,12 +77,12 @@ def forward_blocks(impl, q: Tensor, k: Tensor, v: Tensor, blocks, scale: float, 
 
 
 def backward_blocks(impl, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks,
-                    scale: float, dq_acc: Tensor) -> list:
+                    scale: float, dq_acc: Tensor, deterministic: bool = False) -> list:
     """Gradients of the blocks given the global (merged) out and lse: dq added into dq_acc, key pieces
     [(k0, k1, dk, dv)] returned (dk/dv (b, k1 - k0, h_kv, d), any float dtype)."""
     if not blocks:
         return []
     batched = getattr(impl, "backward_blocks", None)
     if batched is not None:
-        return batched(dout, q, k, v, out, lse, blocks, scale, dq_acc)
-    return loop_backward(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc)
+        return batched(dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
+    return loop_backward(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)

@@ -82,9 +82,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window,
 
 
 def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
-             scale: float, window, grads_fp32: bool = False):
+             scale: float, window, grads_fp32: bool = False, deterministic: bool = False):
     """(dq, dk, dv) in the input dtypes (float32 if grads_fp32), from the (possibly merged, global)
-    out and lse of these rows."""
+    out and lse of these rows. Always deterministic (no atomics)."""
     b, sq, h, d = q.shape
     sk, h_kv = k.shape[1], k.shape[2]
     acc_t = _acc_dtype(q.dtype)

@@ -7,8 +7,9 @@ per call in `unsupported` (checking it at import would initialize CUDA in every 
 
 CUDA graphs: the first call on a device allocates the tile-scheduler counters (cudaMalloc), so make
 one call outside capture before capturing. Forward results are bitwise repeatable (no atomics in the
-math; the dynamic tile order only changes which CTA computes a tile); backward results too while
-`bwd_deterministic` is True (fixed-order dQ sums), not with it False (faster, unordered reductions).
+math; the dynamic tile order only changes which CTA computes a tile); backward results when asked
+with deterministic=True (fixed-order dQ sums); by default the dQ partial sums are unordered float
+reductions (1.6-1.7x faster at 16k, bench/NOTES-bwd.md run 2), not repeatable bit for bit.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class _BwdArgs(ctypes.Structure):
         ("h", ctypes.c_int32), ("h_kv", ctypes.c_int32), ("d", ctypes.c_int32),
         ("dtype", ctypes.c_int32), ("window_left", ctypes.c_int32), ("window_right", ctypes.c_int32),
         ("out_fp32", ctypes.c_int32), ("grads_fp32", ctypes.c_int32), ("deterministic", ctypes.c_int32),
-        ("variant", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
+        ("reserved", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
     ]
 
 
@@ -99,8 +100,8 @@ def _strides2(t):   # (b, h, s) tensor -> element strides of (batch, head)
 
 class Sm90Backend:
     name = "sm90"
-    # Forward: no atomics in any reduction. Backward: dQ partial sums added in a fixed order while
-    # bwd_deterministic is True (the default), so results are bitwise repeatable.
+    # Forward: no atomics in any reduction. Backward: dQ partial sums in a fixed order when the call
+    # asks for deterministic=True, so both directions can be bitwise repeatable.
     deterministic = True
     # Backward verified on an H100 (bench/NOTES-bwd.md runs 1-2): bf16/fp16, head dims 64 and 128, full,
     # causal, windows, GQA/MQA, s_q != s_k, fp32 grads / fp32 out. Head dim 256: backward_unsupported says
@@ -110,13 +111,6 @@ class Sm90Backend:
     def __init__(self, lib):
         self._lib = lib
         self._sms = {}
-        # Backward dQ reduction: True = fixed order (bitwise repeatable, as `deterministic` promises),
-        # False = unordered float reductions: 1.6-1.7x faster at 16k (bench/NOTES-bwd.md run 2), not
-        # repeatable bit for bit.
-        self.bwd_deterministic = True
-        # dQ reduction for A/B timing, bf16 hd128 only (csrc/bwd/bwd_args.h): 0 = default, 1 = run 1's
-        # register atomics, 2 = reduces issued by a producer warp (not yet run on a GPU).
-        self.bwd_variant = 0
 
     def unsupported(self, q, k, v, causal=False, window=(-1, -1)):
         if not (q.is_cuda and k.is_cuda and v.is_cuda):
@@ -213,10 +207,11 @@ class Sm90Backend:
             return f"sm90 backward supports head_dim in {_BWD_HEAD_DIMS}, got {q.shape[-1]}"
         return None
 
-    def backward(self, dout, q, k, v, out, lse, causal, softmax_scale, window, grads_fp32=False):
+    def backward(self, dout, q, k, v, out, lse, causal, softmax_scale, window, grads_fp32=False,
+                 deterministic=False):
         """(dq, dk, dv) from the global out (q's dtype or fp32) and lse (b, h, s_q); dK/dV are summed
         over the query heads of each kv head. grads_fp32: all three in fp32 (the ring accumulates them).
-        `bwd_deterministic` (default True): dQ partial sums added in a fixed order, bitwise repeatable."""
+        deterministic: dQ partial sums added in a fixed order, bitwise repeatable (slower)."""
         why = self.backward_unsupported(q, k, v, causal, window)
         if why:
             raise ValueError(why)
@@ -243,7 +238,7 @@ class Sm90Backend:
         dq_accum = torch.empty(b, h, s_pad, d, device=q.device, dtype=torch.float32)   # (b, h, s_pad, d)
         lse_log2 = torch.empty(b, h, s_pad, device=q.device, dtype=torch.float32)      # (b, h, s_pad)
         delta = torch.empty(b, h, s_pad, device=q.device, dtype=torch.float32)
-        det = bool(self.bwd_deterministic)
+        det = bool(deterministic)
         sem = torch.empty(b, h, s_pad // bm, 2, device=q.device, dtype=torch.int32) if det else None
 
         left, right = effective_window(causal, window)
@@ -260,7 +255,6 @@ class Sm90Backend:
         a.dtype = _DTYPES[q.dtype]
         a.window_left, a.window_right = int(left), int(right)
         a.out_fp32, a.grads_fp32, a.deterministic = int(out.dtype == torch.float32), int(grads_fp32), int(det)
-        a.variant = int(self.bwd_variant)
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
         a.stream = torch.cuda.current_stream(q.device).cuda_stream
         with torch.cuda.device(q.device):
