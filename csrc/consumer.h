@@ -44,8 +44,11 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
 
   typename Tr::MmaQK mma_qk;
   typename Tr::MmaPV mma_pv;
-  auto thr_qk = mma_qk.get_thread_slice(ct);
-  auto thr_pv = mma_pv.get_thread_slice(ct);
+  // The smem-operand fragments (WGMMA descriptors) depend only on the warpgroup. Sliced by its first
+  // thread, broadcast from lane 0, they are warp-uniform to the compiler and live in uniform registers.
+  int wg_thread0 = __shfl_sync(0xffffffff, ct & ~127, 0);
+  auto thr_qk = mma_qk.get_thread_slice(wg_thread0);
+  auto thr_pv = mma_pv.get_thread_slice(wg_thread0);
   Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutV{});

@@ -41,14 +41,18 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   RingFa3BwdArgs const& a = p.a;
   BwdMask<kM, kN> mask(n_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
   int mb = mask.m_begin(), me = mask.m_end();
-  int wg = ct / 128;
+  // Broadcast from lane 0: warp-uniform to the compiler, so the smem-operand fragments (WGMMA
+  // descriptors, which depend only on the warpgroup) live in uniform registers.
+  int wg = __shfl_sync(0xffffffff, ct / 128, 0);
 
   typename Tr::MmaSdP mma_sdp;
   typename Tr::MmadKV mma_dkv;
   typename Tr::MmadQ mma_dq;
-  auto thr_sdp = mma_sdp.get_thread_slice(ct);
+  auto thr_sdp = mma_sdp.get_thread_slice(ct);   // accumulator coordinates and the dS smem stores
   auto thr_dkv = mma_dkv.get_thread_slice(ct);
-  auto thr_dq = mma_dq.get_thread_slice(kSplitD ? ct : ct % 128);
+  auto frag_sdp = mma_sdp.get_thread_slice(wg * 128);   // smem operands
+  auto frag_dkv = mma_dkv.get_thread_slice(wg * 128);
+  auto thr_dq = mma_dq.get_thread_slice(kSplitD ? wg * 128 : 0);
 
   Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQ{});      // (kM, d, stage)
   Tensor sdO = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemLayoutQ{});
@@ -60,12 +64,12 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   Tensor sdS = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemLayoutdS{});   // (kM, kN, buf)
   Tensor sdSt = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemLayoutdSt{}); // (kN, kM, buf)
 
-  Tensor tSrK = thr_sdp.partition_fragment_A(sK);       // (MMA, 1, d/16)
-  Tensor tSrV = thr_sdp.partition_fragment_A(sV);
-  Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);       // (MMA, 1, d/16, stage)
-  Tensor tSrdO = thr_sdp.partition_fragment_B(sdO);
-  Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);   // (MMA, 1, kM/16, stage)
-  Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);
+  Tensor tSrK = frag_sdp.partition_fragment_A(sK);       // (MMA, 1, d/16)
+  Tensor tSrV = frag_sdp.partition_fragment_A(sV);
+  Tensor tSrQ = frag_sdp.partition_fragment_B(sQ);       // (MMA, 1, d/16, stage)
+  Tensor tSrdO = frag_sdp.partition_fragment_B(sdO);
+  Tensor tdVrdO = frag_dkv.partition_fragment_B(sdOt);   // (MMA, 1, kM/16, stage)
+  Tensor tdKrQ = frag_dkv.partition_fragment_B(sQt);
   // dQ operands: split over d -> all keys, this warpgroup's d half (the tiled MMA picks it);
   // split over keys -> this warpgroup's 64 keys, all of d.
   auto dq_a = [&](int buf) {
