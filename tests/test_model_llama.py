@@ -35,6 +35,12 @@ def test_ring_attention_matches_sdpa_on_one_device():
     torch.testing.assert_close(ring(x), sdpa(x), rtol=1e-5, atol=1e-6)
 
 
+def test_attn_deterministic_reaches_every_layer():
+    model = Llama(_tiny(attn_deterministic=True))
+    assert [b.attention.deterministic for b in model.layers] == [True, True]
+    model(torch.randint(0, 32, (1, 16))).sum().backward()
+
+
 def test_causal():
     model = Llama(_tiny())
     x = torch.randint(0, 32, (1, 16))

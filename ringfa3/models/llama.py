@@ -79,7 +79,8 @@ class Block(nn.Module):
             self.attention = SDPAAttention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, rope_theta=cfg.rope_theta)
         else:
             self.attention = RingFlashAttention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, causal=True,
-                                                rope_theta=cfg.rope_theta, backend=cfg.attn_backend)
+                                                rope_theta=cfg.rope_theta, backend=cfg.attn_backend,
+                                                deterministic=cfg.attn_deterministic)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.ffn_hidden)
         self.mlp_chunk_tokens = 0  # > 0: the MLP runs over sequence tiles (its 4x-wide activations per tile)
