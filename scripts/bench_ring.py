@@ -8,6 +8,13 @@ TFLOP/s of the whole sequence), per direction.
 
   python scripts/bench_ring.py --virtual 8 --tokens 131072 --layout zigzag --causal --json out.json
 
+Launched by torchrun instead (no --virtual), the same measurement runs on the real ring of the job's
+ranks (NCCL on GPUs, gloo on CPU for a smoke test): every rank times its steps with a fixed number of
+calls (the ring's collectives need the same count everywhere), the slowest rank's time counts, and
+rank 0 times the monolithic call alone on its device (issue #9, item 3):
+
+  torchrun --nproc_per_node 8 scripts/bench_ring.py --tokens 1048576 --layout zigzag --causal --json out.json
+
 --window L (causal sliding window of L keys) and --docs DIST (a packed batch of documents drawn as in
 scripts/varlen_balance.py) time the same tokens with those masks, next to the dense causal ring, to
 show the work the plan skips. --loop hides the backend's batched block entry (one call per block, the
@@ -23,19 +30,44 @@ import copy
 import json
 import os
 import sys
+import time
 
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import attn_flops, environment, median_ms, write_json  # noqa: E402
 
 from ringfa3.ops import attention, resolve_backend, segments  # noqa: E402
 from ringfa3.ops.masks import effective_window  # noqa: E402
+from ringfa3.parallel.comm import Ring  # noqa: E402
 from ringfa3.parallel.plan import NO_WINDOW, ring_blocks  # noqa: E402
 from ringfa3.parallel.ring import ring_attention  # noqa: E402
 from ringfa3.parallel.virtual import VirtualRing  # noqa: E402
 
-DEVICE = "cuda"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def real_ring() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def collective_ms(fn, warmup: int = 3, iters: int = 10) -> float:
+    """Mean time of fn() over a fixed number of calls, the slowest rank's (fn holds collectives, so every
+    rank must call it equally often; do_bench picks its own count per rank)."""
+    for _ in range(warmup):
+        fn()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    dist.barrier()
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    ms = torch.tensor([(time.perf_counter() - t) * 1e3 / iters], device=DEVICE)
+    dist.all_reduce(ms, op=dist.ReduceOp.MAX)
+    return float(ms)
 
 
 def block_pairs(blk) -> int:
@@ -86,14 +118,18 @@ class LoopOnly:
 
 def run(args) -> dict:
     """One configuration: the ring's times (and the monolithic anchor unless --no-mono)."""
-    n, d, h, b = args.virtual, args.headdim, args.hidden // args.headdim, 1
+    real = real_ring()
+    n = dist.get_world_size() if real else args.virtual
+    rank = dist.get_rank() if real else args.rank
+    d, h, b = args.headdim, args.hidden // args.headdim, 1
     s_local = args.tokens // n
-    dt = torch.bfloat16
+    dt = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     new = lambda *shape: torch.randn(*shape, device=DEVICE, dtype=dt)  # noqa: E731
 
-    shards = [new(2, b, s_local, h, d) for _ in range(n)]  # (2, b, s_local, h, d) per virtual rank
+    # (2, b, s_local, h, d) per rank: all of them for a virtual ring, this rank's own for a real one
+    shards = [new(2, b, s_local, h, d) for _ in range(1 if real else n)]
     q, dout = new(b, s_local, h, d).requires_grad_(), new(b, s_local, h, d)
-    k, v = (shards[args.rank][i].clone().requires_grad_() for i in (0, 1))
+    k, v = (shards[0 if real else rank][i].clone().requires_grad_() for i in (0, 1))
     window = (args.window, -1) if args.window >= 0 else NO_WINDOW
     docs = doc_bounds(args.docs, args.tokens, n, args.layout) if args.docs else None
     impl = resolve_backend(args.backend, q, k, v, args.causal, window)
@@ -101,24 +137,27 @@ def run(args) -> dict:
         impl = LoopOnly(impl)
     segments.SPLIT_BY_SIZE = args.split
     segments._CACHE.clear()
-    ring = VirtualRing(n, args.rank, shards)
+    ring = Ring(None) if real else VirtualRing(n, rank, shards)
     scale = d ** -0.5
+    time_ms = collective_ms if real else median_ms
     ring_out = lambda q, k, v: ring_attention(q, k, v, args.causal, scale, ring, args.layout, impl, window, docs)[0]  # noqa: E731
 
-    f_rank = rank_flops(n, args.rank, s_local, args.layout, args.causal, b, h, d, window, docs)
-    res = dict(world=n, tokens=args.tokens, headdim=d, heads=h, layout=args.layout, causal=args.causal,
+    f_rank = rank_flops(n, rank, s_local, args.layout, args.causal, b, h, d, window, docs)
+    res = dict(world=n, ring="real" if real else "virtual", tokens=args.tokens, headdim=d, heads=h,
+               layout=args.layout, causal=args.causal,
                window=args.window, docs=args.docs, backend=impl.name, split_by_size=args.split,
                rank_tflop=f_rank / 1e12,
                docs_count=len(docs) - 1 if docs else None)
     with torch.no_grad():
-        res["ring_fwd_ms"] = median_ms(lambda: ring_out(q, k, v))
+        res["ring_fwd_ms"] = time_ms(lambda: ring_out(q, k, v))
         res["ring_fwd"] = f_rank / res["ring_fwd_ms"] / 1e9
     if not args.fwd_only:
-        res["ring_fwdbwd_ms"] = median_ms(grad_fn(ring_out, q, k, v, dout))
+        res["ring_fwdbwd_ms"] = time_ms(grad_fn(ring_out, q, k, v, dout))
         res["ring_fwdbwd"] = 3.5 * f_rank / res["ring_fwdbwd_ms"] / 1e9
     del shards, ring, q, k, v, dout
-    torch.cuda.empty_cache()
-    if args.no_mono:
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    if args.no_mono or rank != 0:   # the monolithic anchor: one device, rank 0 alone
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
 
     Q, Dout = new(b, args.tokens, h, d).requires_grad_(), new(b, args.tokens, h, d)
@@ -135,7 +174,8 @@ def run(args) -> dict:
         res["mono_fwdbwd"] = 3.5 * f_mono / res["mono_fwdbwd_ms"] / 1e9
         res["eff_fwdbwd"] = res["ring_fwdbwd"] / res["mono_fwdbwd"]
     del Q, K, V, Dout
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
 
 
@@ -183,7 +223,7 @@ def suite_masks(args) -> list[dict]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--virtual", type=int, required=True, help="virtual world size N")
+    ap.add_argument("--virtual", type=int, help="virtual world size N (omit under torchrun: the real ring)")
     ap.add_argument("--tokens", type=int, default=131072, help="total sequence length")
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=2048)
@@ -202,16 +242,28 @@ def main():
     ap.add_argument("--suite-window", type=int, default=4096, help="the window of the masks suite")
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_ring.py needs a CUDA GPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
+        if DEVICE == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    elif args.virtual is None:
+        sys.exit("--virtual N is required unless launched by torchrun (the real ring)")
+    elif DEVICE != "cuda":
+        sys.exit("the virtual ring benchmark needs a CUDA GPU")
+    lead = not real_ring() or dist.get_rank() == 0
     if args.suite == "masks":
         rows = suite_masks(args)
-        print(json.dumps(rows))
-        return write_json(args.json, dict(environment(), rows=rows))
-    res = run(args)
-    print(json.dumps(res))
-    print(describe(res))
-    write_json(args.json, dict(environment(), **res))
+        if lead:
+            print(json.dumps(rows))
+            write_json(args.json, dict(environment(), rows=rows))
+    else:
+        res = run(args)
+        if lead:
+            print(json.dumps(res))
+            print(describe(res))
+            write_json(args.json, dict(environment(), **res))
+    if real_ring():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
