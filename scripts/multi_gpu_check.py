@@ -10,6 +10,7 @@ OUTDIR/multi_gpu_check.json; exits 1 if any case fails.
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def main():
     ap.add_argument("--seqlen", type=int, default=4096, help="global tokens (a multiple of 2 x world)")
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    ap.add_argument("--seed", type=int, help="default: fresh, drawn by rank 0")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -106,6 +107,9 @@ def main():
     if cuda:
         torch.cuda.set_device(dev)
     dtype = torch.bfloat16 if cuda else torch.float32
+    seed = [args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")]
+    dist.broadcast_object_list(seed, src=0)   # every rank must draw the same full tensors
+    args.seed = seed[0]
     todo = cases(world, args.heads)
     groups = hybrid_groups(2) if any(c["kind"] == "hybrid" for c in todo) else None
     rows, ok = [], True
