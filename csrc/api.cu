@@ -1,19 +1,16 @@
 // C entry points: validate what the kernel relies on, then dispatch on (dtype, head_dim) to the
 // generated instantiations. Never lets a bad argument reach a kernel.
-#include <cstdio>
-#include <cstdint>
 #include <cuda_runtime.h>
+#include "abi_checks.h"
 #include "fwd_args.h"
 #include "instantiations.h"
 
+using ringfa3::aligned16;
+using ringfa3::strides8;
+
 namespace {
 thread_local char g_error[512] = "";
-
-int fail(int code, const char* msg) {
-  std::snprintf(g_error, sizeof(g_error), "%s", msg);
-  return code;
-}
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+int fail(int code, const char* msg) { return ringfa3::record_error(g_error, code, msg); }
 }  // namespace
 
 extern "C" int ringfa3_sm90_abi_version(void) { return 1; }
@@ -26,9 +23,8 @@ extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
     return fail(2, "bad shape: need b, s_q, s_k >= 0 and h % h_kv == 0");
   if (!aligned16(a.q) || !aligned16(a.k) || !aligned16(a.v))
     return fail(3, "q, k, v must be 16-byte aligned (TMA)");
-  for (int i = 0; i < 3; ++i)
-    if (a.q_stride[i] % 8 || a.k_stride[i] % 8 || a.v_stride[i] % 8)
-      return fail(3, "q, k, v strides must be multiples of 8 elements (TMA needs 16-byte strides)");
+  if (!strides8(a.q_stride) || !strides8(a.k_stride) || !strides8(a.v_stride))
+    return fail(3, "q, k, v strides must be multiples of 8 elements (TMA needs 16-byte strides)");
   if (a.merge ? (a.out_acc == nullptr || a.lse_acc == nullptr) : (a.out == nullptr))
     return fail(4, "merge needs out_acc and lse_acc; otherwise out is required");
   if (a.s_k <= 0) return fail(2, "s_k must be > 0 (TMA descriptors need non-empty extents)");

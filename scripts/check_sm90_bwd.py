@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from check_sm90 import rel_err   # same folder: the forward's check, same error measure
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"
 FA3_ANCHOR = ROOT.parent / "shared" / "tools" / "fa3_anchor.py"
@@ -57,10 +59,6 @@ def ref_grads(q, k, v, dout, causal, window, scale):
     from reference import reference64
     r = reference64(q, k, v, dout, causal, scale, window)
     return r["out"], r["lse"], (r["dq"], r["dk"], r["dv"])
-
-
-def rel_err(x, ref):
-    return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def check_case(be, case, gen):

@@ -1,20 +1,16 @@
 // C entry point of the backward: validate what the kernels rely on, then dispatch on
 // (dtype, head_dim). Never lets a bad argument reach a kernel.
-#include <cstdio>
-#include <cstdint>
 #include <cuda_runtime.h>
+#include "../abi_checks.h"
 #include "bwd_args.h"
 #include "bwd_instantiations.h"
 
+using ringfa3::aligned16;
+using ringfa3::strides8;
+
 namespace {
 thread_local char g_bwd_error[512] = "";
-
-int fail(int code, const char* msg) {
-  std::snprintf(g_bwd_error, sizeof(g_bwd_error), "%s", msg);
-  return code;
-}
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-bool strides8(int64_t const* s) { return s[0] % 8 == 0 && s[1] % 8 == 0 && s[2] % 8 == 0; }
+int fail(int code, const char* msg) { return ringfa3::record_error(g_bwd_error, code, msg); }
 }  // namespace
 
 extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 1; }
