@@ -5,6 +5,7 @@
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cutlass/numeric_types.h>
+#include "reg_budget.h"
 
 namespace ringfa3 {
 using namespace cute;
@@ -19,11 +20,11 @@ struct FwdTraits {
   static constexpr int kConsumerWG = kBlockM / 64;   // they take turns issuing GEMMs (ping-pong)
   static constexpr int kThreads = 128 * (kConsumerWG + 1);  // warpgroup 0 = TMA producer
   static constexpr int kConsumerWarps = 4 * kConsumerWG;
-  // setmaxnreg budgets (multiples of 8; 128 * (producer + consumers) <= 64K registers).
+  // setmaxnreg budgets (multiples of 8, within the launch pool: reg_budget.h).
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kConsumerWG == 2 ? 240 : 160;
   static_assert(kConsumerWG == 2 || kConsumerWG == 3, "two or three consumer warpgroups");
-  static_assert(128 * (kProducerRegs + kConsumerWG * kConsumerRegs) <= 65536, "register budget");
+  static_assert(reg_split_fits(kProducerRegs, kConsumerRegs, kConsumerWG), "register budget");
   static_assert(kHeadDim % 64 == 0, "128-byte swizzle needs head_dim % 64 == 0");
   static_assert(kBlockN % 16 == 0, "P @ V consumes kBlockN in k-steps of 16");
 

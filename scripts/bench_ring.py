@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import os
 import sys
@@ -37,6 +38,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import attn_flops, environment, median_ms, write_json  # noqa: E402
+from ring_overlap import trace_overlap  # noqa: E402
+from torch_cp_anchor import torch_cp_times  # noqa: E402
 
 from ringfa3.ops import attention, resolve_backend, segments  # noqa: E402
 from ringfa3.ops.masks import effective_window  # noqa: E402
@@ -52,20 +55,27 @@ def real_ring() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def collective_ms(fn, warmup: int = 3, iters: int = 10) -> float:
-    """Mean time of fn() over a fixed number of calls, the slowest rank's (fn holds collectives, so every
-    rank must call it equally often; do_bench picks its own count per rank)."""
+def wall_ms(fn, warmup: int, iters: int) -> float:
+    """Mean time of fn() over a fixed number of calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     if DEVICE == "cuda":
         torch.cuda.synchronize()
-    dist.barrier()
     t = time.perf_counter()
     for _ in range(iters):
         fn()
     if DEVICE == "cuda":
         torch.cuda.synchronize()
-    ms = torch.tensor([(time.perf_counter() - t) * 1e3 / iters], device=DEVICE)
+    return (time.perf_counter() - t) * 1e3 / iters
+
+
+def collective_ms(fn, warmup: int = 2, iters: int = 5) -> float:
+    """wall_ms of the slowest rank (fn holds collectives, so every rank must call it equally often;
+    do_bench picks its own count per rank)."""
+    for _ in range(warmup):
+        fn()
+    dist.barrier()
+    ms = torch.tensor([wall_ms(fn, 0, iters)], device=DEVICE)
     dist.all_reduce(ms, op=dist.ReduceOp.MAX)
     return float(ms)
 
@@ -139,7 +149,7 @@ def run(args) -> dict:
     segments._CACHE.clear()
     ring = Ring(None) if real else VirtualRing(n, rank, shards)
     scale = d ** -0.5
-    time_ms = collective_ms if real else median_ms
+    time_ms = (lambda fn: collective_ms(fn, args.warmup, args.iters)) if real else median_ms
     ring_out = lambda q, k, v: ring_attention(q, k, v, args.causal, scale, ring, args.layout, impl, window, docs)[0]  # noqa: E731
 
     f_rank = rank_flops(n, rank, s_local, args.layout, args.causal, b, h, d, window, docs)
@@ -154,23 +164,41 @@ def run(args) -> dict:
     if not args.fwd_only:
         res["ring_fwdbwd_ms"] = time_ms(grad_fn(ring_out, q, k, v, dout))
         res["ring_fwdbwd"] = 3.5 * f_rank / res["ring_fwdbwd_ms"] / 1e9
+    if args.trace and real:
+        mine = trace_overlap(grad_fn(ring_out, q, k, v, dout), f"{args.trace}.rank{rank}.json", 2 * n)
+        res["overlap_fwdbwd"] = [None] * n
+        dist.all_gather_object(res["overlap_fwdbwd"], mine)
     del shards, ring, q, k, v, dout
     if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    if args.torch_cp and real:
+        try:
+            t = torch_cp_times(args.tokens, h, d, args.causal, time_ms)
+            f_gpu = attn_flops(b, h, args.tokens, args.tokens, d, args.causal) / n
+            res.update(torch_cp_fwd_ms=t["fwd_ms"], torch_cp_fwd=f_gpu / t["fwd_ms"] / 1e9,
+                       torch_cp_fwdbwd_ms=t["fwdbwd_ms"], torch_cp_fwdbwd=3.5 * f_gpu / t["fwdbwd_ms"] / 1e9)
+        except Exception as e:  # an anchor that fails costs its row, not the run
+            res["torch_cp_error"] = f"{type(e).__name__}: {e}"[:300]
         torch.cuda.empty_cache()
     if args.no_mono or rank != 0:   # the monolithic anchor: one device, rank 0 alone
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
 
-    Q, Dout = new(b, args.tokens, h, d).requires_grad_(), new(b, args.tokens, h, d)
-    K, V = new(b, args.tokens, h, d).requires_grad_(), new(b, args.tokens, h, d).requires_grad_()
+    # The anchor's length: the whole sequence, or (--mono-work rank) the one whose causal or full work
+    # equals this rank's, T / sqrt(N) rounded to 128, the single-GPU kernel on the same per-rank work.
+    t_mono = args.tokens if args.mono_work == "whole" else max(128, round(args.tokens / n ** 0.5 / 128) * 128)
+    Q, Dout = new(b, t_mono, h, d).requires_grad_(), new(b, t_mono, h, d)
+    K, V = new(b, t_mono, h, d).requires_grad_(), new(b, t_mono, h, d).requires_grad_()
     mono_name = impl.impl.name if args.loop else impl.name
     mono = lambda q, k, v: attention(q, k, v, causal=args.causal, backend=mono_name)[0]  # noqa: E731
-    f_mono = attn_flops(b, h, args.tokens, args.tokens, d, args.causal)
+    f_mono = attn_flops(b, h, t_mono, t_mono, d, args.causal)
+    res["mono_tokens"] = t_mono
+    mono_ms = (lambda fn: wall_ms(fn, args.warmup, args.iters)) if real else median_ms
     with torch.no_grad():
-        res["mono_fwd_ms"] = median_ms(lambda: mono(Q, K, V))
+        res["mono_fwd_ms"] = mono_ms(lambda: mono(Q, K, V))
     res["mono_fwd"] = f_mono / res["mono_fwd_ms"] / 1e9
     res["eff_fwd"] = res["ring_fwd"] / res["mono_fwd"]
     if not args.fwd_only:
-        res["mono_fwdbwd_ms"] = median_ms(grad_fn(mono, Q, K, V, Dout))
+        res["mono_fwdbwd_ms"] = mono_ms(grad_fn(mono, Q, K, V, Dout))
         res["mono_fwdbwd"] = 3.5 * f_mono / res["mono_fwdbwd_ms"] / 1e9
         res["eff_fwdbwd"] = res["ring_fwdbwd"] / res["mono_fwdbwd"]
     del Q, K, V, Dout
@@ -190,6 +218,14 @@ def describe(r: dict) -> str:
         line += f"; fwd {r['ring_fwd']:.0f} vs mono {r['mono_fwd']:.0f} TF/s (eff {r['eff_fwd']:.3f})"
     if "eff_fwdbwd" in r:
         line += f", fwd+bwd {r['ring_fwdbwd']:.0f} vs {r['mono_fwdbwd']:.0f} TF/s (eff {r['eff_fwdbwd']:.3f})"
+    if "torch_cp_fwdbwd" in r:
+        line += f"; torch context_parallel fwd {r['torch_cp_fwd']:.0f}, fwd+bwd {r['torch_cp_fwdbwd']:.0f} TF/s"
+    if "torch_cp_error" in r:
+        line += f"; torch context_parallel failed: {r['torch_cp_error']}"
+    for rank, o in enumerate(r.get("overlap_fwdbwd") or []):
+        line += (f"\n  rank {rank} trace: window {o['window_ms']} ms, compute {o['compute_ms']} ms, nccl {o['nccl_ms']} ms "
+                 f"({o['nccl_concurrent_frac']:.0%} concurrent with compute), exposed {o['exposed_ms']} ms "
+                 f"({o['exposed_per_step_ms']} ms per step)")
     return line
 
 
@@ -224,11 +260,12 @@ def suite_masks(args) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--virtual", type=int, help="virtual world size N (omit under torchrun: the real ring)")
-    ap.add_argument("--tokens", type=int, default=131072, help="total sequence length")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[131072], help="total sequence length(s)")
     ap.add_argument("--headdim", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--layout", default="zigzag")
     ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--masks", nargs="+", choices=["causal", "full"], help="sweep these masks (with --tokens)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--window", type=int, default=-1, help="causal sliding window (keys to the left)")
@@ -240,10 +277,16 @@ def main():
     ap.add_argument("--fwd-only", action="store_true", help="time the forward only (ring and monolithic)")
     ap.add_argument("--suite", choices=["masks"], help="run a set of configurations in one process")
     ap.add_argument("--suite-window", type=int, default=4096, help="the window of the masks suite")
+    ap.add_argument("--mono-work", choices=["whole", "rank"], default="whole",
+                    help="monolithic anchor on the whole sequence, or on T/sqrt(N) tokens (the rank's work)")
+    ap.add_argument("--warmup", type=int, default=2, help="real ring: untimed calls per measurement")
+    ap.add_argument("--iters", type=int, default=5, help="real ring: timed calls per measurement")
+    ap.add_argument("--trace", help="real ring: profile one fwd+bwd into TRACE.rankR.json, report the overlap")
+    ap.add_argument("--torch-cp", action="store_true", help="real ring: time torch's context_parallel SDPA too")
     ap.add_argument("--json")
     args = ap.parse_args()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
+        dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo", timeout=datetime.timedelta(minutes=5))
         if DEVICE == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     elif args.virtual is None:
@@ -252,16 +295,29 @@ def main():
         sys.exit("the virtual ring benchmark needs a CUDA GPU")
     lead = not real_ring() or dist.get_rank() == 0
     if args.suite == "masks":
+        args.tokens = args.tokens[0]
         rows = suite_masks(args)
         if lead:
             print(json.dumps(rows))
             write_json(args.json, dict(environment(), rows=rows))
-    else:
+    elif len(args.tokens) == 1 and not args.masks:
+        args.tokens = args.tokens[0]
         res = run(args)
         if lead:
             print(json.dumps(res))
             print(describe(res))
             write_json(args.json, dict(environment(), **res))
+    else:   # a sweep over lengths and masks in one process (one NCCL set-up, one warm-up of the merge)
+        rows = []
+        for mask in args.masks or ["causal" if args.causal else "full"]:
+            for tokens in args.tokens:
+                a = copy.copy(args)
+                a.tokens, a.causal = tokens, mask == "causal"
+                rows.append(run(a))
+                if lead:
+                    print(describe(rows[-1]), flush=True)
+        if lead:
+            write_json(args.json, dict(environment(), rows=rows))
     if real_ring():
         dist.destroy_process_group()
 

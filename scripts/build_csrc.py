@@ -103,7 +103,7 @@ def source_hash(src: Path, flags) -> str:
     h = hashlib.sha256(" ".join(flags).encode())
     if src.name.startswith(("bwd_", "api_bwd")):   # the backward includes only these forward headers
         deps = [CSRC / n for n in ("pipeline.h", "epilogue.h", "acc_layout.h", "fwd_args.h", "warpgroup.h", "smem_attr.h",
-                                   "abi_checks.h")]
+                                   "abi_checks.h", "reg_budget.h")]
         deps += sorted((CSRC / "bwd").glob("*.h"))
     else:
         deps = sorted(CSRC.glob("*.h")) + (sorted((CSRC / "bwd").glob("*.h")) if src.name.startswith("stubs") else [])

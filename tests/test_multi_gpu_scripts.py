@@ -43,3 +43,29 @@ def test_bench_ring_runs_the_real_ring_under_torchrun(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["ring"] == "real" and res["world"] == 2 and res["ring_fwdbwd_ms"] > 0
+
+
+def test_bench_ring_sweeps_lengths_and_masks_with_the_rank_work_anchor(tmp_path):
+    out = tmp_path / "sweep.json"
+    r = _torchrun("bench_ring.py", "--tokens", "256", "512", "--masks", "causal", "full", "--headdim", "16",
+                  "--hidden", "32", "--backend", "reference", "--mono-work", "rank", "--warmup", "0", "--iters", "1",
+                  "--json", str(out), tmp_path=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["tokens"], row["causal"]) for row in rows] == [(256, True), (512, True), (256, False), (512, False)]
+    # the anchor has the rank's work: T / sqrt(2) tokens, rounded to 128
+    assert [row["mono_tokens"] for row in rows] == [128, 384, 128, 384]
+    assert all(row["eff_fwdbwd"] > 0 for row in rows)
+
+
+def test_overlap_summary_counts_exposed_and_concurrent_time():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from ring_overlap import summarize
+    k = lambda name, ts, dur: dict(cat="kernel", name=name, ts=ts, dur=dur)  # noqa: E731
+    # compute 0-100 and 150-300 (two overlapping kernels), NCCL 80-170: 20 + 20 us concurrent, 50 us exposed
+    events = [k("attn_fwd", 0, 100), k("attn_bwd", 150, 100), k("merge", 200, 100), k("ncclDevKernel_SendRecv", 80, 90),
+              dict(cat="cpu_op", name="aten::mm", ts=0, dur=1000)]
+    s = summarize(events, steps=2)
+    assert s["window_ms"] == 0.3 and s["compute_ms"] == 0.25 and s["nccl_ms"] == 0.09
+    assert s["nccl_concurrent_ms"] == 0.04 and s["exposed_ms"] == 0.05 and s["exposed_per_step_ms"] == 0.025
+    assert s["kernels"] == 4 and s["nccl_kernels"] == 1

@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
   __syncthreads();
 
   if (threadIdx.x / 128 == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<24>();
+    cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
       cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
       cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
       bwd_produce<Tr>(p, ss, n_block, hk, bi);
     }
   } else {
-    cutlass::arch::warpgroup_reg_alloc<240>();
+    cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
   }
 }

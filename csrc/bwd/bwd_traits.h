@@ -15,6 +15,7 @@
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cutlass/numeric_types.h>
+#include "../reg_budget.h"
 
 namespace ringfa3 {
 using namespace cute;
@@ -30,6 +31,9 @@ struct BwdTraits {
   static constexpr int kThreads = 128 * (kConsumerWG + 1);
   static constexpr int kConsumerWarps = 4 * kConsumerWG;
   static_assert(kConsumerWG == 2, "dQ = dS K splits the head dim over exactly two warpgroups");
+  static constexpr int kProducerRegs = 24;    // setmaxnreg budgets, within the launch pool
+  static constexpr int kConsumerRegs = 240;
+  static_assert(reg_split_fits(kProducerRegs, kConsumerRegs, kConsumerWG), "register budget");
   static_assert(kHeadDim % 64 == 0 && kBlockM % 64 == 0, "128-byte swizzle tiles");
 
   // K-major (head dim contiguous) tiles, as TMA writes them.
