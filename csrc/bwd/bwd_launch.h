@@ -20,7 +20,7 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   int s_pad = n_m * kM;
 
   {   // delta, lse_log2, zero dq_accum / semaphores
-    constexpr int kRows = 256 / (kD / 8);
+    constexpr int kRows = RowChunk<kD>::kRows;
     dim3 grid((s_pad + kRows - 1) / kRows, a.h, a.b);
     if (a.out_fp32) bwd_preprocess_kernel<T, float, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
     else bwd_preprocess_kernel<T, T, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
@@ -60,7 +60,7 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  constexpr int kRows = 256 / (kD / 8);
+  constexpr int kRows = RowChunk<kD>::kRows;
   dim3 grid((a.s_q + kRows - 1) / kRows, a.h, a.b);
   if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
   else bwd_convert_dq_kernel<T, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);

@@ -24,13 +24,19 @@ __device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
   x[0] = lo.x; x[1] = lo.y; x[2] = lo.z; x[3] = lo.w; x[4] = hi.x; x[5] = hi.y; x[6] = hi.z; x[7] = hi.w;
 }
 
-template <class T, class TO, int kHeadDim, int kBlockM>
-__global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int s_pad) {
-  constexpr int kChunks = kHeadDim / 8;
-  constexpr int kRows = 256 / kChunks;
+// This thread's place in both kernels' grid: (row blocks, h, b) blocks of 256 threads.
+template <int kHeadDim>
+struct RowChunk {
+  static constexpr int kChunks = kHeadDim / 8;
+  static constexpr int kRows = 256 / kChunks;
   int hi = blockIdx.y, bi = blockIdx.z;
   int chunk = threadIdx.x % kChunks;
   int row = blockIdx.x * kRows + threadIdx.x / kChunks;
+};
+
+template <class T, class TO, int kHeadDim, int kBlockM>
+__global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int s_pad) {
+  auto [hi, bi, chunk, row] = RowChunk<kHeadDim>{};
   if (row >= s_pad) return;
   size_t ws_row = (size_t(bi) * a.h + hi) * s_pad + row;
   float dot = 0.f;
@@ -42,7 +48,7 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, i
     for (int i = 0; i < 8; ++i) dot += x[i] * y[i];
   }
 #pragma unroll
-  for (int w = kChunks / 2; w > 0; w /= 2) dot += __shfl_xor_sync(0xffffffff, dot, w);
+  for (int w = RowChunk<kHeadDim>::kChunks / 2; w > 0; w /= 2) dot += __shfl_xor_sync(0xffffffff, dot, w);
   float4* acc = reinterpret_cast<float4*>(a.dq_accum + ws_row * kHeadDim + chunk * 8);
   acc[0] = make_float4(0.f, 0.f, 0.f, 0.f);
   acc[1] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -64,11 +70,7 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, i
 // WGMMA accumulator's (thread, value) order.
 template <class TQ, int kHeadDim, int kBlockM>
 __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int s_pad) {
-  constexpr int kChunks = kHeadDim / 8;
-  constexpr int kRows = 256 / kChunks;
-  int hi = blockIdx.y, bi = blockIdx.z;
-  int chunk = threadIdx.x % kChunks;
-  int row = blockIdx.x * kRows + threadIdx.x / kChunks;
+  auto [hi, bi, chunk, row] = RowChunk<kHeadDim>{};
   if (row >= a.s_q) return;
   float x[8];
   constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
