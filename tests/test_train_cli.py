@@ -25,7 +25,7 @@ def test_overrides_from_the_command_line(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     rows = read_metrics(str(run))
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert all(k in rows[0] for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "max_mem_gb"))
+    assert all(k in rows[0] for k in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "max_mem_gb"))
     cfg = yaml.safe_load(open(run / ".hydra" / "config.yaml"))
     assert cfg["optim"]["lr"] == 0.002 and cfg["data"]["seq_len"] == 64
     assert "optim.lr=0.002" in yaml.safe_load(open(run / ".hydra" / "overrides.yaml"))

@@ -189,7 +189,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        rec["tokens_per_s"] = cfg.data.batch_size * cfg.data.seq_len / dt
+        rec["tokens_per_s"] = cfg.data.batch_size * cfg.data.seq_len / dt   # the job's
+        rec["tokens_per_s_per_gpu"] = rec["tokens_per_s"] / self.world
         rec["mfu"] = self.flops_per_step / dt / (self.peak * self.world) if self.peak else None
         rec["max_mem_gb"] = max_memory_gb(self.device)
         self.bad_in_a_row = self.bad_in_a_row + 1 if bad else 0
