@@ -13,7 +13,7 @@ thread_local char g_error[512] = "";
 int fail(int code, const char* msg) { return ringfa3::record_error(g_error, code, msg); }
 }  // namespace
 
-extern "C" int ringfa3_sm90_abi_version(void) { return 1; }
+extern "C" int ringfa3_sm90_abi_version(void) { return 2; }
 extern "C" const char* ringfa3_sm90_last_error(void) { return g_error; }
 
 extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
@@ -25,6 +25,13 @@ extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
     return fail(3, "q, k, v must be 16-byte aligned (TMA)");
   if (!strides8(a.q_stride) || !strides8(a.k_stride) || !strides8(a.v_stride))
     return fail(3, "q, k, v strides must be multiples of 8 elements (TMA needs 16-byte strides)");
+  if (a.dtype == 2) {   // e4m3: 1-byte elements, so 16-byte strides are multiples of 16 elements
+    int64_t const* ss[3] = {a.q_stride, a.k_stride, a.v_stride};
+    for (auto st : ss)
+      if (st[0] % 16 || st[1] % 16 || st[2] % 16) return fail(3, "e4m3 q, k, v strides must be multiples of 16");
+    if (a.q_scale == nullptr || a.k_scale == nullptr || a.v_scale == nullptr)
+      return fail(4, "e4m3 needs q_scale, k_scale and v_scale");
+  }
   if (a.merge ? (a.out_acc == nullptr || a.lse_acc == nullptr) : (a.out == nullptr))
     return fail(4, "merge needs out_acc and lse_acc; otherwise out is required");
   if (a.s_k <= 0) return fail(2, "s_k must be > 0 (TMA descriptors need non-empty extents)");

@@ -1,7 +1,8 @@
 // Consumer warpgroups: per key block, S = Q K^T (WGMMA, both operands in smem), mask, online
-// softmax, P cast to 16 bit in registers, O += P V (WGMMA with P as the register A operand).
+// softmax, P cast to 16 bit (or e4m3) in registers, O += P V (WGMMA with P as the register A operand).
 // Each warpgroup owns 64 query rows of the tile; all share the K/V stages.
 #pragma once
+#include <type_traits>
 #include <cute/arch/mma_sm90_gmma.hpp>
 #include "epilogue.h"
 #include "kernel_traits.h"
@@ -58,7 +59,10 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
 
   // P in registers laid out as the A operand of P @ V: for 16-bit types the accumulator order of
   // S (pairs of columns, row halves, 8-column chunks) is exactly the A-fragment order, k-step = 16.
-  Tensor tOrP = make_tensor<T>(Layout<Shape<Shape<_2, _2, _2>, _1, Int<kN / 16>>>{});
+  // e4m3: (4 keys, row halves, 16-key halves) per 32-deep k-step (convert_p).
+  using PLayout = std::conditional_t<Tr::kFp8, Layout<Shape<Shape<_4, _2, _2>, _1, Int<kN / 32>>>,
+                                     Layout<Shape<Shape<_2, _2, _2>, _1, Int<kN / 16>>>>;
+  Tensor tOrP = make_tensor<T>(PLayout{});
   Tensor tOrP32 = recast<uint32_t>(tOrP);
 
   AccCoord coord(ct % 128);
@@ -87,9 +91,19 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       auto q = opaque_desc(tSrQ);
       issue_gemm<true, false>(mma_qk, q, tSrK(_, _, _, kv.index), tSrS);
     };
+    // e4m3: the scores' dequantization scale, q_scale of the tile times k_scale of key block n.
+    [[maybe_unused]] float q_scale = 1.f;
+    [[maybe_unused]] int hk = tile.head / p.group;
+    if constexpr (Tr::kFp8) q_scale = a.q_scale[(size_t(tile.batch) * p.n_m_blocks + tile.m_block) * a.h + tile.head];
     // Once S(n) has landed: mask, softmax, then free its K stage (and Q after the tile's last block).
     auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
       if (n == nb) warp_release(&ss.q_empty);
+      if constexpr (Tr::kFp8) {
+        int kb = n * kN / Tr::kFp8ScaleRows, n_kb = (a.s_k + Tr::kFp8ScaleRows - 1) / Tr::kFp8ScaleRows;
+        float c = q_scale * a.k_scale[(size_t(tile.batch) * n_kb + kb) * a.h_kv + hk];
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= c;
+      }
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
       softmax.template step<decltype(first)::value>(tSrS, rescale);
       // Freed only now, and through the softmax result: this pins the P V wait that follows behind
@@ -97,8 +111,21 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       warp_release_after(&ss.k_empty[kv.index], softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
     };
     auto convert_p = [&]() {
-      CUTE_UNROLL
-      for (int i = 0; i < size(tSrS) / 2; ++i) tOrP32(i) = pack2<T>(tSrS(2 * i), tSrS(2 * i + 1));
+      if constexpr (Tr::kFp8) {
+        // A 32-deep e4m3 k-step wants keys 4t..4t+3 (and +16) of rows r, r+8 in quad lane t; the
+        // accumulator holds keys 2t, 2t+1, 8+2t, 9+2t (and +16). V^T's keys are stored in that order
+        // (fp8_key_order, ops/fp8.py), so no shuffle: A value i = 8g + 4r + j takes accumulator
+        // value 4 (2g + j/2) + 2r + j%2 of the same k-step.
+        CUTE_UNROLL
+        for (int w = 0; w < size(tOrP32); ++w) {
+          int base = 16 * (w / 4), g = (w % 4) / 2, r = w % 2;
+          auto acc = [&](int j) { return tSrS(base + 4 * (2 * g + j / 2) + 2 * r + j % 2); };
+          tOrP32(w) = pack4_e4m3(acc(0), acc(1), acc(2), acc(3));
+        }
+      } else {
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS) / 2; ++i) tOrP32(i) = pack2<T>(tSrS(2 * i), tSrS(2 * i + 1));
+      }
     };
     float rescale[2];
     auto rescale_o = [&]() {
@@ -148,7 +175,12 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     }
     float inv[2], lse[2];
     softmax.finish(a.softmax_scale, inv, lse);
-    store_output<T>(a, tOrO, inv, lse, tile.batch, tile.head, tile.m_block * kM + rows_base, coord);
+    if constexpr (Tr::kFp8) {   // V's dequantization scale, one per (batch, kv head)
+      float v_scale = a.v_scale[size_t(tile.batch) * a.h_kv + hk];
+      inv[0] *= v_scale;
+      inv[1] *= v_scale;
+    }
+    store_output<typename Tr::TOut>(a, tOrO, inv, lse, tile.batch, tile.head, tile.m_block * kM + rows_base, coord);
   }
   if (wg == 0) named_sync(1, 256);
 }

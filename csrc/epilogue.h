@@ -6,6 +6,7 @@
 #include <cute/tensor.hpp>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include "acc_layout.h"
 #include "fwd_args.h"
 
@@ -19,6 +20,13 @@ template <> __device__ __forceinline__ uint32_t pack2<cutlass::bfloat16_t>(float
 template <> __device__ __forceinline__ uint32_t pack2<cutlass::half_t>(float a, float b) {
   __half2 v = __floats2half2_rn(a, b);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Four floats as e4m3 bytes (saturating), the first in the lowest byte.
+__device__ __forceinline__ uint32_t pack4_e4m3(float a, float b, float c, float d) {
+  uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
+  return lo | (hi << 16);
 }
 
 template <class T, class Frag>

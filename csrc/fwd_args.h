@@ -8,22 +8,23 @@ extern "C" {
 #endif
 
 typedef struct RingFa3FwdArgs {
-  const void* q;        // (b, s_q, h, d)    bf16 or fp16, d contiguous
+  const void* q;        // (b, s_q, h, d)    bf16, fp16 or e4m3, d contiguous
   const void* k;        // (b, s_k, h_kv, d)
-  const void* v;        // (b, s_k, h_kv, d)
+  const void* v;        // (b, s_k, h_kv, d); e4m3: V^T (b, h_kv, d, s_v) with s_v = s_k rounded up to 16,
+                        // keys contiguous, permuted within each 16 (fp8_key_order) and zero past s_k
   void* out;            // (b, s_q, h, d)    input dtype, or fp32 when out_fp32; may be NULL when merge
   float* lse;           // (b, h, s_q)       natural-log softmax denominator; may be NULL when merge
   float* out_acc;       // merge only: running fp32 output (b, s_q, h, d), updated in place
   float* lse_acc;       // merge only: running fp32 lse (b, h, s_q), updated in place
   int64_t q_stride[3];  // element strides of (batch, seq, head); the head-dim stride must be 1
   int64_t k_stride[3];
-  int64_t v_stride[3];
+  int64_t v_stride[3];   // e4m3: strides of (batch, d, head) of V^T, the key stride is 1
   int64_t o_stride[3];
   int64_t oacc_stride[3];
   int64_t lse_stride[2];   // (batch, head); the seq stride must be 1
   int64_t lacc_stride[2];
   int32_t b, s_q, s_k, h, h_kv, d;
-  int32_t dtype;           // 0 = bf16, 1 = fp16
+  int32_t dtype;           // 0 = bf16, 1 = fp16, 2 = e4m3 (out in bf16 or fp32)
   int32_t window_left;     // -1 = unbounded; causal is window_right = 0 (bottom-right aligned)
   int32_t window_right;
   int32_t out_fp32;        // write out as fp32
@@ -32,6 +33,9 @@ typedef struct RingFa3FwdArgs {
   int32_t reserved;        // must be 0 (was an A/B variant selector until run 4; kept so the layout
                            // and ABI version stay the same)
   float softmax_scale;
+  const float* q_scale;    // e4m3 only: (b, ceil(s_q / 128), h) contiguous, dequantization scales
+  const float* k_scale;    // e4m3 only: (b, ceil(s_k / 128), h_kv) contiguous
+  const float* v_scale;    // e4m3 only: (b, h_kv) contiguous
   void* stream;            // cudaStream_t
 } RingFa3FwdArgs;
 

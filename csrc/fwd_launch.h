@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <type_traits>
 #include <cuda_runtime.h>
 #include "fwd_kernel.h"
 #include "instantiations.h"
@@ -56,8 +57,15 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
                         make_stride(a.q_stride[1], _1{}, a.q_stride[2], a.q_stride[0]));
   auto gK = make_tensor(make_gmem_ptr(static_cast<T const*>(a.k)), make_shape(a.s_k, a.d, a.h_kv, a.b),
                         make_stride(a.k_stride[1], _1{}, a.k_stride[2], a.k_stride[0]));
-  auto gV = make_tensor(make_gmem_ptr(static_cast<T const*>(a.v)), make_shape(a.d, a.s_k, a.h_kv, a.b),
-                        make_stride(_1{}, a.v_stride[1], a.v_stride[2], a.v_stride[0]));
+  auto gV = [&] {   // (d, keys, h_kv, b): d contiguous, or for e4m3 V^T keys contiguous
+    auto shape = make_shape(a.d, v_keys<Tr>(a), a.h_kv, a.b);
+    if constexpr (Tr::kFp8)
+      return make_tensor(make_gmem_ptr(static_cast<T const*>(a.v)), shape,
+                         make_stride(a.v_stride[1], _1{}, a.v_stride[2], a.v_stride[0]));
+    else
+      return make_tensor(make_gmem_ptr(static_cast<T const*>(a.v)), shape,
+                         make_stride(_1{}, a.v_stride[1], a.v_stride[2], a.v_stride[0]));
+  }();
   FwdParams<Tr> p{
       make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Tr::SmemLayoutQ{},
                     Shape<Int<Tr::kBlockM>, Int<Tr::kHeadDim>>{}, _1{}),
@@ -97,7 +105,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
 // applies and the keys are many (176-key blocks: 10-17% slower at 1k, no faster at 4k, run 6).
 template <class T, int kHeadDim>
 cudaError_t run_fwd(RingFa3FwdArgs const& a) {
-  using Cfg = TileConfig<kHeadDim>;
+  using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig, TileConfig<kHeadDim>>;
   if constexpr (Cfg::kNFull != Cfg::kN) {
     if (a.window_left < 0 && a.window_right < 0 && a.s_k >= Cfg::kNFullMinKeys)
       return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages>>(a);

@@ -33,6 +33,8 @@ template <> struct TileConfig<64>  { static constexpr int kM = RINGFA3_HD64_M, k
 template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kNFull = RINGFA3_HD128_NFULL, kStages = 2;
                                      static constexpr int kNFullMinKeys = RINGFA3_HD128_NFULL_MIN_KEYS; };
 template <> struct TileConfig<256> { static constexpr int kM = 128, kN = RINGFA3_HD256_N, kNFull = RINGFA3_HD256_N, kStages = 2, kNFullMinKeys = 0; };
+// e4m3 (hd 128 and 256): one Q scale per 128-row tile, one K scale per 128-key block.
+struct Fp8TileConfig { static constexpr int kM = 128, kN = 128, kNFull = 128, kStages = 2, kNFullMinKeys = 0; };
 
 // One entry per generated file (a library built with --only links stubs for the rest).
 cudaError_t run_fwd_bf16_hd64(RingFa3FwdArgs const& a);
@@ -41,9 +43,12 @@ cudaError_t run_fwd_bf16_hd256(RingFa3FwdArgs const& a);
 cudaError_t run_fwd_fp16_hd64(RingFa3FwdArgs const& a);
 cudaError_t run_fwd_fp16_hd128(RingFa3FwdArgs const& a);
 cudaError_t run_fwd_fp16_hd256(RingFa3FwdArgs const& a);
+cudaError_t run_fwd_e4m3_hd128(RingFa3FwdArgs const& a);
+cudaError_t run_fwd_e4m3_hd256(RingFa3FwdArgs const& a);
 
 inline cudaError_t dispatch_fwd(RingFa3FwdArgs const& a) {
   bool bf16 = a.dtype == 0;
+  if (a.dtype == 2) return a.d == 128 ? run_fwd_e4m3_hd128(a) : a.d == 256 ? run_fwd_e4m3_hd256(a) : cudaErrorNotSupported;
   if (a.dtype != 0 && a.dtype != 1) return cudaErrorNotSupported;
   switch (a.d) {
     case 64:  return bf16 ? run_fwd_bf16_hd64(a)  : run_fwd_fp16_hd64(a);

@@ -4,11 +4,22 @@
 #include <cute/tensor.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <type_traits>
 #include <cutlass/numeric_types.h>
 #include "reg_budget.h"
 
 namespace ringfa3 {
 using namespace cute;
+
+// V's (d, keys, stage) smem layout. 16 bit: MN-major, atoms stacked along keys first, so each
+// 64-wide slice of d is one contiguous box for TMA. e4m3: K-major (keys contiguous).
+template <bool kFp8, class T, int kD, int kN, int kStages> struct VSmemLayout {
+  using type = decltype(tile_to_shape(GMMA::Layout_MN_SW128_Atom<T>{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{},
+                                      Step<_2, _1, _3>{}));
+};
+template <class T, int kD, int kN, int kStages> struct VSmemLayout<true, T, kD, kN, kStages> {
+  using type = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{}));
+};
 
 template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
 struct FwdTraits {
@@ -27,30 +38,37 @@ struct FwdTraits {
   static_assert(reg_split_fits(kProducerRegs, kConsumerRegs, kConsumerWG), "register budget");
   static_assert(kHeadDim % 64 == 0, "128-byte swizzle needs head_dim % 64 == 0");
   static_assert(kBlockN % 16 == 0, "P @ V consumes kBlockN in k-steps of 16");
+  // e4m3: FP8 WGMMA takes both operands K-major and 32-deep k-steps; one Q scale per tile and one
+  // K scale per key block (blocks of kFp8ScaleRows rows, ops/fp8.py).
+  static constexpr bool kFp8 = sizeof(T) == 1;
+  static constexpr int kFp8ScaleRows = 128;
+  static_assert(!kFp8 || (kBlockM == kFp8ScaleRows && kFp8ScaleRows % kBlockN == 0 && kBlockN % 32 == 0),
+                "e4m3 tiles: one Q scale per tile, one K scale per key block, 32-key k-steps");
+  using TOut = std::conditional_t<kFp8, cutlass::bfloat16_t, T>;   // out dtype unless out_fp32
 
-  // Q and K are read K-major (head dim contiguous). V is read as the B operand of P @ V, whose
-  // reduction runs over keys, so it is loaded into a (d, keys) MN-major layout.
+  // Q and K are read K-major (head dim contiguous). V is the B operand of P @ V, whose reduction
+  // runs over keys: 16-bit V is loaded into a (d, keys) MN-major layout; e4m3 V comes transposed
+  // (keys contiguous) and is loaded K-major.
   using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{},
                                              Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   using SmemLayoutK = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{},
                                              Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
-  // Atoms stacked along keys first, so each 64-wide slice of d is one contiguous box for TMA.
-  using SmemLayoutV = decltype(tile_to_shape(GMMA::Layout_MN_SW128_Atom<T>{},
-                                             Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
-                                             Step<_2, _1, _3>{}));
+  using SmemLayoutV = typename VSmemLayout<kFp8, T, kHeadDim, kBlockN, kStages>::type;
+  static constexpr GMMA::Major kMajorV = kFp8 ? GMMA::Major::K : GMMA::Major::MN;
 
   // One 64-row MMA atom per consumer warpgroup, stacked along M.
   using AtomLayout = Layout<Shape<Int<kConsumerWG>, _1, _1>>;
   using MmaQK = decltype(make_tiled_mma(
       GMMA::ss_op_selector<T, T, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(), AtomLayout{}));
   using MmaPV = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<T, T, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>,
-                           GMMA::Major::K, GMMA::Major::MN>(), AtomLayout{}));
+      GMMA::rs_op_selector<T, T, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>, GMMA::Major::K, kMajorV>(),
+      AtomLayout{}));
 
-  // Global views handed to TMA: Q/K as (seq, d, head, batch), V as (d, seq, head, batch).
+  // Global views handed to TMA: Q/K as (seq, d, head, batch), V as (d, seq, head, batch) with d
+  // contiguous (16 bit) or keys contiguous (e4m3, V^T).
   using ShapeG = Shape<int32_t, int32_t, int32_t, int32_t>;
   using StrideQK = Stride<int64_t, _1, int64_t, int64_t>;
-  using StrideV = Stride<_1, int64_t, int64_t, int64_t>;
+  using StrideV = std::conditional_t<kFp8, Stride<int64_t, _1, int64_t, int64_t>, Stride<_1, int64_t, int64_t, int64_t>>;
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{},
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideQK{}),
       SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));

@@ -8,6 +8,13 @@ namespace ringfa3 {
 // Stand-in for "unbounded" window sides: far beyond any sequence, small enough not to overflow int.
 constexpr int kUnbounded = 1 << 29;
 
+// Keys in V's global view: s_k, or for e4m3 V^T s_k rounded up to the 16-key groups its key order
+// permutes within (the zero padding of the last group is read, and meets P = 0).
+template <class Tr>
+__host__ __device__ inline int v_keys(RingFa3FwdArgs const& a) {
+  return Tr::kFp8 ? (a.s_k + 15) / 16 * 16 : a.s_k;
+}
+
 template <class Tr>
 struct FwdParams {
   typename Tr::TmaQ tma_q;

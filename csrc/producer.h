@@ -16,7 +16,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   RingFa3FwdArgs const& a = p.a;
   Tensor mQ = p.tma_q.get_tma_tensor(make_shape(a.s_q, a.d, a.h, a.b));      // (s_q, d, h, b)
   Tensor mK = p.tma_k.get_tma_tensor(make_shape(a.s_k, a.d, a.h_kv, a.b));   // (s_k, d, h_kv, b)
-  Tensor mV = p.tma_v.get_tma_tensor(make_shape(a.d, a.s_k, a.h_kv, a.b));   // (d, s_k, h_kv, b)
+  Tensor mV = p.tma_v.get_tma_tensor(make_shape(a.d, v_keys<Tr>(a), a.h_kv, a.b));   // (d, s_v, h_kv, b)
   Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutV{});

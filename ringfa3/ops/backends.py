@@ -48,8 +48,7 @@ class ReferenceFp8Backend:
     precision = "fp8"
     deterministic = True
     has_backward = False
-    backward_error = ("attention with precision='fp8' is forward-only (evaluation and inference): train with "
-                      "precision='native' on bf16 inputs")
+    backward_error = fp8.BACKWARD_ERROR
 
     def unsupported(self, q, k, v, causal, window):
         d = q.shape[-1]
@@ -76,9 +75,11 @@ def _load_sm90():
 BACKENDS = {b.name: b for b in (ReferenceBackend(), AtenBackend("cudnn"), AtenBackend("flash"), ReferenceFp8Backend())}
 _sm90 = _load_sm90()
 if _sm90 is not None:
+    from .sm90_fp8 import Sm90Fp8Backend
     BACKENDS["sm90"] = _sm90
+    BACKENDS["sm90_fp8"] = Sm90Fp8Backend(_sm90)
 
-NAMES = ("auto", "sm90", "cudnn", "flash", "reference", "reference_fp8")
+NAMES = ("auto", "sm90", "cudnn", "flash", "reference", "sm90_fp8", "reference_fp8")
 # precision: 'native' computes in the inputs' dtype; 'fp8' quantizes Q, K, V and P to e4m3 (ops/fp8.py).
 PRECISIONS = ("native", "fp8")
 # Fastest first, as measured on an H100 (bench/NOTES.md runs 3-4a, bench/results/attn_*.json): cuDNN is
@@ -86,6 +87,7 @@ PRECISIONS = ("native", "fp8")
 # than both; sm90 serves what cuDNN cannot (sliding windows, causal with s_q != s_k). Move sm90 first
 # once it wins.
 AUTO_ORDER = ("cudnn", "sm90", "flash", "reference")
+# sm90_fp8 joins the FP8 order once it has passed scripts/check_sm90_fp8.py on a GPU (ops/sm90_fp8.py).
 FP8_AUTO_ORDER = ("reference_fp8",)
 _auto_logged: set = set()
 

@@ -24,6 +24,8 @@ from . import reference
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
+BACKWARD_ERROR = ("attention with precision='fp8' is forward-only (evaluation and inference): train with "
+                  "precision='native' on bf16 inputs")
 
 
 def random_signs(head_dim: int, seed: int, device=None) -> Tensor:
@@ -52,26 +54,61 @@ def rotate(x: Tensor, signs: Tensor) -> Tensor:
     return hadamard(x * signs)
 
 
-def fake_quantize(x: Tensor, rows_per_scale: int | None, per_tensor: bool = False) -> tuple[Tensor, Tensor]:
-    """Round x (b, s, h, d) to e4m3 with float32 scales; returns (x8 as float32 values * scale, scales).
+def quantize(x: Tensor, rows_per_scale: int | None) -> tuple[Tensor, Tensor]:
+    """x (b, s, h, d) as e4m3 codes (b, s, h, d) and float32 scales (b, n_blocks, h), x ~ codes * scale.
 
-    One scale per `rows_per_scale` rows of a head (None: per head; per_tensor: one for all). Scales
-    are (b, n_blocks, h) (or a 0-d tensor); all-zero blocks get scale 1.
+    One scale per `rows_per_scale` rows of a head (None: per head); all-zero blocks get scale 1.
     """
     x = x.float()
     b, s, h, d = x.shape
-    if per_tensor:
-        scale = (x.abs().amax() / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
-        return (x / scale).to(E4M3).float() * scale, scale
     rows = s if rows_per_scale is None else rows_per_scale
     n = -(-s // rows)
     padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, n * rows - s))   # (b, n*rows, h, d)
     blocks = padded.view(b, n, rows, h, d)
     amax = blocks.abs().amax(dim=(2, 4))                                  # (b, n, h)
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    scaled = blocks / scale[:, :, None, :, None]
-    x8 = scaled.to(E4M3).float() * scale[:, :, None, :, None]
-    return x8.view(b, n * rows, h, d)[:, :s], scale
+    codes = (blocks / scale[:, :, None, :, None]).to(E4M3)
+    return codes.view(b, n * rows, h, d)[:, :s], scale
+
+
+def fake_quantize(x: Tensor, rows_per_scale: int | None, per_tensor: bool = False) -> tuple[Tensor, Tensor]:
+    """Round x (b, s, h, d) to e4m3 with float32 scales; returns (x8 as float32 values * scale, scales).
+
+    One scale per `rows_per_scale` rows of a head (None: per head; per_tensor: one for all). Scales
+    are (b, n_blocks, h) (or a 0-d tensor); all-zero blocks get scale 1.
+    """
+    if per_tensor:
+        x = x.float()
+        scale = (x.abs().amax() / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+        return (x / scale).to(E4M3).float() * scale, scale
+    codes, scale = quantize(x, rows_per_scale)
+    b, s, h, d = codes.shape
+    rows = s if rows_per_scale is None else rows_per_scale
+    per_row = scale.repeat_interleave(rows, dim=1)[:, :s]                 # (b, s, h)
+    return codes.float() * per_row[..., None], scale
+
+
+def fp8_key_order(n: int) -> Tensor:
+    """The key order of the FP8 kernel's V^T: position i of every 16-key group holds key order[i].
+
+    An e4m3 WGMMA k-step wants keys 4t..4t+3 (and 16+4t..) of P in quad lane t, while the fp32 score
+    accumulator gives that lane keys 2t, 2t+1, 8+2t, 9+2t (and +16); storing V's keys in this order
+    makes the lane's own values the right operand (csrc/consumer.h, convert_p). (n,) int64, n % 16 == 0.
+    """
+    pos = torch.arange(16)
+    t, j = pos // 4, pos % 4
+    group = 2 * t + j % 2 + 8 * (j // 2)                                   # key at position 4t + j
+    return (torch.arange(0, n, 16)[:, None] + group[None, :]).reshape(-1)
+
+
+def v_transposed(v8: Tensor) -> Tensor:
+    """V's e4m3 codes (b, s_k, h_kv, d) as the kernel's V^T: (b, h_kv, d, s_v), keys contiguous in
+    fp8_key_order, s_v = s_k rounded up to 16, zero past s_k."""
+    b, s_k, h_kv, d = v8.shape
+    s_v = -(-s_k // 16) * 16
+    vt = torch.zeros(b, h_kv, d, s_v, device=v8.device, dtype=torch.uint8)
+    vt[..., :s_k] = v8.view(torch.uint8).permute(0, 2, 3, 1)
+    return vt[..., fp8_key_order(s_v).to(v8.device)].contiguous().view(E4M3)
 
 
 def attention_fp8(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window=(-1, -1), *,

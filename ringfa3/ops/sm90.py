@@ -22,7 +22,7 @@ import torch
 
 from .masks import effective_window
 
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _LIB_PATH = Path(os.environ.get("RINGFA3_SM90_LIB", Path(__file__).resolve().parents[1] / "lib" / "libringfa3_sm90.so"))
 _DTYPES = {torch.bfloat16: 0, torch.float16: 1}
 _HEAD_DIMS = (64, 128, 256)
@@ -42,7 +42,9 @@ class _FwdArgs(ctypes.Structure):
         ("dtype", ctypes.c_int32), ("window_left", ctypes.c_int32), ("window_right", ctypes.c_int32),
         ("out_fp32", ctypes.c_int32), ("merge", ctypes.c_int32), ("num_sms", ctypes.c_int32),
         ("reserved", ctypes.c_int32),
-        ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
+        ("softmax_scale", ctypes.c_float),
+        ("q_scale", ctypes.c_void_p), ("k_scale", ctypes.c_void_p), ("v_scale", ctypes.c_void_p),
+        ("stream", ctypes.c_void_p),
     ]
 
 
@@ -141,14 +143,14 @@ class Sm90Backend:
             self._sms[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
         return self._sms[idx]
 
-    def _args(self, q, k, v, causal, softmax_scale, window):
+    def _args(self, q, k, v, causal, softmax_scale, window, dtype=None):
         b, s_q, h, d = q.shape
         left, right = effective_window(causal, window)  # causal: no key right of the diagonal
         a = _FwdArgs()
         a.q, a.k, a.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
         a.q_stride, a.k_stride, a.v_stride = _strides3(q), _strides3(k), _strides3(v)
         a.b, a.s_q, a.s_k, a.h, a.h_kv, a.d = b, s_q, k.shape[1], h, k.shape[2], d
-        a.dtype = _DTYPES[q.dtype]
+        a.dtype = _DTYPES[q.dtype] if dtype is None else dtype
         a.window_left, a.window_right = int(left), int(right)
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
         a.num_sms = self._num_sms(q.device)

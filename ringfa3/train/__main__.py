@@ -6,12 +6,20 @@ metrics.jsonl), and all ranks agree on the run dir: rank 0's choice is broadcast
 from __future__ import annotations
 
 
+import torch.distributed as dist
+
 from .app import hydra_entry, prepare_distributed_argv
 
 
 def main() -> None:
     prepare_distributed_argv()
-    hydra_entry()
+    try:
+        hydra_entry()
+    finally:
+        # Torn down here, not by interpreter exit: a gloo group left to the exit-time destructors
+        # could abort a rank ("terminate called without an active exception", seen in CI).
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
