@@ -15,6 +15,11 @@ rank 0 times the monolithic call alone on its device (issue #9, item 3):
 
   torchrun --nproc_per_node 8 scripts/bench_ring.py --tokens 1048576 --layout zigzag --causal --json out.json
 
+There --tokens and --masks sweep lengths and masks in one process; --mono-work rank times the anchor
+on the rank's work (T/sqrt(N) tokens) instead of the whole sequence; --torch-cp times torch's
+context_parallel beside it; --trace writes a profiler trace per rank and reports the overlap
+(scripts/ring_overlap.py).
+
 --window L (causal sliding window of L keys) and --docs DIST (a packed batch of documents drawn as in
 scripts/varlen_balance.py) time the same tokens with those masks, next to the dense causal ring, to
 show the work the plan skips. --loop hides the backend's batched block entry (one call per block, the
