@@ -30,8 +30,7 @@ typedef struct RingFa3FwdArgs {
   int32_t out_fp32;        // write out as fp32
   int32_t merge;           // merge into (out_acc, lse_acc) instead of writing out/lse
   int32_t num_sms;         // 0 = ask the device (persistent grid size)
-  int32_t reserved;        // must be 0 (was an A/B variant selector until run 4; kept so the layout
-                           // and ABI version stay the same)
+  int32_t reserved;        // must be 0 (was an A/B variant selector until run 4)
   float softmax_scale;
   const float* q_scale;    // e4m3 only: (b, ceil(s_q / 128), h) contiguous, dequantization scales
   const float* k_scale;    // e4m3 only: (b, ceil(s_k / 128), h_kv) contiguous
