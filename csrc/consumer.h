@@ -98,14 +98,13 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     // Once S(n) has landed: mask, softmax, then free its K stage (and Q after the tile's last block).
     auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
       if (n == nb) warp_release(&ss.q_empty);
+      float c = 1.f;   // e4m3: raw scores x c are the true ones (softmax.h, kScaled)
       if constexpr (Tr::kFp8) {
         int kb = n * kN / Tr::kFp8ScaleRows, n_kb = (a.s_k + Tr::kFp8ScaleRows - 1) / Tr::kFp8ScaleRows;
-        float c = q_scale * a.k_scale[(size_t(tile.batch) * n_kb + kb) * a.h_kv + hk];
-        CUTE_UNROLL
-        for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= c;
+        c = q_scale * a.k_scale[(size_t(tile.batch) * n_kb + kb) * a.h_kv + hk];
       }
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
-      softmax.template step<decltype(first)::value>(tSrS, rescale);
+      softmax.template step<decltype(first)::value, Tr::kFp8>(tSrS, rescale, c);
       // Freed only now, and through the softmax result: this pins the P V wait that follows behind
       // the softmax (see warp_release_after).
       warp_release_after(&ss.k_empty[kv.index], softmax.row_sum[0] + softmax.row_sum[1], a.s_k);

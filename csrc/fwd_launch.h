@@ -105,7 +105,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
 // applies and the keys are many (176-key blocks: 10-17% slower at 1k, no faster at 4k, run 6).
 template <class T, int kHeadDim>
 cudaError_t run_fwd(RingFa3FwdArgs const& a) {
-  using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig, TileConfig<kHeadDim>>;
+  using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig<kHeadDim>, TileConfig<kHeadDim>>;
   if constexpr (Cfg::kNFull != Cfg::kN) {
     if (a.window_left < 0 && a.window_right < 0 && a.s_k >= Cfg::kNFullMinKeys)
       return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages>>(a);

@@ -33,8 +33,15 @@ template <> struct TileConfig<64>  { static constexpr int kM = RINGFA3_HD64_M, k
 template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kNFull = RINGFA3_HD128_NFULL, kStages = 2;
                                      static constexpr int kNFullMinKeys = RINGFA3_HD128_NFULL_MIN_KEYS; };
 template <> struct TileConfig<256> { static constexpr int kM = 128, kN = RINGFA3_HD256_N, kNFull = RINGFA3_HD256_N, kStages = 2, kNFullMinKeys = 0; };
-// e4m3 (hd 128 and 256): one Q scale per 128-row tile, one K scale per 128-key block.
-struct Fp8TileConfig { static constexpr int kM = 128, kN = 128, kNFull = 128, kStages = 2, kNFullMinKeys = 0; };
+// e4m3 (hd 128 and 256): one Q scale per 128-row tile, one K scale per 128-key block. At hd128 the
+// K/V stages take half the smem of bf16's, so more fit (up to 4; untimed, hence the A/B macro).
+#ifndef RINGFA3_FP8_HD128_STAGES
+#define RINGFA3_FP8_HD128_STAGES 2
+#endif
+template <int kHeadDim> struct Fp8TileConfig {
+  static constexpr int kM = 128, kN = 128, kNFull = 128, kNFullMinKeys = 0;
+  static constexpr int kStages = kHeadDim == 128 ? RINGFA3_FP8_HD128_STAGES : 2;
+};
 
 // One entry per generated file (a library built with --only links stubs for the rest).
 cudaError_t run_fwd_bf16_hd64(RingFa3FwdArgs const& a);

@@ -27,16 +27,26 @@ struct OnlineSoftmax {
   // Turns scores S into unnormalized probabilities in place; returns per-row factors by which the
   // output accumulated so far must be multiplied. First block: nothing to rescale.
   // (Run 4: splitting the row max / sum into 4 independent chains measured no faster.)
-  template <bool kFirst, class Frag>
-  __device__ void step(Frag& s, float (&rescale)[2]) {
+  // kScaled (e4m3): the raw scores are the true ones divided by `c` > 0 (their dequantization
+  // scale for this block): the max is taken raw and scaled once per row, and c joins the exp2's FMA,
+  // instead of a multiply per score.
+  template <bool kFirst, bool kScaled = false, class Frag>
+  __device__ void step(Frag& s, float (&rescale)[2], float c = 1.f) {
     constexpr int N = int(cute::size(Frag{}));
-    float mx[2] = {row_max[0], row_max[1]};
+    float mx[2];
+    if constexpr (kScaled) {
+      mx[0] = mx[1] = -INFINITY;
+    } else {
+      mx[0] = row_max[0];
+      mx[1] = row_max[1];
+    }
 #pragma unroll
     for (int i = 0; i < N; ++i) mx[AccCoord::row_half(i)] = fmaxf(mx[AccCoord::row_half(i)], s(i));
     float base[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = quad_max(mx[r]);
+      if constexpr (kScaled) mx[r] = fmaxf(row_max[r], mx[r] * c);
       // A row with no visible key yet keeps max -inf; subtract 0 so exp2(-inf) stays 0, not NaN.
       base[r] = (mx[r] == -INFINITY ? 0.f : mx[r]) * scale_log2;
       rescale[r] = kFirst ? 1.f : fast_exp2(row_max[r] * scale_log2 - base[r]);
@@ -44,10 +54,11 @@ struct OnlineSoftmax {
       row_max[r] = mx[r];
       row_sum[r] *= rescale[r];
     }
+    float scale_s = kScaled ? scale_log2 * c : scale_log2;
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       int r = AccCoord::row_half(i);
-      float p = fast_exp2(fmaf(s(i), scale_log2, -base[r]));
+      float p = fast_exp2(fmaf(s(i), scale_s, -base[r]));
       s(i) = p;
       row_sum[r] += p;
     }

@@ -16,7 +16,7 @@ The bench part (FA3 convention, 16k tokens per batch, hidden 2048) times, in the
 - FA3 bf16;
 - cuDNN bf16.
 
-    PYTHONUNBUFFERED=1 python3 scripts/check_sm90_fp8.py --out $OUT [--parts check,bench]
+    PYTHONUNBUFFERED=1 python3 scripts/check_sm90_fp8.py --out $OUT [--parts check,bench] [--alt-lib NAME=PATH]
 """
 import argparse
 import json
@@ -81,13 +81,23 @@ def part_check(out_dir):
     (out_dir / "sm90_fp8_check.json").write_text(json.dumps(rows, indent=1))
 
 
-def part_bench(out_dir):
+def part_bench(out_dir, alt_libs=()):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
     from ringfa3.ops.backends import BACKENDS
+    from ringfa3.ops.sm90 import backend_from
+    from ringfa3.ops.sm90_fp8 import Sm90Fp8Backend
     ours = BACKENDS["sm90_fp8"]
+    alts = {}   # other builds of the library (A/B), timed on the same prepared inputs
+    for spec in alt_libs:
+        name, path = spec.split("=", 1)
+        be = backend_from(path)
+        if be is None:
+            print(f"alt lib {name}: {path} did not load")
+        else:
+            alts[name] = Sm90Fp8Backend(be)
     try:
         import fa3_fwd_interface as fa3
     except Exception as e:
@@ -106,6 +116,8 @@ def part_bench(out_dir):
                 row = dict(hd=d, seq=s, causal=causal)
                 x = ours.prepare(q, k, v)
                 row["ours"] = tf(do_bench(lambda: ours.run(x, causal), warmup=25, rep=200, return_mode="median"))  # noqa: B023
+                for name, alt in alts.items():
+                    row[name] = tf(do_bench(lambda: alt.run(x, causal), warmup=25, rep=200, return_mode="median"))  # noqa: B023
                 row["ours_end_to_end"] = tf(do_bench(lambda: ours.forward(q, k, v, causal), warmup=25, rep=200,  # noqa: B023
                                                      return_mode="median"))
                 if fa3 is not None:
@@ -133,15 +145,17 @@ def main():
     ap.add_argument("--parts", default="check,bench")
     ap.add_argument("--part", help=argparse.SUPPRESS)   # one part, in this process
     ap.add_argument("--timeout", type=float, default=240, help="seconds per part")
+    ap.add_argument("--alt-lib", action="append", default=[], help="NAME=PATH: another build, timed beside")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.part:
-        return {"check": part_check, "bench": part_bench}[args.part](out_dir)
+        return part_check(out_dir) if args.part == "check" else part_bench(out_dir, args.alt_lib)
     for part in args.parts.split(","):
         t0 = time.time()
         try:
-            rc = subprocess.run([sys.executable, __file__, "--part", part, "--out", str(out_dir)],
+            alt = [f"--alt-lib={x}" for x in args.alt_lib]
+            rc = subprocess.run([sys.executable, __file__, "--part", part, "--out", str(out_dir), *alt],
                                 timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
