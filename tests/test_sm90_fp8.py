@@ -42,3 +42,19 @@ def test_fp8_kernel_refuses_a_backward():
     out, _ = attention(q, q, q, backend="sm90_fp8", precision="fp8")
     with pytest.raises(RuntimeError, match="forward-only"):
         out.sum().backward()
+
+
+def test_fp8_kernel_merges_a_ring_step_in_its_epilogue():
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(1, 640, 4, 128, device="cuda", generator=g).bfloat16() for _ in range(3))
+    ref, _ = attention64(q.double(), k.double(), v.double(), True)
+    spec, _ = BACKENDS["reference_fp8"].forward(q, k, v, True, 128 ** -0.5, (-1, -1), False)
+    out_acc = torch.zeros(1, 640, 4, 128, device="cuda")                       # (b, s_q, h, d)
+    lse_acc = torch.full((1, 4, 640), float("-inf"), device="cuda")           # (b, h, s_q)
+    # causal attention as three blocks merged in place, as ring steps are: rows [0, 256) x keys
+    # [0, 256) causal, rows [256, 640) x keys [0, 256) full, rows [256, 640) x keys [256, 640) causal
+    for rows, keys, causal in ((slice(0, 256), slice(0, 256), True), (slice(256, 640), slice(0, 256), False),
+                               (slice(256, 640), slice(256, 640), True)):
+        BACKENDS["sm90_fp8"].forward_merge(q[:, rows], k[:, keys], v[:, keys], causal, None, (-1, -1),
+                                           out_acc[:, rows], lse_acc[:, :, rows])
+    assert rel_err(out_acc, ref) <= 1.25 * rel_err(spec, ref) + 2e-3

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from . import fp8
-from .sm90 import Sm90Backend, _strides2, _strides3
+from .sm90 import Sm90Backend, _strides2, _strides3, check_accumulators, set_merge
 
 _E4M3 = 2   # RingFa3FwdArgs.dtype
 _HEAD_DIMS = (128, 256)
@@ -67,19 +67,36 @@ class Sm90Fp8Backend:
         out, lse = self.run(self.prepare(q, k, v, seed), causal, softmax_scale, window, out_fp32)
         return (out if out_fp32 else out.to(q.dtype)), lse
 
+    def forward_merge(self, q, k, v, causal, softmax_scale, window, out_acc, lse_acc, seed=0):
+        """Merge this block into the running fp32 (out_acc (b, s_q, h, d), lse_acc (b, h, s_q)) in the
+        kernel's epilogue, as the 16-bit kernel does for a ring step."""
+        why = self.unsupported(q, k, v, causal, window)
+        if why:
+            raise ValueError(why)
+        check_accumulators(q, out_acc, lse_acc)
+        if out_acc.numel() == 0:
+            return
+        a = self._args(self.prepare(q, k, v, seed), causal, softmax_scale, window)
+        set_merge(a, out_acc, lse_acc)
+        self._sm90._call(a, q.device)
+
     def run(self, x: "Fp8Inputs", causal=False, softmax_scale=None, window=(-1, -1), out_fp32=False):
         """The kernel alone on prepared inputs: out (b, s_q, h, d) bf16 (fp32 if out_fp32), lse (b, h, s_q)."""
         b, s_q, h, d = x.q8.shape
         out = torch.empty(b, s_q, h, d, device=x.q8.device, dtype=torch.float32 if out_fp32 else torch.bfloat16)
         lse = torch.empty(b, h, s_q, device=x.q8.device, dtype=torch.float32)
-        a = self._sm90._args(x.q8, x.k8, x.k8, causal, softmax_scale, window, dtype=_E4M3)
-        a.v = x.vt.data_ptr()
-        a.v_stride = (ctypes.c_int64 * 3)(x.vt.stride(0), x.vt.stride(2), x.vt.stride(1))   # (batch, d, head)
-        a.q_scale, a.k_scale, a.v_scale = x.q_scale.data_ptr(), x.k_scale.data_ptr(), x.v_scale.data_ptr()
+        a = self._args(x, causal, softmax_scale, window)
         a.out, a.lse, a.out_fp32 = out.data_ptr(), lse.data_ptr(), int(out_fp32)
         a.o_stride, a.lse_stride = _strides3(out), _strides2(lse)
         self._sm90._call(a, x.q8.device)
         return out, lse
+
+    def _args(self, x: "Fp8Inputs", causal, softmax_scale, window):
+        a = self._sm90._args(x.q8, x.k8, x.k8, causal, softmax_scale, window, dtype=_E4M3)
+        a.v = x.vt.data_ptr()
+        a.v_stride = (ctypes.c_int64 * 3)(x.vt.stride(0), x.vt.stride(2), x.vt.stride(1))   # (batch, d, head)
+        a.q_scale, a.k_scale, a.v_scale = x.q_scale.data_ptr(), x.k_scale.data_ptr(), x.v_scale.data_ptr()
+        return a
 
 
 class Fp8Inputs(NamedTuple):
