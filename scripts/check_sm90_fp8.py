@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from check_sm90 import ref_attention, rel_err  # noqa: E402
+from check_sm90 import alt_backends, ref_attention, rel_err  # noqa: E402
 
 CASES = [dict(name=f"hd{d} {'causal' if c else 'full'} s{s}{' outliers' if o else ''}", shape=(2, s, s, 8, 8, d),
               causal=c, outliers=o)
@@ -87,17 +87,10 @@ def part_bench(out_dir, alt_libs=()):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
     from ringfa3.ops.backends import BACKENDS
-    from ringfa3.ops.sm90 import backend_from
     from ringfa3.ops.sm90_fp8 import Sm90Fp8Backend
     ours = BACKENDS["sm90_fp8"]
-    alts = {}   # other builds of the library (A/B), timed on the same prepared inputs
-    for spec in alt_libs:
-        name, path = spec.split("=", 1)
-        be = backend_from(path)
-        if be is None:
-            print(f"alt lib {name}: {path} did not load")
-        else:
-            alts[name] = Sm90Fp8Backend(be)
+    # other builds of the library (A/B), timed on the same prepared inputs
+    alts = {name: Sm90Fp8Backend(be) for name, be in alt_backends(alt_libs).items()}
     try:
         import fa3_fwd_interface as fa3
     except Exception as e:

@@ -100,7 +100,7 @@ def _strides2(t):   # (b, h, s) tensor -> element strides of (batch, head)
     return (ctypes.c_int64 * 2)(t.stride(0), t.stride(1))
 
 
-def check_accumulators(q, out_acc, lse_acc):
+def _check_accumulators(q, out_acc, lse_acc):
     """The running fp32 (out_acc (b, s_q, h, d), lse_acc (b, h, s_q)) a merge call writes into."""
     b, s_q, h, d = q.shape
     if out_acc.dtype != torch.float32 or lse_acc.dtype != torch.float32:
@@ -110,10 +110,6 @@ def check_accumulators(q, out_acc, lse_acc):
     if out_acc.stride(-1) != 1 or lse_acc.stride(-1) != 1 or out_acc.data_ptr() % 8:
         raise ValueError("out_acc and lse_acc need a contiguous last dim")
 
-
-def set_merge(a, out_acc, lse_acc):
-    a.merge, a.out_acc, a.lse_acc = 1, out_acc.data_ptr(), lse_acc.data_ptr()
-    a.oacc_stride, a.lacc_stride = _strides3(out_acc), _strides2(lse_acc)
 
 
 class Sm90Backend:
@@ -200,11 +196,16 @@ class Sm90Backend:
         why = self.unsupported(q, k, v, causal, window)
         if why:
             raise ValueError(why)
-        check_accumulators(q, out_acc, lse_acc)
+        self.merge_call(q, out_acc, lse_acc, lambda: self._args(q, k, v, causal, softmax_scale, window))
+
+    def merge_call(self, q, out_acc, lse_acc, make_args):
+        """Check the accumulators, then run the forward that make_args() describes in merge mode."""
+        _check_accumulators(q, out_acc, lse_acc)
         if out_acc.numel() == 0:
             return
-        a = self._args(q, k, v, causal, softmax_scale, window)
-        set_merge(a, out_acc, lse_acc)
+        a = make_args()
+        a.merge, a.out_acc, a.lse_acc = 1, out_acc.data_ptr(), lse_acc.data_ptr()
+        a.oacc_stride, a.lacc_stride = _strides3(out_acc), _strides2(lse_acc)
         self._call(a, q.device)
 
     def backward_unsupported(self, q, k, v, causal=False, window=(-1, -1)):

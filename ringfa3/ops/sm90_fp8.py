@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from . import fp8
-from .sm90 import Sm90Backend, _strides2, _strides3, check_accumulators, set_merge
+from .sm90 import Sm90Backend, _strides2, _strides3
 
 _E4M3 = 2   # RingFa3FwdArgs.dtype
 _HEAD_DIMS = (128, 256)
@@ -73,12 +73,8 @@ class Sm90Fp8Backend:
         why = self.unsupported(q, k, v, causal, window)
         if why:
             raise ValueError(why)
-        check_accumulators(q, out_acc, lse_acc)
-        if out_acc.numel() == 0:
-            return
-        a = self._args(self.prepare(q, k, v, seed), causal, softmax_scale, window)
-        set_merge(a, out_acc, lse_acc)
-        self._sm90._call(a, q.device)
+        self._sm90.merge_call(q, out_acc, lse_acc,
+                              lambda: self._args(self.prepare(q, k, v, seed), causal, softmax_scale, window))
 
     def run(self, x: "Fp8Inputs", causal=False, softmax_scale=None, window=(-1, -1), out_fp32=False):
         """The kernel alone on prepared inputs: out (b, s_q, h, d) bf16 (fp32 if out_fp32), lse (b, h, s_q)."""
