@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One single-GPU device call for the candidates of bench/candidates_build.sh.
+# Carry: ringfa3/lib, .build/dev, and .whl holding the fa3-fwd wheel (FA3's e4m3 and bf16 forward).
+# Writes under $OUT:
+#   fp8/  the e4m3 kernel's check and bench, with the 4-stage build beside it;
+#   bwd/  the backward check of each candidate and the bench of the current library and each
+#         candidate (the deterministic column included).
+# Every part has its own timeout, so a hang costs only that part.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/fp8" "$OUT/bwd"
+source scripts/device_env.sh || exit 1
+DEV=$PWD/.build/dev
+timeout 280 python3 scripts/check_sm90_fp8.py --out "$OUT/fp8" --timeout 130 --alt-lib fp8st4=$DEV/fp8st4.so 2>&1 | tail -40
+for lib in dqw both; do
+  echo "== bwd check $lib"
+  RINGFA3_SM90_LIB=$DEV/$lib.so timeout 100 python3 scripts/check_sm90_bwd.py --part check --out "$OUT/bwd/$lib" 2>&1 | tail -6
+done
+for lib in current dqw both; do
+  path=$PWD/ringfa3/lib/libringfa3_sm90.so; [ "$lib" = current ] || path=$DEV/$lib.so
+  echo "== bwd bench $lib"
+  RINGFA3_SM90_LIB=$path timeout 80 python3 scripts/check_sm90_bwd.py --part bench --seqs 4096,16384 --out "$OUT/bwd/$lib" 2>&1 | tail -9
+done
