@@ -324,6 +324,7 @@ def main():
         if lead:
             write_json(args.json, dict(environment(), rows=rows))
     if real_ring():
+        dist.barrier()   # no rank tears gloo down while a peer still talks to it
         dist.destroy_process_group()
 
 

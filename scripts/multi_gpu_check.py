@@ -138,6 +138,7 @@ def main():
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "multi_gpu_check.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
         print(f"{sum(r['pass'] for r in rows)}/{len(rows)} pass (world {world}, {meta['backend']})")
+    dist.barrier()   # no rank tears gloo down while a peer still talks to it (an exit-time abort, seen in CI)
     dist.destroy_process_group()
     sys.exit(0 if ok else 1)
 

@@ -15,6 +15,8 @@ def main() -> None:
     prepare_distributed_argv()
     try:
         hydra_entry()
+        if dist.is_initialized():
+            dist.barrier()   # every rank done talking before any tears the group down
     finally:
         # Torn down here, not by interpreter exit: a gloo group left to the exit-time destructors
         # could abort a rank ("terminate called without an active exception", seen in CI).
