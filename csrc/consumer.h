@@ -91,18 +91,20 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       auto q = opaque_desc(tSrQ);
       issue_gemm<true, false>(mma_qk, q, tSrK(_, _, _, kv.index), tSrS);
     };
-    // e4m3: the scores' dequantization scale, q_scale of the tile times k_scale of key block n.
+    // e4m3: the scores' dequantization scale, q_scale of the tile times k_scale of key block n
+    // (k_scale row of this batch and kv head, strided by h_kv over 128-key blocks).
     [[maybe_unused]] float q_scale = 1.f;
-    [[maybe_unused]] int hk = tile.head / p.group;
-    if constexpr (Tr::kFp8) q_scale = a.q_scale[(size_t(tile.batch) * p.n_m_blocks + tile.m_block) * a.h + tile.head];
+    [[maybe_unused]] float const* k_scale = nullptr;
+    if constexpr (Tr::kFp8) {
+      int n_kb = (a.s_k + Tr::kFp8ScaleRows - 1) / Tr::kFp8ScaleRows;
+      q_scale = a.q_scale[(size_t(tile.batch) * p.n_m_blocks + tile.m_block) * a.h + tile.head];
+      k_scale = a.k_scale + size_t(tile.batch) * n_kb * a.h_kv + tile.head / p.group;
+    }
     // Once S(n) has landed: mask, softmax, then free its K stage (and Q after the tile's last block).
     auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
       if (n == nb) warp_release(&ss.q_empty);
       float c = 1.f;   // e4m3: raw scores x c are the true ones (softmax.h, kScaled)
-      if constexpr (Tr::kFp8) {
-        int kb = n * kN / Tr::kFp8ScaleRows, n_kb = (a.s_k + Tr::kFp8ScaleRows - 1) / Tr::kFp8ScaleRows;
-        c = q_scale * a.k_scale[(size_t(tile.batch) * n_kb + kb) * a.h_kv + hk];
-      }
+      if constexpr (Tr::kFp8) c = q_scale * k_scale[n * kN / Tr::kFp8ScaleRows * a.h_kv];
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
       softmax.template step<decltype(first)::value, Tr::kFp8>(tSrS, rescale, c);
       // Freed only now, and through the softmax result: this pins the P V wait that follows behind
@@ -175,7 +177,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     float inv[2], lse[2];
     softmax.finish(a.softmax_scale, inv, lse);
     if constexpr (Tr::kFp8) {   // V's dequantization scale, one per (batch, kv head)
-      float v_scale = a.v_scale[size_t(tile.batch) * a.h_kv + hk];
+      float v_scale = a.v_scale[size_t(tile.batch) * a.h_kv + tile.head / p.group];
       inv[0] *= v_scale;
       inv[1] *= v_scale;
     }
