@@ -51,6 +51,7 @@ from ringfa3.ops.masks import effective_window  # noqa: E402
 from ringfa3.parallel.comm import Ring  # noqa: E402
 from ringfa3.parallel.plan import NO_WINDOW, ring_blocks  # noqa: E402
 from ringfa3.parallel.ring import ring_attention  # noqa: E402
+from ringfa3.parallel.shutdown import exit_rank  # noqa: E402
 from ringfa3.parallel.virtual import VirtualRing  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -324,8 +325,7 @@ def main():
         if lead:
             write_json(args.json, dict(environment(), rows=rows))
     if real_ring():
-        dist.barrier()   # no rank tears gloo down while a peer still talks to it
-        dist.destroy_process_group()
+        exit_rank()
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ def child_main(result: str, steps: int, warm: bool, overrides: list[str]) -> Non
     import torch.distributed as dist
     from hydra import compose, initialize_config_module
 
+    from ringfa3.parallel.shutdown import exit_rank
     from ringfa3.train.app import to_config
     from ringfa3.train.loop import Trainer, _init_process_group
 
@@ -288,7 +289,7 @@ def child_main(result: str, steps: int, warm: bool, overrides: list[str]) -> Non
                "host_total_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30}
         with open(result, "w") as f:
             json.dump(out, f)
-    dist.destroy_process_group()
+    exit_rank()  # the probe runs in a process of its own
 
 
 def warm_optimizer(engine) -> None:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from reference import random_qkv, reference64, rel_err, tolerance  # noqa: E402
 
 from ringfa3.ops import attention  # noqa: E402
+from ringfa3.parallel.shutdown import exit_rank  # noqa: E402
 from ringfa3.parallel import (hybrid_attn_func, hybrid_groups, hybrid_shard, hybrid_unshard,  # noqa: E402
                               ring_flash_attn_func, ring_flash_attn_varlen_func, shard, shard_varlen, ulysses_attn_func,
                               unshard, unshard_varlen)
@@ -138,9 +139,7 @@ def main():
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "multi_gpu_check.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
         print(f"{sum(r['pass'] for r in rows)}/{len(rows)} pass (world {world}, {meta['backend']})")
-    dist.barrier()   # no rank tears gloo down while a peer still talks to it (an exit-time abort, seen in CI)
-    dist.destroy_process_group()
-    sys.exit(0 if ok else 1)
+    exit_rank(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ringfa3.parallel.shutdown import exit_rank
+
 
 def _worker(rank: int, world: int, tmp: str, fn, args) -> None:
     torch.set_num_threads(1)
     store = dist.FileStore(os.path.join(tmp, "store"), world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
-    try:
-        result = fn(rank, world, *args)
-        torch.save(result, os.path.join(tmp, f"result{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    result = fn(rank, world, *args)
+    torch.save(result, os.path.join(tmp, f"result{rank}.pt"))
+    exit_rank()
 
 
 def run_distributed(fn, world: int, *args) -> list:

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ringfa3.parallel.shutdown import exit_rank
+
 # Small and fast: 64-token passkey sequences, 2 blocks (so FSDP shards several units), float32.
 SMALL = [
     "model=tiny", "data=passkey", "model.n_layers=2", "data.seq_len=64", "data.batch_size=4",
@@ -50,7 +52,7 @@ def _worker(rank: int, world: int, store_dir: str, runs: list, patch) -> None:
                 results.append({"error": e})
     finally:
         torch.save(results, os.path.join(store_dir, f"result{rank}.pt"))
-        dist.destroy_process_group()
+    exit_rank()
 
 
 def run_world(world: int, runs: list[tuple[list[str], str]], store_dir: str, patch=None) -> list[list[dict]]:

@@ -5,23 +5,15 @@ metrics.jsonl), and all ranks agree on the run dir: rank 0's choice is broadcast
 """
 from __future__ import annotations
 
-
-import torch.distributed as dist
+from ringfa3.parallel.shutdown import exit_rank
 
 from .app import hydra_entry, prepare_distributed_argv
 
 
 def main() -> None:
     prepare_distributed_argv()
-    try:
-        hydra_entry()
-        if dist.is_initialized():
-            dist.barrier()   # every rank done talking before any tears the group down
-    finally:
-        # Torn down here, not by interpreter exit: a gloo group left to the exit-time destructors
-        # could abort a rank ("terminate called without an active exception", seen in CI).
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    hydra_entry()
+    exit_rank()   # the run is saved and closed; see exit_rank for the shutdown it skips
 
 
 if __name__ == "__main__":
