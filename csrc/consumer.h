@@ -78,8 +78,10 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     int t = ring.receive();
     if (!sched.valid(t)) break;
     auto tile = sched.decode(t);
-    BlockMask<kM, kN> mask(tile.m_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+    Extent e = extent_of(p, tile.batch);
+    BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
     int nb = mask.n_begin(), ne = mask.n_end();
+    if (Tr::kVarlen && mask.row_lo >= e.s_q) ne = nb;   // past the segment's last row: nothing to store
     Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kM>, Int<kD>>{});   // (MMA, 1, 1) fp32
     clear(tOrO);
     OnlineSoftmax softmax(p.scale_log2);
@@ -181,7 +183,8 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       inv[0] *= v_scale;
       inv[1] *= v_scale;
     }
-    store_output<typename Tr::TOut>(a, tOrO, inv, lse, tile.batch, tile.head, tile.m_block * kM + rows_base, coord);
+    store_output<typename Tr::TOut>(a, tOrO, inv, lse, Tr::kVarlen ? 0 : tile.batch, tile.head, e.q0, e.s_q,
+                                    tile.m_block * kM + rows_base, coord);
   }
   if (wg == 0) named_sync(1, 256);
 }

@@ -29,9 +29,12 @@ __device__ __forceinline__ uint32_t pack4_e4m3(float a, float b, float c, float 
   return lo | (hi << 16);
 }
 
+// Rows [0, s_q) of (batch bi, head hi) start at packed row q0: dense bi from row 0, varlen bi 0 from
+// its segment's first row (lse and lse_acc are then (h, total rows)).
 template <class T, class Frag>
 __device__ void store_output(RingFa3FwdArgs const& a, Frag const& o, float const (&inv)[2],
-                             float const (&lse)[2], int bi, int hi, int row_base, AccCoord const& c) {
+                             float const (&lse)[2], int bi, int hi, int q0, int s_q, int row_base,
+                             AccCoord const& c) {
   constexpr int N = int(cute::size(Frag{}));
   int lane = threadIdx.x % 32;
   float lse_new[2], w_old[2], w_new[2];
@@ -40,7 +43,7 @@ __device__ void store_output(RingFa3FwdArgs const& a, Frag const& o, float const
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       int row = row_base + c.row0 + 8 * r;
-      float la = row < a.s_q ? a.lse_acc[bi * a.lacc_stride[0] + hi * a.lacc_stride[1] + row] : -INFINITY;
+      float la = row < s_q ? a.lse_acc[bi * a.lacc_stride[0] + hi * a.lacc_stride[1] + q0 + row] : -INFINITY;
       float mx = fmaxf(la, lse[r]);
       if (mx == -INFINITY) { lse_new[r] = -INFINITY; w_old[r] = 1.f; w_new[r] = 0.f; continue; }
       float ea = __expf(la - mx), eb = __expf(lse[r] - mx);
@@ -53,31 +56,31 @@ __device__ void store_output(RingFa3FwdArgs const& a, Frag const& o, float const
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     int row = row_base + c.row0 + 8 * r;
-    if (row >= a.s_q) continue;
+    if (row >= s_q) continue;
     if (a.merge) {
-      float* dst = a.out_acc + bi * a.oacc_stride[0] + row * a.oacc_stride[1] + hi * a.oacc_stride[2];
+      float* dst = a.out_acc + bi * a.oacc_stride[0] + (q0 + row) * a.oacc_stride[1] + hi * a.oacc_stride[2];
 #pragma unroll
       for (int i = 2 * r; i < N; i += 4) {   // values i, i+1 of row half r are adjacent columns
         float2* p = reinterpret_cast<float2*>(dst + c.col(i));
         float2 old = *p;
         *p = make_float2(old.x * w_old[r] + o(i) * w_new[r], old.y * w_old[r] + o(i + 1) * w_new[r]);
       }
-      if (lane % 4 == 0) a.lse_acc[bi * a.lacc_stride[0] + hi * a.lacc_stride[1] + row] = lse_new[r];
+      if (lane % 4 == 0) a.lse_acc[bi * a.lacc_stride[0] + hi * a.lacc_stride[1] + q0 + row] = lse_new[r];
       continue;
     }
     if (a.out_fp32) {
-      float* dst = static_cast<float*>(a.out) + bi * a.o_stride[0] + row * a.o_stride[1] + hi * a.o_stride[2];
+      float* dst = static_cast<float*>(a.out) + bi * a.o_stride[0] + (q0 + row) * a.o_stride[1] + hi * a.o_stride[2];
 #pragma unroll
       for (int i = 2 * r; i < N; i += 4)
         *reinterpret_cast<float2*>(dst + c.col(i)) = make_float2(o(i) * inv[r], o(i + 1) * inv[r]);
     } else {
-      T* dst = static_cast<T*>(a.out) + bi * a.o_stride[0] + row * a.o_stride[1] + hi * a.o_stride[2];
+      T* dst = static_cast<T*>(a.out) + bi * a.o_stride[0] + (q0 + row) * a.o_stride[1] + hi * a.o_stride[2];
 #pragma unroll
       for (int i = 2 * r; i < N; i += 4)
         *reinterpret_cast<uint32_t*>(dst + c.col(i)) = pack2<T>(o(i) * inv[r], o(i + 1) * inv[r]);
     }
     if (a.lse != nullptr && lane % 4 == 0)
-      a.lse[bi * a.lse_stride[0] + hi * a.lse_stride[1] + row] = lse[r];
+      a.lse[bi * a.lse_stride[0] + hi * a.lse_stride[1] + q0 + row] = lse[r];
   }
 }
 

@@ -35,6 +35,14 @@ typedef struct RingFa3FwdArgs {
   const float* q_scale;    // e4m3 only: (b, ceil(s_q / 128), h) contiguous, dequantization scales
   const float* k_scale;    // e4m3 only: (b, ceil(s_k / 128), h_kv) contiguous
   const float* v_scale;    // e4m3 only: (b, h_kv) contiguous
+  // Packed variable length, 16-bit dtypes (both NULL = dense). Segment i of the b segments is query
+  // rows [cu_seqlens_q[i], cu_seqlens_q[i+1]) against key rows [cu_seqlens_k[i], cu_seqlens_k[i+1]),
+  // the window aligned bottom-right in each. q, out, out_acc are then (s_q, h, d) and k, v (s_k, h_kv, d)
+  // with s_q, s_k the packed totals; lse and lse_acc are (h, s_q); every batch stride is ignored.
+  const int32_t* cu_seqlens_q;   // (b + 1,) int32, from 0 up to s_q, non-decreasing
+  const int32_t* cu_seqlens_k;   // (b + 1,) int32, from 0 up to s_k, non-decreasing
+  int32_t max_seqlen_q;          // the longest segment (sizes the grid)
+  int32_t max_seqlen_k;
   void* stream;            // cudaStream_t
 } RingFa3FwdArgs;
 

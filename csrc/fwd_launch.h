@@ -18,9 +18,9 @@ namespace {
 
 // Query heads per scheduling chunk: enough that the chunk's K/V (shared by `group` query heads
 // each) take about kL2Budget bytes, a part of H100's 50 MB L2 that leaves room for Q/O traffic.
-inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, size_t elem) {
+inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, int s_k, size_t elem) {
   constexpr double kL2Budget = 16.0 * 1024 * 1024;
-  double kv_bytes_per_q_head = 2.0 * a.s_k * a.d * elem / (a.h / a.h_kv);
+  double kv_bytes_per_q_head = 2.0 * s_k * a.d * elem / (a.h / a.h_kv);
   double g = kL2Budget / kv_bytes_per_q_head;
   int all = a.h * a.b;
   return g < 1.0 ? 1 : (g > all ? all : int(g));
@@ -53,19 +53,26 @@ template <class Tr>
 cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   using namespace cute;
   using T = typename Tr::T;
-  auto gQ = make_tensor(make_gmem_ptr(static_cast<T const*>(a.q)), make_shape(a.s_q, a.d, a.h, a.b),
-                        make_stride(a.q_stride[1], _1{}, a.q_stride[2], a.q_stride[0]));
-  auto gK = make_tensor(make_gmem_ptr(static_cast<T const*>(a.k)), make_shape(a.s_k, a.d, a.h_kv, a.b),
-                        make_stride(a.k_stride[1], _1{}, a.k_stride[2], a.k_stride[0]));
+  // Varlen: the packed rows are one batch entry (its batch stride, never stepped, just past the rows).
+  int n_b = Tr::kVarlen ? 1 : a.b;
+  int64_t q_bs = Tr::kVarlen ? a.s_q * a.q_stride[1] : a.q_stride[0];
+  int64_t k_bs = Tr::kVarlen ? a.s_k * a.k_stride[1] : a.k_stride[0];
+  int64_t v_bs = Tr::kVarlen ? a.s_k * a.v_stride[1] : a.v_stride[0];
+  auto gQ = make_tensor(make_gmem_ptr(static_cast<T const*>(a.q)), make_shape(a.s_q, a.d, a.h, n_b),
+                        make_stride(a.q_stride[1], _1{}, a.q_stride[2], q_bs));
+  auto gK = make_tensor(make_gmem_ptr(static_cast<T const*>(a.k)), make_shape(a.s_k, a.d, a.h_kv, n_b),
+                        make_stride(a.k_stride[1], _1{}, a.k_stride[2], k_bs));
   auto gV = [&] {   // (d, keys, h_kv, b): d contiguous, or for e4m3 V^T keys contiguous
-    auto shape = make_shape(a.d, v_keys<Tr>(a), a.h_kv, a.b);
+    auto shape = make_shape(a.d, v_keys<Tr>(a), a.h_kv, n_b);
     if constexpr (Tr::kFp8)
       return make_tensor(make_gmem_ptr(static_cast<T const*>(a.v)), shape,
-                         make_stride(a.v_stride[1], _1{}, a.v_stride[2], a.v_stride[0]));
+                         make_stride(a.v_stride[1], _1{}, a.v_stride[2], v_bs));
     else
       return make_tensor(make_gmem_ptr(static_cast<T const*>(a.v)), shape,
-                         make_stride(_1{}, a.v_stride[1], a.v_stride[2], a.v_stride[0]));
+                         make_stride(_1{}, a.v_stride[1], a.v_stride[2], v_bs));
   }();
+  int rows_q = Tr::kVarlen ? a.max_seqlen_q : a.s_q;   // query rows of the longest batch entry
+  int keys = Tr::kVarlen ? a.max_seqlen_k : a.s_k;
   FwdParams<Tr> p{
       make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Tr::SmemLayoutQ{},
                     Shape<Int<Tr::kBlockM>, Int<Tr::kHeadDim>>{}, _1{}),
@@ -74,10 +81,10 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Tr::SmemLayoutV{}),
                     Shape<Int<Tr::kHeadDim>, Int<Tr::kBlockN>>{}, _1{}),
       a,
-      /*n_m_blocks=*/(a.s_q + Tr::kBlockM - 1) / Tr::kBlockM,
+      /*n_m_blocks=*/(rows_q + Tr::kBlockM - 1) / Tr::kBlockM,
       /*n_tiles=*/0,
       /*group=*/a.h / a.h_kv,
-      /*heads_per_chunk=*/heads_per_l2_chunk(a, sizeof(T)),
+      /*heads_per_chunk=*/heads_per_l2_chunk(a, keys, sizeof(T)),
       /*diag_offset=*/a.s_k - a.s_q,
       /*win_left=*/a.window_left < 0 ? kUnbounded : a.window_left,
       /*win_right=*/a.window_right < 0 ? kUnbounded : a.window_right,
@@ -103,9 +110,15 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
 
 // One (dtype, head_dim) entry: the tile shape from TileConfig, the longer key block when no mask
 // applies and the keys are many (176-key blocks: 10-17% slower at 1k, no faster at 4k, run 6).
+// Varlen (16 bit) has an instantiation of its own, so the dense kernels carry none of its per-tile
+// segment lookups.
 template <class T, int kHeadDim>
 cudaError_t run_fwd(RingFa3FwdArgs const& a) {
   using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig<kHeadDim>, TileConfig<kHeadDim>>;
+  if (a.cu_seqlens_q != nullptr) {
+    if constexpr (sizeof(T) == 2) return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, true>>(a);
+    return cudaErrorNotSupported;
+  }
   if constexpr (Cfg::kNFull != Cfg::kN) {
     if (a.window_left < 0 && a.window_right < 0 && a.s_k >= Cfg::kNFullMinKeys)
       return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages>>(a);

@@ -21,9 +21,10 @@ template <class T, int kD, int kN, int kStages> struct VSmemLayout<true, T, kD, 
   using type = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{}));
 };
 
-template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
+template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false>
 struct FwdTraits {
   using T = T_;
+  static constexpr bool kVarlen = kVarlen_;   // packed segments (cu_seqlens): fwd_args.h
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per CTA tile; 64 per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;   // keys per pipeline stage
@@ -45,6 +46,7 @@ struct FwdTraits {
   static_assert(!kFp8 || (kBlockM == kFp8ScaleRows && kFp8ScaleRows % kBlockN == 0 && kBlockN % 32 == 0),
                 "e4m3 tiles: one Q scale per tile, one K scale per key block, 32-key k-steps");
   using TOut = std::conditional_t<kFp8, cutlass::bfloat16_t, T>;   // out dtype unless out_fp32
+  static_assert(!(kFp8 && kVarlen), "varlen is 16-bit only");
 
   // Q and K are read K-major (head dim contiguous). V is the B operand of P @ V, whose reduction
   // runs over keys: 16-bit V is loaded into a (d, keys) MN-major layout; e4m3 V comes transposed

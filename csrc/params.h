@@ -21,14 +21,29 @@ struct FwdParams {
   typename Tr::TmaK tma_k;
   typename Tr::TmaV tma_v;
   RingFa3FwdArgs a;
-  int n_m_blocks;      // ceil(s_q / kBlockM)
-  int n_tiles;         // n_m_blocks * h * b
+  int n_m_blocks;      // ceil(s_q / kBlockM), varlen ceil(max_seqlen_q / kBlockM)
+  int n_tiles;         // n_m_blocks * h * b (b segments when varlen)
   int group;           // h / h_kv (query heads per kv head)
   int heads_per_chunk; // tile order: query heads whose K/V fit L2 together (see tile_scheduler.h)
-  int diag_offset;     // s_k - s_q: key j is on row i's causal diagonal when j == i + diag_offset
+  int diag_offset;     // s_k - s_q: key j is on row i's causal diagonal when j == i + diag_offset (dense)
   int win_left, win_right;   // finite (kUnbounded for -1)
   float scale_log2;    // softmax_scale * log2(e)
   int* tile_counter;   // dynamic scheduler: 2 ints, zero at launch, reset by the kernel at exit
 };
+
+// What one tile's batch index covers: the whole batch entry (dense), or one packed segment (varlen):
+// its first query and key row in the packed tensors, its lengths, and its causal diagonal offset.
+struct Extent { int q0, s_q, k0, s_k, off; };
+
+template <class Tr>
+__device__ __forceinline__ Extent extent_of(FwdParams<Tr> const& p, int batch) {
+  if constexpr (Tr::kVarlen) {
+    int q0 = p.a.cu_seqlens_q[batch], k0 = p.a.cu_seqlens_k[batch];
+    int s_q = p.a.cu_seqlens_q[batch + 1] - q0, s_k = p.a.cu_seqlens_k[batch + 1] - k0;
+    return Extent{q0, s_q, k0, s_k, s_k - s_q};
+  } else {
+    return Extent{0, p.a.s_q, 0, p.a.s_k, p.diag_offset};
+  }
+}
 
 }  // namespace ringfa3

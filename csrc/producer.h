@@ -9,14 +9,30 @@
 
 namespace ringfa3 {
 
+// One tile's slice of a global TMA view whose mode kSeq runs over rows: its batch entry (dense), or
+// the packed rows from its segment's first one on (varlen; rows past the segment are masked keys or
+// unstored query rows).
+template <class Tr, int kSeq, class View>
+__device__ __forceinline__ auto seq_slice(View const& m, int head, int batch, int first_row) {
+  using namespace cute;
+  if constexpr (!Tr::kVarlen) {
+    return m(_, _, head, batch);
+  } else if constexpr (kSeq == 0) {
+    return domain_offset(make_coord(first_row, _0{}), m(_, _, head, 0));
+  } else {
+    return domain_offset(make_coord(_0{}, first_row), m(_, _, head, 0));
+  }
+}
+
 template <class Tr>
 __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) {
   using namespace cute;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   RingFa3FwdArgs const& a = p.a;
-  Tensor mQ = p.tma_q.get_tma_tensor(make_shape(a.s_q, a.d, a.h, a.b));      // (s_q, d, h, b)
-  Tensor mK = p.tma_k.get_tma_tensor(make_shape(a.s_k, a.d, a.h_kv, a.b));   // (s_k, d, h_kv, b)
-  Tensor mV = p.tma_v.get_tma_tensor(make_shape(a.d, v_keys<Tr>(a), a.h_kv, a.b));   // (d, s_v, h_kv, b)
+  int n_b = Tr::kVarlen ? 1 : a.b;   // varlen: one packed batch entry
+  Tensor mQ = p.tma_q.get_tma_tensor(make_shape(a.s_q, a.d, a.h, n_b));      // (s_q, d, h, b)
+  Tensor mK = p.tma_k.get_tma_tensor(make_shape(a.s_k, a.d, a.h_kv, n_b));   // (s_k, d, h_kv, b)
+  Tensor mV = p.tma_v.get_tma_tensor(make_shape(a.d, v_keys<Tr>(a), a.h_kv, n_b));   // (d, s_v, h_kv, b)
   Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutV{});
@@ -30,17 +46,19 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     if (!sched.valid(t)) break;
     int t_next = sched.draw_next();   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
-    BlockMask<kM, kN> mask(tile.m_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+    Extent e = extent_of(p, tile.batch);
+    BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
     int nb = mask.n_begin(), ne = mask.n_end();
+    if (Tr::kVarlen && mask.row_lo >= e.s_q) ne = nb;   // past the segment's last row
     t = t_next;
     if (ne <= nb) continue;   // consumers write the empty result without any load
     int hk = tile.head / p.group;
 
-    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), Shape<Int<kM>, Int<kD>>{},
+    Tensor gQ = local_tile(seq_slice<Tr, 0>(mQ, tile.head, tile.batch, e.q0), Shape<Int<kM>, Int<kD>>{},
                            make_coord(tile.m_block, _0{}));                      // (kM, d)
-    Tensor gK = local_tile(mK(_, _, hk, tile.batch), Shape<Int<kN>, Int<kD>>{},
+    Tensor gK = local_tile(seq_slice<Tr, 0>(mK, hk, tile.batch, e.k0), Shape<Int<kN>, Int<kD>>{},
                            make_coord(_, _0{}));                                 // (kN, d, n)
-    Tensor gV = local_tile(mV(_, _, hk, tile.batch), Shape<Int<kD>, Int<kN>>{},
+    Tensor gV = local_tile(seq_slice<Tr, 1>(mV, hk, tile.batch, e.k0), Shape<Int<kD>, Int<kN>>{},
                            make_coord(_0{}, _));                                 // (d, kN, n)
     // (global TMA coords, smem) pairs: Q (TMA), K and V (TMA, block) / (TMA, stage)
     auto tQ = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
@@ -72,7 +90,8 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     // can only be issued once this tile's last Q K^T is done).
     if (sched.valid(t)) {
       auto nt = sched.decode(t);
-      Tensor gQn = local_tile(mQ(_, _, nt.head, nt.batch), Shape<Int<kM>, Int<kD>>{},
+      int nq0 = Tr::kVarlen ? extent_of(p, nt.batch).q0 : 0;
+      Tensor gQn = local_tile(seq_slice<Tr, 0>(mQ, nt.head, nt.batch, nq0), Shape<Int<kM>, Int<kD>>{},
                               make_coord(nt.m_block, _0{}));
       auto tQn = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQn));
       cute::prefetch(p.tma_q, get<0>(tQn));

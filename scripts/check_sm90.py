@@ -1,14 +1,15 @@
-"""Device script for the sm90 backend: correctness against float64, then timing of ours, cuDNN and
-FA3 side by side (FA3 convention), then SASS facts and ncu of ours and of FA3's kernel on the same
-inputs (summary + warp-stall samples per SASS instruction). One call does all:
+"""Device script for the sm90 backend: correctness against float64 (dense and packed documents), then
+timing of ours, cuDNN and FA3 side by side (FA3 convention), packed documents through our varlen kernel
+beside FA2's, then SASS facts and ncu of ours and of FA3's kernel on the same inputs (summary +
+warp-stall samples per SASS instruction). One call does all:
 
-    PYTHONUNBUFFERED=1 python3 scripts/check_sm90.py --out $OUT [--parts sass,check,bench,ncu]
+    PYTHONUNBUFFERED=1 python3 scripts/check_sm90.py --out $OUT [--parts sass,check,bench,varlen,ncu]
         [--alt-lib NAME=PATH ...]   # other builds of the library, checked and timed on the same inputs
 
 The library is ringfa3/lib/libringfa3_sm90.so, or $RINGFA3_SM90_LIB. Each part runs in its own
 subprocess with a timeout, so a hung kernel costs that part only. Writes $OUT/sm90_check.json,
-sm90_bench.json, sm90_sass.json, sm90_ncu{,_fa3}.txt, sm90_ncu_source{,_fa3}.csv; prints a ratio
-table last.
+sm90_bench.json, sm90_varlen_bench.json, sm90_sass.json, sm90_ncu{,_fa3}.txt,
+sm90_ncu_source{,_fa3}.csv; prints a ratio table last.
 """
 import argparse
 import json
@@ -177,6 +178,20 @@ def part_check(out_dir, alt_libs=()):
         print(f"  {'PASS' if r['pass'] else 'FAIL'} {r['name']:28s} err={r.get('err', float('nan')):.2e} "
               f"cudnn={r.get('cudnn_err') or float('nan'):.2e} round={r.get('round_err', float('nan')):.2e} "
               f"lse={r.get('lse_err', float('nan')):.1e} dead={r.get('dead_rows', '-')} {r.get('error', '')}", flush=True)
+    # Packed documents through the varlen kernel, whether or not forward_blocks takes it by default yet.
+    sys.path.insert(0, str(ROOT / "tests"))
+    from varlen_cases import VARLEN_CASES, run_case
+    be.varlen_blocks = True
+    for case in VARLEN_CASES:
+        try:
+            r = run_case(be, case, gen)
+        except Exception as e:   # noqa: BLE001
+            r = dict(name=case["name"], **{"pass": False, "error": repr(e)[:300]})
+        r["name"] = "varlen " + r["name"]
+        results.append(r)
+        print(f"  {'PASS' if r['pass'] else 'FAIL'} {r['name']:40s} err={r.get('err', float('nan')):.2e} "
+              f"limit={r.get('limit', float('nan')):.2e} lse={r.get('lse_err', float('nan')):.1e} "
+              f"{r.get('error', '')}", flush=True)
     # Repeatability: same inputs twice must give bit-identical outputs (a moving result is a race).
     q, k, v = (torch.randn(4, 2048, 16, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
     o1, _ = be.forward(q, k, v, True, None, (-1, -1), False)
@@ -267,6 +282,46 @@ def part_bench(out_dir, seqs, hds, extra_hds, extra_seqs, alt_libs=()):
     (Path(out_dir) / "sm90_bench.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 
 
+# ----------------------------------------------------------------------------------------- varlen
+def part_varlen(out_dir):
+    """Packed causal documents in one 16k-token local problem (hd128, 16 heads), merged into fp32
+    accumulators through forward_blocks: sm90's varlen kernel, sm90 with one merge call per document,
+    and FA2's varlen kernel (the flash backend) with its merge, on the same inputs."""
+    import random
+    import torch
+    from triton.testing import do_bench
+    from ringfa3.ops import BACKENDS
+    from ringfa3.ops.blocks import Block, forward_blocks
+    be = load_backend()
+    s, h, d = 16384, 16, 128
+    q, k, v = (torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    acc = torch.zeros(1, s, h, d, device="cuda")                # (1, s, h, d)
+    lacc = torch.full((1, h, s), -math.inf, device="cuda")      # (1, h, s)
+    rows = []
+    for mean in (256, 1024, 4096):   # document lengths uniform in [mean / 4, 7 mean / 4]
+        rng, bounds = random.Random(mean), [0]
+        while bounds[-1] < s:
+            bounds.append(min(s, bounds[-1] + rng.randint(mean // 4, 7 * mean // 4)))
+        blocks = tuple(Block(a, b, a, b, causal=True) for a, b in zip(bounds[:-1], bounds[1:]))
+        flops = sum(2 * h * d * (b.q1 - b.q0) * (b.q1 - b.q0 + 1) for b in blocks)   # 4 h d n(n+1)/2
+        row = dict(mean_doc=mean, docs=len(blocks))
+        for name, impl, varlen in (("sm90_varlen", be, True), ("sm90_per_doc", be, False),
+                                   ("fa2_varlen", BACKENDS.get("flash"), None)):
+            if impl is None:
+                continue
+            if varlen is not None:
+                be.varlen_blocks = varlen
+            try:
+                ms = do_bench(lambda: forward_blocks(impl, q, k, v, blocks, d ** -0.5, acc, lacc),  # noqa: B023
+                              warmup=10, rep=100, return_mode="median")
+                row[name] = round(flops / ms / 1e9, 1)
+            except Exception as e:   # noqa: BLE001 - keep timing the rest
+                row[name + "_error"] = repr(e)[:160]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (Path(out_dir) / "sm90_varlen_bench.json").write_text(json.dumps(rows, indent=1))
+
+
 # ------------------------------------------------------------------------------------------- sass
 def part_sass(out_dir):
     r = subprocess.run(["cuobjdump", "-sass", str(LIB)], capture_output=True, text=True)
@@ -348,7 +403,7 @@ def table(out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--part", choices=["check", "bench", "sass", "ncu", "ncu_target", "all"], default="all")
+    ap.add_argument("--part", choices=["check", "bench", "varlen", "sass", "ncu", "ncu_target", "all"], default="all")
     ap.add_argument("--ncu-which", choices=["ours", "fa3"], default="ours", help="kernel launched by --part ncu_target")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--hds", default="128")
@@ -356,7 +411,7 @@ def main():
     ap.add_argument("--extra-seqs", default="4096,16384")
     ap.add_argument("--check-timeout", type=int, default=150)
     ap.add_argument("--bench-timeout", type=int, default=240)
-    ap.add_argument("--parts", default="sass,check,bench,ncu", help="parts run by --part all, in this order")
+    ap.add_argument("--parts", default="sass,check,bench,varlen,ncu", help="parts run by --part all, in this order")
     ap.add_argument("--alt-lib", action="append", default=[],
                     help="NAME=PATH: another build of the library, checked and timed beside the default")
     args = ap.parse_args()
@@ -367,6 +422,8 @@ def main():
     if args.part == "bench":
         return part_bench(args.out, seqs, hds, [int(x) for x in args.extra_hds.split(",") if x],
                           [int(x) for x in args.extra_seqs.split(",") if x], args.alt_lib)
+    if args.part == "varlen":
+        return part_varlen(args.out)
     if args.part == "sass":
         return part_sass(args.out)
     if args.part == "ncu":
@@ -377,7 +434,7 @@ def main():
           "--extra-hds", args.extra_hds, "--extra-seqs", args.extra_seqs]
     for spec in args.alt_lib:
         me += ["--alt-lib", spec]
-    limits = dict(sass=60, check=args.check_timeout, bench=args.bench_timeout, ncu=200)
+    limits = dict(sass=60, check=args.check_timeout, bench=args.bench_timeout, varlen=90, ncu=200)
     for part in args.parts.split(","):
         limit = limits[part]
         t = time.time()

@@ -25,6 +25,16 @@ def attention64(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: fl
     return torch.einsum("bhij,bjhd->bihd", p, vv), lse
 
 
+def blocks_mask(blocks, s_q: int, s_k: int, device=None, count: bool = False) -> Tensor:
+    """(s_q, s_k) bool: the keys each row sees through a list of ops.blocks.Block (each block's mask
+    aligned bottom-right inside it), for attention64's `mask`; count=True: how many blocks see each pair."""
+    m = torch.zeros(s_q, s_k, dtype=torch.int32, device=device)
+    for b in blocks:
+        n, s = b.q1 - b.q0, b.k1 - b.k0
+        m[b.q0:b.q1, b.k0:b.k1] += tile_mask(0, n, 0, s, n, s, b.causal, b.window, device).int()
+    return m if count else m > 0
+
+
 def reference64(q, k, v, dout, causal=False, scale=None, window=(-1, -1), mask=None) -> dict:
     """Float64 out, lse, dq, dk, dv of the full problem (inputs upcast from whatever dtype)."""
     q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))

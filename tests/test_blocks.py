@@ -16,16 +16,18 @@ import random
 import pytest
 import torch
 
-from ringfa3.ops import BACKENDS
-from ringfa3.ops.blocks import backward_blocks, forward_blocks, loop_backward, loop_forward
+from ringfa3.ops import BACKENDS, reference
+from ringfa3.ops.blocks import Block, backward_blocks, forward_blocks, loop_backward, loop_forward
+from ringfa3.ops.merge import merge_into
 from ringfa3.ops.masks import tile_mask
 from ringfa3.ops import segments
 from ringfa3.ops.segments import group_blocks, varlen_calls
+from ringfa3.ops.sm90 import Sm90Backend
 from ringfa3.parallel.plan import ring_blocks
 from ringfa3.parallel.varlen import padded_bounds
 
-from reference import attention64, tolerance
-from varlen_emulator import EmulatedVarlen, call_segments
+from reference import attention64, blocks_mask, tolerance
+from varlen_emulator import EmulatedVarlen, call_segments, emulated_fwd
 
 SEED = int.from_bytes(os.urandom(4), "little")
 INF = math.inf
@@ -44,14 +46,6 @@ def step_blocks(world, rank, src, layout, causal, window, docs):
         bounds = padded_bounds(cu, world, layout)
     s_local = (bounds[-1] if bounds else 48) // world
     return ring_blocks(s_local, world, rank, src, layout, causal, window, bounds), s_local
-
-
-def union_mask(blocks, sq, sk, count=False):
-    m = torch.zeros(sq, sk, dtype=torch.int32)
-    for b in blocks:
-        n, s = b.q1 - b.q0, b.k1 - b.k0
-        m[b.q0:b.q1, b.k0:b.k1] += tile_mask(0, n, 0, s, n, s, b.causal, b.window, "cpu").int()
-    return m if count else m > 0
 
 
 @pytest.mark.parametrize("split", (False, True), ids=("one_launch", "split_by_size"))
@@ -75,7 +69,7 @@ def test_varlen_calls_cover_each_pair_of_the_blocks_once(split, monkeypatch):
                 for a, b, c, d in segs:
                     if b > a and d > c:
                         got[a:b, c:d] += tile_mask(0, b - a, 0, d - c, b - a, d - c, False, (left, right), "cpu").int()
-            want = union_mask(blocks, s, s, count=True)
+            want = blocks_mask(blocks, s, s, count=True)
             assert torch.equal(got, want), (world, layout, causal, window, docs, rank, src)
             if causal and window == (-1, -1) and not split:
                 assert len(calls) == 1, (world, layout, docs, rank, src, blocks)
@@ -110,7 +104,7 @@ def _problem(case, device="cpu", dtype=torch.float64, seed=SEED):
 
 def _expected(blocks, q, k, v, dout):
     qs, ks, vs = (x.detach().double().requires_grad_() for x in (q, k, v))
-    out, lse = attention64(qs, ks, vs, mask=union_mask(blocks, q.shape[1], k.shape[1]).to(q.device))
+    out, lse = attention64(qs, ks, vs, mask=blocks_mask(blocks, q.shape[1], k.shape[1]).to(q.device))
     dq, dk, dv = torch.autograd.grad(out, (qs, ks, vs), dout.double())
     return dict(out=out.detach(), lse=lse.detach(), dq=dq, dk=dk, dv=dv)
 
@@ -151,6 +145,54 @@ def test_batched_entry_equals_per_block_loop(case):
         assert _err(loop[name], ref[name]) <= 1e-5, name
         assert _err(batched[name], ref[name]) <= 1e-5, name
         assert _err(batched[name], loop[name]) <= 1e-5, name
+
+
+class _Sm90OnCpu(Sm90Backend):
+    """The sm90 backend's forward_blocks with its two launches (varlen_merge, forward_merge) done by
+    the reference backend, so its routing and per-batch packing run on CPU (the kernels: test_sm90.py)."""
+    varlen_blocks = True
+
+    def __init__(self):
+        super().__init__(None)
+        self.launches = []
+
+    def unsupported(self, q, k, v, causal=False, window=(-1, -1)):
+        return None
+
+    def varlen_merge(self, q, k, v, call, scale, out_acc, lse_acc):
+        self.launches.append("varlen")
+        out, lse = emulated_fwd(q, k, v, call, scale)   # (s_q, h, d), (h, s_q), +inf: no keys
+        merge_into(out_acc[None], lse_acc[None], out[None], torch.where(lse == INF, -INF, lse)[None])
+
+    def forward_merge(self, q, k, v, causal, scale, window, out_acc, lse_acc):
+        self.launches.append("dense")
+        merge_into(out_acc, lse_acc, *reference.forward(q, k, v, causal, scale, window, True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"w{c[0]}r{c[1]}s{c[2]}-{c[3]}-{'causal' if c[4] else 'full'}"
+                         f"-w{c[5][0]}_{c[5][1]}-{c[6]}-gqa{c[7]}")
+def test_sm90_forward_blocks_packs_each_batch_entry(case):
+    blocks, (q, k, v, dout) = _problem(case)
+    ref = _expected(blocks, q, k, v, dout)
+    impl = _Sm90OnCpu()
+    b, s, h, d = q.shape
+    out = torch.zeros(b, s, h, d, dtype=torch.float32)
+    lse = torch.full((b, h, s), -INF)
+    forward_blocks(impl, q, k, v, blocks, d ** -0.5, out, lse)
+    assert impl.launches == ["varlen"] * (b * len(varlen_calls(blocks, 1, s, k.shape[1], "cpu")))
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref["lse"]))
+    assert _err(out, ref["out"]) <= 1e-5 and _err(lse, ref["lse"]) <= 1e-5
+
+
+def test_sm90_forward_blocks_keeps_dense_steps_on_the_dense_kernel():
+    impl = _Sm90OnCpu()
+    q, k, v = (torch.randn(1, 600, 2, 16, dtype=torch.float64) for _ in range(3))
+    out, lse = torch.zeros(1, 600, 2, 16), torch.full((1, 2, 600), -INF)
+    blocks = (Block(0, 300, 0, 300, causal=True), Block(300, 600, 0, 600, causal=True))   # a zigzag step
+    forward_blocks(impl, q, k, v, blocks, 0.25, out, lse)
+    assert impl.launches == ["dense", "dense"]
+    want, _ = attention64(q, k, v, mask=blocks_mask(blocks, 600, 600))
+    assert _err(out, want) <= 1e-5
 
 
 def test_packed_documents_take_one_launch_per_step(monkeypatch):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from reference import attention64
-
+from varlen_cases import VARLEN_CASES, run_case
 
 
 def _backend():
@@ -87,6 +87,14 @@ def test_out_fp32_and_merge():
     BACKEND.forward_merge(q, k[:, 512:], v[:, 512:], True, None, (-1, -1), acc, lacc)
     assert rel(acc, ref_o) <= 3 * rounding_floor(ref_o, torch.bfloat16)
     assert (lacc.double() - ref_lse).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: c["name"].replace(" ", "_"))
+def test_varlen_blocks_match_float64(case, monkeypatch):
+    """Packed documents through the varlen kernel (forward_blocks, merged into fp32 accumulators)."""
+    monkeypatch.setattr(BACKEND, "varlen_blocks", True)
+    res = run_case(BACKEND, case)
+    assert res["pass"], res
 
 
 def test_unsupported_reasons():

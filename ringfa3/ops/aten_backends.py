@@ -6,23 +6,21 @@ aligned top-left, so it serves causal attention only when s_q == s_k, and no sli
 flash: torch's FlashAttention-2, aten._flash_attention_forward/_backward, which takes (b, s, h, d), GQA,
 bottom-right causal masks and sliding windows natively, and a varlen (cu_seqlens) form that computes
 many blocks in one launch (segments.py). Both serve `forward_blocks`/`backward_blocks`: flash always
-through the varlen kernel; cudnn loops over its own kernel for steps of at most LOOP_MAX blocks of at
-least LOOP_MIN rows and keys (a dense ring step is one big block, where cuDNN is the faster kernel) and
-hands the rest (packed documents: one block per document) to FA2's varlen kernel, one launch instead of
-one per block.
+through the varlen kernel; cudnn loops over its own kernel for steps of a few large blocks
+(blocks.few_large: a dense ring step is one big block, where cuDNN is the faster kernel) and hands the
+rest (packed documents: one block per document) to FA2's varlen kernel, one launch instead of one per
+block.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .blocks import loop_backward, loop_forward
+from .blocks import few_large, loop_backward, loop_forward
 from .masks import effective_window, is_masked
 from .segments import VarlenCall, varlen_backward, varlen_forward
 
 aten = torch.ops.aten
-LOOP_MAX = 2  # cudnn: steps with more blocks than this go to FA2's varlen kernel in one launch
-LOOP_MIN = 256  # cudnn: ... and so do blocks shorter than this (cuDNN refuses 1 x 1; FA2 is as fast there)
 
 
 def _bhsd(x: Tensor, groups: int = 1) -> Tensor:
@@ -126,8 +124,7 @@ class AtenBackend:
         return dq, dk.to(k.dtype), dv.to(v.dtype)
 
     def _loops(self, blocks) -> bool:
-        return self.name == "cudnn" and len(blocks) <= LOOP_MAX and \
-            all(min(b.q1 - b.q0, b.k1 - b.k0) >= LOOP_MIN for b in blocks)
+        return self.name == "cudnn" and few_large(blocks)
 
     def forward_blocks(self, q, k, v, blocks, scale: float, out_acc, lse_acc) -> None:
         if self._loops(blocks):

@@ -24,6 +24,8 @@ from torch import Tensor
 from .merge import merge_into
 
 NO_WINDOW = (-1, -1)
+LOOP_MAX = 2  # a step with more blocks than this goes to a varlen kernel in one launch
+LOOP_MIN = 256  # ... and so does one with blocks shorter than this (cuDNN refuses 1 x 1; FA2 is as fast there)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,12 @@ class Block:
     k1: int
     causal: bool = False  # the causal diagonal, aligned bottom-right in the block
     window: tuple[int, int] = NO_WINDOW  # (left, right) window within the block, aligned bottom-right
+
+
+def few_large(blocks) -> bool:
+    """True when a dense kernel serves these blocks best one call each (a dense ring step is one or two
+    big blocks); else one varlen launch for all of them beats a launch per block (packed documents)."""
+    return len(blocks) <= LOOP_MAX and all(min(b.q1 - b.q0, b.k1 - b.k0) >= LOOP_MIN for b in blocks)
 
 
 def loop_forward(impl, q: Tensor, k: Tensor, v: Tensor, blocks, scale: float, out_acc: Tensor,

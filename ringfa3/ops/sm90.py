@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from .blocks import few_large, loop_forward
 from .masks import effective_window
+from .segments import varlen_calls
 
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _LIB_PATH = Path(os.environ.get("RINGFA3_SM90_LIB", Path(__file__).resolve().parents[1] / "lib" / "libringfa3_sm90.so"))
 _DTYPES = {torch.bfloat16: 0, torch.float16: 1}
 _HEAD_DIMS = (64, 128, 256)
@@ -44,6 +46,8 @@ class _FwdArgs(ctypes.Structure):
         ("reserved", ctypes.c_int32),
         ("softmax_scale", ctypes.c_float),
         ("q_scale", ctypes.c_void_p), ("k_scale", ctypes.c_void_p), ("v_scale", ctypes.c_void_p),
+        ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
+        ("max_seqlen_q", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
         ("stream", ctypes.c_void_p),
     ]
 
@@ -121,6 +125,10 @@ class Sm90Backend:
     # causal, windows, GQA/MQA, s_q != s_k, fp32 grads / fp32 out. Head dim 256: backward_unsupported says
     # so and resolve_backward takes the next backend.
     has_backward = True
+    # forward_blocks through the varlen kernel (all of a step's blocks in one launch per batch entry).
+    # Off until that kernel passes the device check (scripts/check_sm90.py, varlen cases): it is built
+    # and its SASS checked, but it has not run on a GPU yet. Off, blocks take one merge call each.
+    varlen_blocks = False
 
     def __init__(self, lib):
         self._lib = lib
@@ -206,6 +214,33 @@ class Sm90Backend:
         a = make_args()
         a.merge, a.out_acc, a.lse_acc = 1, out_acc.data_ptr(), lse_acc.data_ptr()
         a.oacc_stride, a.lacc_stride = _strides3(out_acc), _strides2(lse_acc)
+        self._call(a, q.device)
+
+    def forward_blocks(self, q, k, v, blocks, scale, out_acc, lse_acc):
+        """ops.blocks.forward_blocks: merge the blocks of (q (b, s_q, h, d), k/v (b, s_k, h_kv, d)) into
+        (out_acc, lse_acc) in place, one varlen launch per batch entry and segments.VarlenCall."""
+        if not self.varlen_blocks or few_large(blocks):
+            return loop_forward(self, q, k, v, blocks, scale, out_acc, lse_acc)
+        why = self.unsupported(q, k, v)
+        if why:
+            raise ValueError(why)
+        _check_accumulators(q, out_acc, lse_acc)
+        b, s_q, s_k = q.shape[0], q.shape[1], k.shape[1]
+        for i in range(b):   # one batch entry's lse_acc (h, s_q) is the kernel's packed lse layout
+            for call in varlen_calls(blocks, 1, s_q, s_k, q.device):
+                self.varlen_merge(q[i], k[i], v[i], call, scale, out_acc[i], lse_acc[i])
+
+    def varlen_merge(self, q, k, v, call, softmax_scale, out_acc, lse_acc):
+        """Merge the packed segments of `call` (segments.VarlenCall: cu_q, cu_k int32 on q's device, the
+        window aligned bottom-right in each segment) into the running fp32 (out_acc (s_q, h, d),
+        lse_acc (h, s_q)) in place. q (s_q, h, d), k/v (s_k, h_kv, d): packed rows of one batch entry."""
+        a = self._args(q[None], k[None], v[None], False, softmax_scale, (call.left, call.right))
+        a.b = call.cu_q.numel() - 1
+        a.cu_seqlens_q, a.cu_seqlens_k = call.cu_q.data_ptr(), call.cu_k.data_ptr()
+        a.max_seqlen_q, a.max_seqlen_k = min(call.max_q, q.shape[0]), min(call.max_k, k.shape[0])
+        a.merge, a.out_acc, a.lse_acc = 1, out_acc.data_ptr(), lse_acc.data_ptr()
+        a.oacc_stride = _strides3(out_acc[None])
+        a.lacc_stride = (ctypes.c_int64 * 2)(0, lse_acc.stride(0))
         self._call(a, q.device)
 
     def backward_unsupported(self, q, k, v, causal=False, window=(-1, -1)):
