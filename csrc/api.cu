@@ -15,6 +15,10 @@ int fail(int code, const char* msg) { return ringfa3::record_error(g_error, code
 
 extern "C" int ringfa3_sm90_abi_version(void) { return 3; }
 extern "C" const char* ringfa3_sm90_last_error(void) { return g_error; }
+extern "C" int ringfa3_sm90_fwd_block_m(int d) {
+  return d == 64 ? ringfa3::TileConfig<64>::kM : d == 128 ? ringfa3::TileConfig<128>::kM
+       : d == 256 ? ringfa3::TileConfig<256>::kM : 0;
+}
 
 extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
@@ -36,13 +40,14 @@ extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
     return fail(4, "merge needs out_acc and lse_acc; otherwise out is required");
   if (a.s_k <= 0) return fail(2, "s_k must be > 0 (TMA descriptors need non-empty extents)");
   if (a.reserved != 0) return fail(2, "reserved must be 0");
-  if ((a.cu_seqlens_q == nullptr) != (a.cu_seqlens_k == nullptr))
-    return fail(4, "varlen needs both cu_seqlens_q and cu_seqlens_k (or neither)");
-  if (a.cu_seqlens_q != nullptr) {
+  bool varlen = a.cu_seqlens_q != nullptr;
+  if (varlen != (a.cu_seqlens_k != nullptr) || (varlen && a.n_varlen_tiles > 0 && a.varlen_tiles == nullptr))
+    return fail(4, "varlen needs cu_seqlens_q, cu_seqlens_k and varlen_tiles (or none of them)");
+  if (varlen) {
     if (a.dtype == 2) return fail(5, "varlen is bf16 / fp16 only");
-    if (a.max_seqlen_q < 0 || a.max_seqlen_k < 0 || a.max_seqlen_q > a.s_q || a.max_seqlen_k > a.s_k)
-      return fail(2, "varlen needs 0 <= max_seqlen_q <= s_q and 0 <= max_seqlen_k <= s_k (packed totals)");
-    if (a.max_seqlen_q == 0) return 0;
+    if (a.n_varlen_tiles < 0 || a.max_seqlen_k < 0 || a.max_seqlen_k > a.s_k)
+      return fail(2, "varlen needs n_varlen_tiles >= 0 and 0 <= max_seqlen_k <= s_k (the packed total)");
+    if (a.n_varlen_tiles == 0) return 0;
   }
   if (a.b == 0 || a.s_q == 0) return 0;
   cudaError_t err = ringfa3::dispatch_fwd(a);

@@ -78,10 +78,9 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     int t = ring.receive();
     if (!sched.valid(t)) break;
     auto tile = sched.decode(t);
-    Extent e = extent_of(p, tile.batch);
+    Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
     int nb = mask.n_begin(), ne = mask.n_end();
-    if (Tr::kVarlen && mask.row_lo >= e.s_q) ne = nb;   // past the segment's last row: nothing to store
     Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kM>, Int<kD>>{});   // (MMA, 1, 1) fp32
     clear(tOrO);
     OnlineSoftmax softmax(p.scale_log2);

@@ -35,14 +35,18 @@ typedef struct RingFa3FwdArgs {
   const float* q_scale;    // e4m3 only: (b, ceil(s_q / 128), h) contiguous, dequantization scales
   const float* k_scale;    // e4m3 only: (b, ceil(s_k / 128), h_kv) contiguous
   const float* v_scale;    // e4m3 only: (b, h_kv) contiguous
-  // Packed variable length, 16-bit dtypes (both NULL = dense). Segment i of the b segments is query
+  // Packed variable length, 16-bit dtypes (all NULL = dense). Segment i of the b segments is query
   // rows [cu_seqlens_q[i], cu_seqlens_q[i+1]) against key rows [cu_seqlens_k[i], cu_seqlens_k[i+1]),
   // the window aligned bottom-right in each. q, out, out_acc are then (s_q, h, d) and k, v (s_k, h_kv, d)
   // with s_q, s_k the packed totals; lse and lse_acc are (h, s_q); every batch stride is ignored.
+  // The tiles to compute, for every head, are listed: (segment, query block of
+  // ringfa3_sm90_fwd_block_m(d) rows) pairs, run from the last entry down (put the longest last);
+  // rows of no listed tile are not written (in merge mode tiles that see no key can be left out).
   const int32_t* cu_seqlens_q;   // (b + 1,) int32, from 0 up to s_q, non-decreasing
   const int32_t* cu_seqlens_k;   // (b + 1,) int32, from 0 up to s_k, non-decreasing
-  int32_t max_seqlen_q;          // the longest segment (sizes the grid)
-  int32_t max_seqlen_k;
+  const int32_t* varlen_tiles;   // (n_varlen_tiles, 2) int32
+  int32_t n_varlen_tiles;
+  int32_t max_seqlen_k;          // the longest segment's keys (sizes the L2 tiling of heads)
   void* stream;            // cudaStream_t
 } RingFa3FwdArgs;
 
@@ -50,6 +54,8 @@ typedef struct RingFa3FwdArgs {
 // ringfa3_sm90_last_error().
 int ringfa3_sm90_fwd(const RingFa3FwdArgs* args);
 const char* ringfa3_sm90_last_error(void);
+// Query rows per tile of the 16-bit forward at head dim d (the unit of varlen_tiles); 0 if unsupported.
+int ringfa3_sm90_fwd_block_m(int d);
 // Bumped when RingFa3FwdArgs changes; Python refuses a library whose version differs.
 int ringfa3_sm90_abi_version(void);
 

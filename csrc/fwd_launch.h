@@ -18,11 +18,11 @@ namespace {
 
 // Query heads per scheduling chunk: enough that the chunk's K/V (shared by `group` query heads
 // each) take about kL2Budget bytes, a part of H100's 50 MB L2 that leaves room for Q/O traffic.
-inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, int s_k, size_t elem) {
+inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, int s_k, int n_b, size_t elem) {
   constexpr double kL2Budget = 16.0 * 1024 * 1024;
   double kv_bytes_per_q_head = 2.0 * s_k * a.d * elem / (a.h / a.h_kv);
   double g = kL2Budget / kv_bytes_per_q_head;
-  int all = a.h * a.b;
+  int all = a.h * n_b;
   return g < 1.0 ? 1 : (g > all ? all : int(g));
 }
 
@@ -71,8 +71,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       return make_tensor(make_gmem_ptr(static_cast<T const*>(a.v)), shape,
                          make_stride(_1{}, a.v_stride[1], a.v_stride[2], v_bs));
   }();
-  int rows_q = Tr::kVarlen ? a.max_seqlen_q : a.s_q;   // query rows of the longest batch entry
-  int keys = Tr::kVarlen ? a.max_seqlen_k : a.s_k;
+  int keys = Tr::kVarlen ? a.max_seqlen_k : a.s_k;   // of the longest batch entry
   FwdParams<Tr> p{
       make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Tr::SmemLayoutQ{},
                     Shape<Int<Tr::kBlockM>, Int<Tr::kHeadDim>>{}, _1{}),
@@ -81,16 +80,16 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Tr::SmemLayoutV{}),
                     Shape<Int<Tr::kHeadDim>, Int<Tr::kBlockN>>{}, _1{}),
       a,
-      /*n_m_blocks=*/(rows_q + Tr::kBlockM - 1) / Tr::kBlockM,
+      /*n_m_blocks=*/Tr::kVarlen ? a.n_varlen_tiles : (a.s_q + Tr::kBlockM - 1) / Tr::kBlockM,
       /*n_tiles=*/0,
       /*group=*/a.h / a.h_kv,
-      /*heads_per_chunk=*/heads_per_l2_chunk(a, keys, sizeof(T)),
+      /*heads_per_chunk=*/heads_per_l2_chunk(a, keys, n_b, sizeof(T)),
       /*diag_offset=*/a.s_k - a.s_q,
       /*win_left=*/a.window_left < 0 ? kUnbounded : a.window_left,
       /*win_right=*/a.window_right < 0 ? kUnbounded : a.window_right,
       /*scale_log2=*/a.softmax_scale * float(M_LOG2E),
       /*tile_counter=*/nullptr};
-  p.n_tiles = p.n_m_blocks * a.h * a.b;
+  p.n_tiles = p.n_m_blocks * a.h * n_b;
   if (p.n_tiles == 0) return cudaSuccess;
   p.tile_counter = tile_counter_slot();
   if (p.tile_counter == nullptr) return cudaErrorMemoryAllocation;

@@ -2,6 +2,7 @@
 // host (window bounds made finite, scale in log2 units) so the kernel does no per-tile setup math.
 #pragma once
 #include "fwd_args.h"
+#include "tile_scheduler.h"
 
 namespace ringfa3 {
 
@@ -21,8 +22,8 @@ struct FwdParams {
   typename Tr::TmaK tma_k;
   typename Tr::TmaV tma_v;
   RingFa3FwdArgs a;
-  int n_m_blocks;      // ceil(s_q / kBlockM), varlen ceil(max_seqlen_q / kBlockM)
-  int n_tiles;         // n_m_blocks * h * b (b segments when varlen)
+  int n_m_blocks;      // ceil(s_q / kBlockM); varlen: n_varlen_tiles
+  int n_tiles;         // n_m_blocks * h * b (varlen: n_m_blocks * h)
   int group;           // h / h_kv (query heads per kv head)
   int heads_per_chunk; // tile order: query heads whose K/V fit L2 together (see tile_scheduler.h)
   int diag_offset;     // s_k - s_q: key j is on row i's causal diagonal when j == i + diag_offset (dense)
@@ -31,15 +32,20 @@ struct FwdParams {
   int* tile_counter;   // dynamic scheduler: 2 ints, zero at launch, reset by the kernel at exit
 };
 
-// What one tile's batch index covers: the whole batch entry (dense), or one packed segment (varlen):
+// What one tile's batch entry covers: the whole batch entry (dense), or one packed segment (varlen):
 // its first query and key row in the packed tensors, its lengths, and its causal diagonal offset.
 struct Extent { int q0, s_q, k0, s_k, off; };
 
+// The scheduled tile as the kernel computes it. Varlen schedules entries of the tile list
+// (tile.m_block indexes it, batch is 0) and becomes the listed (segment, query block).
 template <class Tr>
-__device__ __forceinline__ Extent extent_of(FwdParams<Tr> const& p, int batch) {
+__device__ __forceinline__ Extent locate(FwdParams<Tr> const& p, TileScheduler::Tile& tile) {
   if constexpr (Tr::kVarlen) {
-    int q0 = p.a.cu_seqlens_q[batch], k0 = p.a.cu_seqlens_k[batch];
-    int s_q = p.a.cu_seqlens_q[batch + 1] - q0, s_k = p.a.cu_seqlens_k[batch + 1] - k0;
+    int seg = p.a.varlen_tiles[2 * tile.m_block];
+    tile.m_block = p.a.varlen_tiles[2 * tile.m_block + 1];
+    tile.batch = seg;
+    int q0 = p.a.cu_seqlens_q[seg], k0 = p.a.cu_seqlens_k[seg];
+    int s_q = p.a.cu_seqlens_q[seg + 1] - q0, s_k = p.a.cu_seqlens_k[seg + 1] - k0;
     return Extent{q0, s_q, k0, s_k, s_k - s_q};
   } else {
     return Extent{0, p.a.s_q, 0, p.a.s_k, p.diag_offset};

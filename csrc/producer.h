@@ -11,7 +11,7 @@ namespace ringfa3 {
 
 // One tile's slice of a global TMA view whose mode kSeq runs over rows: its batch entry (dense), or
 // the packed rows from its segment's first one on (varlen; rows past the segment are masked keys or
-// unstored query rows).
+// query rows that are not stored).
 template <class Tr, int kSeq, class View>
 __device__ __forceinline__ auto seq_slice(View const& m, int head, int batch, int first_row) {
   using namespace cute;
@@ -46,10 +46,9 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     if (!sched.valid(t)) break;
     int t_next = sched.draw_next();   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
-    Extent e = extent_of(p, tile.batch);
+    Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
     int nb = mask.n_begin(), ne = mask.n_end();
-    if (Tr::kVarlen && mask.row_lo >= e.s_q) ne = nb;   // past the segment's last row
     t = t_next;
     if (ne <= nb) continue;   // consumers write the empty result without any load
     int hk = tile.head / p.group;
@@ -90,7 +89,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     // can only be issued once this tile's last Q K^T is done).
     if (sched.valid(t)) {
       auto nt = sched.decode(t);
-      int nq0 = Tr::kVarlen ? extent_of(p, nt.batch).q0 : 0;
+      int nq0 = locate(p, nt).q0;
       Tensor gQn = local_tile(seq_slice<Tr, 0>(mQ, nt.head, nt.batch, nq0), Shape<Int<kM>, Int<kD>>{},
                               make_coord(nt.m_block, _0{}));
       auto tQn = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQn));

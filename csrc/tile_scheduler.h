@@ -9,6 +9,8 @@
 // (Run 1's order, query block outermost across all heads, made every concurrent CTA stream a
 // different head's K/V from HBM; run 2's static round-robin over the chunked order left causal
 // CTAs badly unbalanced, since grid ~ query blocks per chunk.)
+// Varlen: the query-block axis is the host's list of (segment, query block) tiles, taken from its
+// last entry down (params.h, locate), so the host puts the longest last.
 #pragma once
 #include "pipeline.h"
 

@@ -22,7 +22,7 @@ from ringfa3.ops.merge import merge_into
 from ringfa3.ops.masks import tile_mask
 from ringfa3.ops import segments
 from ringfa3.ops.segments import group_blocks, varlen_calls
-from ringfa3.ops.sm90 import Sm90Backend
+from ringfa3.ops.sm90 import Sm90Backend, varlen_tiles
 from ringfa3.parallel.plan import ring_blocks
 from ringfa3.parallel.varlen import padded_bounds
 
@@ -182,6 +182,25 @@ def test_sm90_forward_blocks_packs_each_batch_entry(case):
     assert impl.launches == ["varlen"] * (b * len(varlen_calls(blocks, 1, s, k.shape[1], "cpu")))
     assert torch.equal(torch.isinf(lse), torch.isinf(ref["lse"]))
     assert _err(out, ref["out"]) <= 1e-5 and _err(lse, ref["lse"]) <= 1e-5
+
+
+@pytest.mark.parametrize("block_m", (128, 192))
+def test_sm90_varlen_tile_list_covers_the_rows_that_see_keys(block_m):
+    """Over the varlen calls of every case: the listed tiles are exactly the query blocks of a segment
+    in which some row sees a key, each once."""
+    for case in CASES:
+        blocks, (q, *_) = _problem(case)
+        s = q.shape[1]
+        for call in varlen_calls(blocks, 1, s, s, "cpu"):
+            tiles = varlen_tiles(call.bounds_q, call.bounds_k, call.left, call.right, block_m)
+            assert len(set(tiles)) == len(tiles)
+            segs, window = call_segments(call)
+            want = set()
+            for i, (a, b, c, d) in enumerate(segs):
+                if b > a and d > c:
+                    sees = tile_mask(0, b - a, 0, d - c, b - a, d - c, False, window, "cpu").any(1)   # (rows,)
+                    want |= {(i, m) for m in range(-(-(b - a) // block_m)) if sees[m * block_m:(m + 1) * block_m].any()}
+            assert set(tiles) == want, case
 
 
 def test_sm90_forward_blocks_keeps_dense_steps_on_the_dense_kernel():

@@ -39,13 +39,16 @@ SPLIT_BY_SIZE = False  # split_by_size: measured slower on H100 (bench/NOTES-rin
 
 @dataclass(frozen=True)
 class VarlenCall:
-    """One kernel call over a (b * s_q, h, d) / (b * s_k, h_kv, d) packing: cu_q, cu_k int32 (n + 1,)."""
+    """One kernel call over a (b * s_q, h, d) / (b * s_k, h_kv, d) packing: cu_q, cu_k int32 (n + 1,),
+    on the device and (bounds_q, bounds_k) as host tuples."""
     cu_q: Tensor
     cu_k: Tensor
     max_q: int
     max_k: int
     left: int
     right: int
+    bounds_q: tuple = ()
+    bounds_k: tuple = ()
 
     @property
     def causal(self) -> bool:
@@ -207,7 +210,7 @@ def varlen_calls(blocks, batch: int, s_q: int, s_k: int, device) -> tuple[Varlen
         cu_q, cu_k, max_q, max_k = _cu(segs, s_q, s_k, batch)
         calls.append(VarlenCall(torch.tensor(cu_q, dtype=torch.int32, device=device),
                                 torch.tensor(cu_k, dtype=torch.int32, device=device),
-                                max(max_q, 2), max(max_k, 1), left, right))
+                                max(max_q, 2), max(max_k, 1), left, right, tuple(cu_q), tuple(cu_k)))
         # max_q >= 2: FA2 takes max_q == 1 for single-token decoding (drops causal, regroups heads)
     calls = tuple(calls)
     if isinstance(blocks, tuple):

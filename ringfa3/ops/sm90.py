@@ -14,6 +14,7 @@ reductions (1.6-1.7x faster at 16k, bench/NOTES-bwd.md run 2), not repeatable bi
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 from pathlib import Path
@@ -46,8 +47,8 @@ class _FwdArgs(ctypes.Structure):
         ("reserved", ctypes.c_int32),
         ("softmax_scale", ctypes.c_float),
         ("q_scale", ctypes.c_void_p), ("k_scale", ctypes.c_void_p), ("v_scale", ctypes.c_void_p),
-        ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
-        ("max_seqlen_q", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
+        ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p), ("varlen_tiles", ctypes.c_void_p),
+        ("n_varlen_tiles", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
         ("stream", ctypes.c_void_p),
     ]
 
@@ -83,6 +84,8 @@ def _load(path=_LIB_PATH):
     lib.ringfa3_sm90_fwd.restype = ctypes.c_int
     lib.ringfa3_sm90_last_error.restype = ctypes.c_char_p
     lib.ringfa3_sm90_abi_version.restype = ctypes.c_int
+    lib.ringfa3_sm90_fwd_block_m.argtypes = [ctypes.c_int]
+    lib.ringfa3_sm90_fwd_block_m.restype = ctypes.c_int
     if lib.ringfa3_sm90_abi_version() != _ABI_VERSION:
         return None   # stale build: rebuild with scripts/build_csrc.py
     lib.has_bwd = hasattr(lib, "ringfa3_sm90_bwd")   # a library built before the backward has none
@@ -114,6 +117,32 @@ def _check_accumulators(q, out_acc, lse_acc):
     if out_acc.stride(-1) != 1 or lse_acc.stride(-1) != 1 or out_acc.data_ptr() % 8:
         raise ValueError("out_acc and lse_acc need a contiguous last dim")
 
+
+
+def varlen_tiles(bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_m: int) -> list:
+    """The varlen kernel's tile list for one call: (segment, query block) of every tile that sees a key
+    (the call merges, so the others are left out), least work first: the kernel runs the list from its
+    end, longest tiles first. A tile's work is its rows times the span of keys they see."""
+    far = 1 << 30
+    left, right = (far if left < 0 else left), (far if right < 0 else right)
+    tiles = []
+    for seg in range(len(bounds_q) - 1):
+        n_q, n_k = bounds_q[seg + 1] - bounds_q[seg], bounds_k[seg + 1] - bounds_k[seg]
+        off = n_k - n_q   # bottom-right: row i's diagonal is key i + off
+        for m in range(-(-n_q // block_m)):
+            r0, r1 = m * block_m, min((m + 1) * block_m, n_q)
+            lo, hi = max(0, r0 + off - left), min(n_k, r1 + off + right)
+            if hi > lo:
+                tiles.append(((r1 - r0) * (hi - lo), seg, m))
+    tiles.sort()
+    return [(seg, m) for _, seg, m in tiles]
+
+
+@functools.lru_cache(maxsize=256)
+def _tiles_on(device, bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_m: int):
+    """varlen_tiles as an (n, 2) int32 tensor on `device`, made once per call shape."""
+    tiles = varlen_tiles(bounds_q, bounds_k, left, right, block_m)
+    return torch.tensor(tiles, dtype=torch.int32, device=device).reshape(len(tiles), 2)
 
 
 class Sm90Backend:
@@ -234,10 +263,15 @@ class Sm90Backend:
         """Merge the packed segments of `call` (segments.VarlenCall: cu_q, cu_k int32 on q's device, the
         window aligned bottom-right in each segment) into the running fp32 (out_acc (s_q, h, d),
         lse_acc (h, s_q)) in place. q (s_q, h, d), k/v (s_k, h_kv, d): packed rows of one batch entry."""
+        tiles = _tiles_on(q.device, call.bounds_q, call.bounds_k, call.left, call.right,
+                          self._lib.ringfa3_sm90_fwd_block_m(q.shape[-1]))   # (n, 2)
+        if tiles.shape[0] == 0:
+            return   # no row sees a key: nothing to merge
         a = self._args(q[None], k[None], v[None], False, softmax_scale, (call.left, call.right))
         a.b = call.cu_q.numel() - 1
         a.cu_seqlens_q, a.cu_seqlens_k = call.cu_q.data_ptr(), call.cu_k.data_ptr()
-        a.max_seqlen_q, a.max_seqlen_k = min(call.max_q, q.shape[0]), min(call.max_k, k.shape[0])
+        a.varlen_tiles, a.n_varlen_tiles = tiles.data_ptr(), tiles.shape[0]
+        a.max_seqlen_k = min(call.max_k, k.shape[0])
         a.merge, a.out_acc, a.lse_acc = 1, out_acc.data_ptr(), lse_acc.data_ptr()
         a.oacc_stride = _strides3(out_acc[None])
         a.lacc_stride = (ctypes.c_int64 * 2)(0, lse_acc.stride(0))
