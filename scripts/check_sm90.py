@@ -284,39 +284,55 @@ def part_bench(out_dir, seqs, hds, extra_hds, extra_seqs, alt_libs=()):
 
 # ----------------------------------------------------------------------------------------- varlen
 def part_varlen(out_dir):
-    """Packed causal documents in one 16k-token local problem (hd128, 16 heads), merged into fp32
-    accumulators through forward_blocks: sm90's varlen kernel, sm90 with one merge call per document,
-    and FA2's varlen kernel (the flash backend) with its merge, on the same inputs."""
+    """Block lists of one local problem (16k tokens, hd128, 16 heads) merged into fp32 accumulators
+    through forward_blocks, on the same inputs: sm90's varlen kernel (one launch per step, also where
+    blocks.few_large would keep sm90 on one dense call per block), sm90 one call per block, FA2's
+    varlen kernel (flash), and cudnn (its own kernel per block for a few large ones, else FA2's varlen).
+    Problems: packed causal documents of three mean lengths, and zigzag causal steps of an 8-rank
+    virtual ring over 128k tokens (the diagonal step: 2 blocks; an off-diagonal one: 1 block)."""
     import random
     import torch
     from triton.testing import do_bench
     from ringfa3.ops import BACKENDS
+    from ringfa3.ops import sm90 as sm90_mod
     from ringfa3.ops.blocks import Block, forward_blocks
+    from ringfa3.ops.masks import tile_mask
+    from ringfa3.parallel.plan import ring_blocks
     be = load_backend()
+    few_large_default = sm90_mod.few_large
     s, h, d = 16384, 16, 128
     q, k, v = (torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     acc = torch.zeros(1, s, h, d, device="cuda")                # (1, s, h, d)
     lacc = torch.full((1, h, s), -math.inf, device="cuda")      # (1, h, s)
-    rows = []
+    problems = []
     for mean in (256, 1024, 4096):   # document lengths uniform in [mean / 4, 7 mean / 4]
         rng, bounds = random.Random(mean), [0]
         while bounds[-1] < s:
             bounds.append(min(s, bounds[-1] + rng.randint(mean // 4, 7 * mean // 4)))
-        blocks = tuple(Block(a, b, a, b, causal=True) for a, b in zip(bounds[:-1], bounds[1:]))
-        flops = sum(2 * h * d * (b.q1 - b.q0) * (b.q1 - b.q0 + 1) for b in blocks)   # 4 h d n(n+1)/2
-        row = dict(mean_doc=mean, docs=len(blocks))
-        for name, impl, varlen in (("sm90_varlen", be, True), ("sm90_per_doc", be, False),
-                                   ("fa2_varlen", BACKENDS.get("flash"), None)):
+        problems.append((f"docs mean {mean}", tuple(Block(a, b, a, b, causal=True)
+                                                    for a, b in zip(bounds[:-1], bounds[1:]))))
+    for rank, src in ((3, 3), (3, 1)):
+        problems.append((f"ring8 zigzag r{rank} s{src}", ring_blocks(s, 8, rank, src, "zigzag", True)))
+    rows = []
+    for name, blocks in problems:
+        pairs = sum(int(tile_mask(0, b.q1 - b.q0, 0, b.k1 - b.k0, b.q1 - b.q0, b.k1 - b.k0, b.causal, b.window,
+                                  "cuda").sum()) for b in blocks)
+        row = dict(problem=name, blocks=len(blocks))
+        variants = (("sm90_varlen", be, True), ("sm90_per_block", be, False), ("fa2_varlen", BACKENDS.get("flash"), None),
+                    ("cudnn", BACKENDS.get("cudnn"), None))
+        for variant, impl, varlen in variants:
             if impl is None:
                 continue
             if varlen is not None:
                 be.varlen_blocks = varlen
+            sm90_mod.few_large = (lambda blocks: False) if varlen else few_large_default   # noqa: B023
             try:
                 ms = do_bench(lambda: forward_blocks(impl, q, k, v, blocks, d ** -0.5, acc, lacc),  # noqa: B023
                               warmup=10, rep=100, return_mode="median")
-                row[name] = round(flops / ms / 1e9, 1)
+                row[variant] = round(4 * h * d * pairs / ms / 1e9, 1)
             except Exception as e:   # noqa: BLE001 - keep timing the rest
-                row[name + "_error"] = repr(e)[:160]
+                row[variant + "_error"] = repr(e)[:160]
+        sm90_mod.few_large = few_large_default
         rows.append(row)
         print(json.dumps(row), flush=True)
     (Path(out_dir) / "sm90_varlen_bench.json").write_text(json.dumps(rows, indent=1))
