@@ -154,7 +154,7 @@ def alt_backends(alt_libs):
 # The subset an --alt-lib build is checked on: every head dim, tails, masks, merge, many tiles.
 ALT_CASES = {"hd128 odd full", "hd128 odd causal", "window (128,64)", "causal+window 200", "hd64 odd full",
              "hd64 odd causal", "hd64 gqa window", "hd256 odd full", "hd256 causal", "merge gqa odd",
-             "hd128 full many", "hd64 many tiles"}
+             "hd128 full many", "hd64 many tiles", "hd128 full", "merge full", "hd64 full many"}
 
 
 def part_check(out_dir, alt_libs=()):
