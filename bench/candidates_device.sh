@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Single-GPU device calls for the candidates of bench/candidates_build.sh, one section or more per
 # call (each call is at most 10 minutes): `bash bench/candidates_device.sh fwd fp8`, then `... bwd`.
-# Carry: ringfa3/lib, .build/dev, and .whl holding the fa3-fwd wheel (FA3's e4m3 and bf16 forward).
+# Carry: ringfa3/lib, .build/dev, and for fwd / fp8 .whl holding the fa3-fwd wheel (FA3's e4m3 and bf16
+# forward), for bwd .whl_bwd holding flash-attn3-jax and a copy of ../shared/tools/fa3_anchor.py (the
+# two wheels together pass the 64 MiB carry limit).
 # Writes under $OUT:
 #   fwd/  the forward's check (dense, packed documents) and bench, with the cluster build beside it,
 #         and the varlen bench;

@@ -196,8 +196,10 @@ def part_fa3(out_dir, limit):
     """FA3 fwd+bwd (flash-attn3-jax) in its own process; rows are streamed to a file, so the ones done
     before the time limit survive it."""
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    # ../shared/tools/fa3_anchor.py here; on the device a copy carried in .whl/ (../shared does not travel)
-    anchor = FA3_ANCHOR if FA3_ANCHOR.exists() else ROOT / ".whl" / "fa3_anchor.py"
+    # ../shared/tools/fa3_anchor.py here; on the device a copy carried in .whl_bwd/ or .whl/ (../shared
+    # does not travel)
+    anchor = next((a for a in (FA3_ANCHOR, ROOT / ".whl_bwd" / "fa3_anchor.py") if a.exists()),
+                  ROOT / ".whl" / "fa3_anchor.py")
     log = out_dir / "sm90_bwd_fa3.log"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-u", str(anchor), "jax"], stdout=f, stderr=subprocess.STDOUT, env=env)

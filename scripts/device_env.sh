@@ -1,7 +1,9 @@
-# Source on the GPU machine from the repo root: installs the carried wheels (.whl: anchors, einops)
+# Source on the GPU machine from the repo root: installs the carried wheels (.whl: the forward anchors,
+# Hydra; .whl_bwd: the backward anchor, carried in a call of its own since both exceed the carry limit)
 # into /tmp/site and this package (editable, no deps), so scripts and tests import ringfa3.
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+wheels=$(ls .whl/*.whl .whl_bwd/*.whl 2>/dev/null)
+if [ -n "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || return 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . || return 1
