@@ -254,9 +254,9 @@ class Sm90Backend:
         if why:
             raise ValueError(why)
         _check_accumulators(q, out_acc, lse_acc)
-        b, s_q, s_k = q.shape[0], q.shape[1], k.shape[1]
-        for i in range(b):   # one batch entry's lse_acc (h, s_q) is the kernel's packed lse layout
-            for call in varlen_calls(blocks, 1, s_q, s_k, q.device):
+        calls = varlen_calls(blocks, 1, q.shape[1], k.shape[1], q.device)   # the same for every batch entry
+        for i in range(q.shape[0]):   # one batch entry's lse_acc (h, s_q) is the kernel's packed lse layout
+            for call in calls:
                 self.varlen_merge(q[i], k[i], v[i], call, scale, out_acc[i], lse_acc[i])
 
     def varlen_merge(self, q, k, v, call, softmax_scale, out_acc, lse_acc):
