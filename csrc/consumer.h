@@ -110,7 +110,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       softmax.template step<decltype(first)::value, Tr::kFp8>(tSrS, rescale, c);
       // Freed only now, and through the softmax result: this pins the P V wait that follows behind
       // the softmax (see warp_release_after).
-      warp_release_after<Tr::kCluster>(&ss.k_empty[kv.index], softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
+      warp_release_after(&ss.k_empty[kv.index], softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
     };
     auto convert_p = [&]() {
       if constexpr (Tr::kFp8) {
@@ -161,7 +161,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         warpgroup_wait<1>();   // S(n) is done; P V may still run
         softmax_part(cute::false_type{}, n, rescale);
         warpgroup_wait<0>();
-        warp_release<Tr::kCluster>(&ss.v_empty[prev.index]);
+        warp_release(&ss.v_empty[prev.index]);
         convert_p();
         prev = kv;
         kv.advance();
@@ -172,7 +172,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
       pingpong_signal<Tr>(wg);
       warpgroup_wait<0>();
-      warp_release<Tr::kCluster>(&ss.v_empty[prev.index]);
+      warp_release(&ss.v_empty[prev.index]);
       ++q_round;
     }
     float inv[2], lse[2];

@@ -19,8 +19,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
     for (int i = 0; i < Tr::kStages; ++i) {
       FullBarrier::init(&ss.k_full[i], 1);
       FullBarrier::init(&ss.v_full[i], 1);
-      EmptyBarrier::init(&ss.k_empty[i], Tr::kConsumerWarps * Tr::kCluster);   // every CTA's consumers
-      EmptyBarrier::init(&ss.v_empty[i], Tr::kConsumerWarps * Tr::kCluster);
+      EmptyBarrier::init(&ss.k_empty[i], Tr::kConsumerWarps);
+      EmptyBarrier::init(&ss.v_empty[i], Tr::kConsumerWarps);
     }
     for (int i = 0; i < 2; ++i) {
       EmptyBarrier::init(&ss.tile_full[i], 1);
@@ -28,12 +28,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
     }
     cutlass::arch::fence_barrier_init();
   }
-  if constexpr (Tr::kCluster == 1) {
-    __syncthreads();
-  } else {   // the peer's barriers are initialized before any multicast or remote arrive reaches them
-    cute::cluster_arrive_relaxed();
-    cute::cluster_wait();
-  }
+  __syncthreads();
 
   if (threadIdx.x / 128 == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();

@@ -75,13 +75,12 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   FwdParams<Tr> p{
       make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Tr::SmemLayoutQ{},
                     Shape<Int<Tr::kBlockM>, Int<Tr::kHeadDim>>{}, _1{}),
-      make_tma_copy(typename Tr::TmaKVOp{}, gK, take<0, 2>(typename Tr::SmemLayoutK{}),
-                    Shape<Int<Tr::kBlockN>, Int<Tr::kHeadDim>>{}, Int<Tr::kCluster>{}),
-      make_tma_copy(typename Tr::TmaKVOp{}, gV, take<0, 2>(typename Tr::SmemLayoutV{}),
-                    Shape<Int<Tr::kHeadDim>, Int<Tr::kBlockN>>{}, Int<Tr::kCluster>{}),
+      make_tma_copy(SM90_TMA_LOAD{}, gK, take<0, 2>(typename Tr::SmemLayoutK{}),
+                    Shape<Int<Tr::kBlockN>, Int<Tr::kHeadDim>>{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Tr::SmemLayoutV{}),
+                    Shape<Int<Tr::kHeadDim>, Int<Tr::kBlockN>>{}, _1{}),
       a,
-      // clusters: the scheduler hands out pairs of query blocks (params.h, locate)
-      /*n_m_blocks=*/Tr::kVarlen ? a.n_varlen_tiles : (a.s_q + Tr::kBlockM - 1) / Tr::kBlockM / Tr::kCluster,
+      /*n_m_blocks=*/Tr::kVarlen ? a.n_varlen_tiles : (a.s_q + Tr::kBlockM - 1) / Tr::kBlockM,
       /*n_tiles=*/0,
       /*group=*/a.h / a.h_kv,
       /*heads_per_chunk=*/heads_per_l2_chunk(a, keys, n_b, sizeof(T)),
@@ -103,30 +102,9 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   if (err != cudaSuccess) return err;
   int sms = a.num_sms;
   if (sms <= 0) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if constexpr (Tr::kCluster == 1) {
-    int grid = p.n_tiles < sms ? p.n_tiles : sms;
-    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
-    return cudaGetLastError();
-  } else {
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = Tr::kCluster;
-    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.blockDim = dim3(Tr::kThreads);
-    cfg.dynamicSmemBytes = Tr::kSmemBytes;
-    cfg.stream = static_cast<cudaStream_t>(a.stream);
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    cfg.gridDim = dim3(sms / Tr::kCluster * Tr::kCluster);
-    int clusters = 0;   // co-resident clusters: the static tile order assumes one wave of them
-    err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
-    if (err != cudaSuccess) return err;
-    if (clusters < 1) return cudaErrorInvalidConfiguration;
-    if (clusters > p.n_tiles) clusters = p.n_tiles;
-    cfg.gridDim = dim3(clusters * Tr::kCluster);
-    return cudaLaunchKernelEx(&cfg, kernel, p);
-  }
+  int grid = p.n_tiles < sms ? p.n_tiles : sms;
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
+  return cudaGetLastError();
 }
 
 // One (dtype, head_dim) entry: the tile shape from TileConfig, the longer key block when no mask
@@ -140,13 +118,8 @@ cudaError_t run_fwd(RingFa3FwdArgs const& a) {
     if constexpr (sizeof(T) == 2) return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, true>>(a);
     return cudaErrorNotSupported;
   }
-  bool unmasked = a.window_left < 0 && a.window_right < 0;
-  if constexpr (RINGFA3_FWD_CLUSTER > 1 && sizeof(T) == 2) {
-    if (unmasked && (a.s_q + Cfg::kM - 1) / Cfg::kM % RINGFA3_FWD_CLUSTER == 0)   // kNFull spills here
-      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, false, RINGFA3_FWD_CLUSTER>>(a);
-  }
   if constexpr (Cfg::kNFull != Cfg::kN) {
-    if (unmasked && a.s_k >= Cfg::kNFullMinKeys)
+    if (a.window_left < 0 && a.window_right < 0 && a.s_k >= Cfg::kNFullMinKeys)
       return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages>>(a);
   }
   return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);

@@ -43,12 +43,6 @@ template <int kHeadDim> struct Fp8TileConfig {
   static constexpr int kStages = kHeadDim == 128 ? RINGFA3_FP8_HD128_STAGES : 2;
 };
 
-// CTAs per cluster for unmasked 16-bit attention whose query blocks pair up (K/V multicast,
-// kernel_traits.h); 1 = no clusters. An A/B setting until measured.
-#ifndef RINGFA3_FWD_CLUSTER
-#define RINGFA3_FWD_CLUSTER 1
-#endif
-
 // One entry per generated file (a library built with --only links stubs for the rest).
 cudaError_t run_fwd_bf16_hd64(RingFa3FwdArgs const& a);
 cudaError_t run_fwd_bf16_hd128(RingFa3FwdArgs const& a);

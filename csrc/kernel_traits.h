@@ -21,15 +21,10 @@ template <class T, int kD, int kN, int kStages> struct VSmemLayout<true, T, kD, 
   using type = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{}));
 };
 
-template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false,
-          int kCluster_ = 1>
+template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false>
 struct FwdTraits {
   using T = T_;
   static constexpr bool kVarlen = kVarlen_;   // packed segments (cu_seqlens): fwd_args.h
-  // CTAs per cluster. 2: a pair of CTAs works on neighbouring query blocks of one head, each loads
-  // half of every K/V stage and multicasts it to both (L2 -> SM traffic halved); the pair walks a
-  // static tile order, so only unmasked attention (equal tiles) uses it.
-  static constexpr int kCluster = kCluster_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per CTA tile; 64 per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;   // keys per pipeline stage
@@ -38,10 +33,8 @@ struct FwdTraits {
   static constexpr int kThreads = 128 * (kConsumerWG + 1);  // warpgroup 0 = TMA producer
   static constexpr int kConsumerWarps = 4 * kConsumerWG;
   // setmaxnreg budgets (multiples of 8, within the launch pool: reg_budget.h).
-  // The cluster producer (multicast copies, static order) spills 96 bytes at 24 registers and 12-28
-  // at 32 (ptxas, by head dim); 32 / 232 still fits the pool.
-  static constexpr int kProducerRegs = kCluster == 1 ? 24 : 32;
-  static constexpr int kConsumerRegs = kConsumerWG == 2 ? (kCluster == 1 ? 240 : 232) : 160;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = kConsumerWG == 2 ? 240 : 160;
   static_assert(kConsumerWG == 2 || kConsumerWG == 3, "two or three consumer warpgroups");
   static_assert(reg_split_fits(kProducerRegs, kConsumerRegs, kConsumerWG), "register budget");
   static_assert(kHeadDim % 64 == 0, "128-byte swizzle needs head_dim % 64 == 0");
@@ -54,7 +47,6 @@ struct FwdTraits {
                 "e4m3 tiles: one Q scale per tile, one K scale per key block, 32-key k-steps");
   using TOut = std::conditional_t<kFp8, cutlass::bfloat16_t, T>;   // out dtype unless out_fp32
   static_assert(!(kFp8 && kVarlen), "varlen is 16-bit only");
-  static_assert(kCluster == 1 || (kCluster == 2 && !kFp8 && !kVarlen), "clusters: 16-bit dense tiles");
 
   // Q and K are read K-major (head dim contiguous). V is the B operand of P @ V, whose reduction
   // runs over keys: 16-bit V is loaded into a (d, keys) MN-major layout; e4m3 V comes transposed
@@ -82,13 +74,12 @@ struct FwdTraits {
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{},
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideQK{}),
       SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
-  using TmaKVOp = std::conditional_t<kCluster == 1, SM90_TMA_LOAD, SM90_TMA_LOAD_MULTICAST>;
-  using TmaK = decltype(make_tma_copy(TmaKVOp{},
+  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{},
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideQK{}),
-      take<0, 2>(SmemLayoutK{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, Int<kCluster>{}));
-  using TmaV = decltype(make_tma_copy(TmaKVOp{},
+      take<0, 2>(SmemLayoutK{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{},
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideV{}),
-      take<0, 2>(SmemLayoutV{}), Shape<Int<kHeadDim>, Int<kBlockN>>{}, Int<kCluster>{}));
+      take<0, 2>(SmemLayoutV{}), Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
 
   static constexpr uint32_t kBytesQ = kBlockM * kHeadDim * sizeof(T);
   static constexpr uint32_t kBytesKV = kBlockN * kHeadDim * sizeof(T);

@@ -1,7 +1,6 @@
 // Kernel-side parameters: the three TMA descriptors plus the plain arguments, resolved once on the
 // host (window bounds made finite, scale in log2 units) so the kernel does no per-tile setup math.
 #pragma once
-#include <cute/arch/cluster_sm90.hpp>
 #include "fwd_args.h"
 #include "tile_scheduler.h"
 
@@ -38,11 +37,9 @@ struct FwdParams {
 struct Extent { int q0, s_q, k0, s_k, off; };
 
 // The scheduled tile as the kernel computes it. Varlen schedules entries of the tile list
-// (tile.m_block indexes it, batch is 0) and becomes the listed (segment, query block); a cluster
-// schedules groups of kCluster neighbouring query blocks, one per CTA of the cluster.
+// (tile.m_block indexes it, batch is 0) and becomes the listed (segment, query block).
 template <class Tr>
 __device__ __forceinline__ Extent locate(FwdParams<Tr> const& p, TileScheduler::Tile& tile) {
-  if constexpr (Tr::kCluster > 1) tile.m_block = tile.m_block * Tr::kCluster + int(cute::block_rank_in_cluster());
   if constexpr (Tr::kVarlen) {
     int seg = p.a.varlen_tiles[2 * tile.m_block];
     tile.m_block = p.a.varlen_tiles[2 * tile.m_block + 1];

@@ -17,19 +17,9 @@ struct PipeState {
   }
 };
 
-// A consumer warp marks a stage free: one arrive per warp (barrier count = consumer warps). A stage
-// that the CTAs of a cluster fill for each other (multicast) is free only when every CTA's consumers
-// are done with it: kCluster > 1 arrives at that stage's barrier in each CTA (count = consumer warps
-// x kCluster).
-template <int kCluster = 1>
+// A consumer warp marks a stage free: one arrive per warp (barrier count = consumer warps).
 __device__ __forceinline__ void warp_release(uint64_t* bar) {
-  if (threadIdx.x % 32 != 0) return;
-  if constexpr (kCluster == 1) {
-    EmptyBarrier::arrive(bar);
-  } else {
-#pragma unroll
-    for (int r = 0; r < kCluster; ++r) EmptyBarrier::arrive(bar, r, 1u);
-  }
+  if (threadIdx.x % 32 == 0) EmptyBarrier::arrive(bar);
 }
 
 // The same, ordered after `after` has been computed. ptxas keeps mbarrier arrives and WGMMA waits in
@@ -37,9 +27,8 @@ __device__ __forceinline__ void warp_release(uint64_t* bar) {
 // wait ahead of the softmax meant to run under that GEMM. An arrive whose condition reads the softmax
 // result cannot move above it, and so neither can the wait after it. `nonzero` is a runtime value
 // that is never 0 (a sequence length), so the condition always holds yet cannot be folded away.
-template <int kCluster = 1>
 __device__ __forceinline__ void warp_release_after(uint64_t* bar, float after, int nonzero) {
-  if ((__float_as_uint(after) | uint32_t(nonzero)) != 0u) warp_release<kCluster>(bar);
+  if ((__float_as_uint(after) | uint32_t(nonzero)) != 0u) warp_release(bar);
 }
 
 }  // namespace ringfa3

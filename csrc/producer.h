@@ -41,14 +41,10 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   TileRing ring{ss.tile_id, ss.tile_full, ss.tile_empty};
   PipeState<Tr::kStages> ks, vs;   // K and V rings advance in step (same block sequence)
   int q_round = 0;
-  // A cluster walks a static order (each of its CTAs the same one); one CTA draws dynamically.
-  constexpr int kC = Tr::kCluster;
-  int rank = kC == 1 ? 0 : int(block_rank_in_cluster());
-  uint16_t mcast = (1u << kC) - 1;   // a K/V half goes to every CTA of the cluster
-  for (int t = blockIdx.x / kC;;) {
+  for (int t = blockIdx.x;;) {
     ring.publish(t);
     if (!sched.valid(t)) break;
-    int t_next = kC == 1 ? sched.draw_next() : t + int(gridDim.x) / kC;   // drawn early: atomic latency hides
+    int t_next = sched.draw_next();   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -65,24 +61,19 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
                            make_coord(_0{}, _));                                 // (d, kN, n)
     // (global TMA coords, smem) pairs: Q (TMA), K and V (TMA, block) / (TMA, stage)
     auto tQ = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-    // K, V: this CTA's part of each stage (all of it without a cluster)
-    auto tK = tma_partition(p.tma_k, rank, Layout<Int<kC>>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
-    auto tV = tma_partition(p.tma_v, rank, Layout<Int<kC>>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
-    auto kv_copy = [&](auto const& tma, uint64_t& bar) {
-      if constexpr (kC == 1) return tma.with(bar);
-      else return tma.with(bar, mcast);
-    };
+    auto tK = tma_partition(p.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    auto tV = tma_partition(p.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
     auto load_k = [&](int n) {
       EmptyBarrier::wait(&ss.k_empty[ks.index], ks.phase ^ 1);
       FullBarrier::arrive_and_expect_tx(&ss.k_full[ks.index], Tr::kBytesKV);
-      copy(kv_copy(p.tma_k, ss.k_full[ks.index]), get<0>(tK)(_, n), get<1>(tK)(_, ks.index));
+      copy(p.tma_k.with(ss.k_full[ks.index]), get<0>(tK)(_, n), get<1>(tK)(_, ks.index));
       ks.advance();
     };
     auto load_v = [&](int n) {
       EmptyBarrier::wait(&ss.v_empty[vs.index], vs.phase ^ 1);
       FullBarrier::arrive_and_expect_tx(&ss.v_full[vs.index], Tr::kBytesKV);
-      copy(kv_copy(p.tma_v, ss.v_full[vs.index]), get<0>(tV)(_, n), get<1>(tV)(_, vs.index));
+      copy(p.tma_v.with(ss.v_full[vs.index]), get<0>(tV)(_, n), get<1>(tV)(_, vs.index));
       vs.advance();
     };
 
@@ -112,18 +103,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
       load_v(n);
     }
   }
-  if constexpr (kC == 1) {
-    sched.finish();
-  } else {
-    // Stay until every CTA's consumers have released each stage: their arrives reach this CTA's
-    // barriers, which must outlive them.
-    for (int i = 0; i < Tr::kStages; ++i) {
-      EmptyBarrier::wait(&ss.k_empty[ks.index], ks.phase ^ 1);
-      EmptyBarrier::wait(&ss.v_empty[vs.index], vs.phase ^ 1);
-      ks.advance();
-      vs.advance();
-    }
-  }
+  sched.finish();
 }
 
 }  // namespace ringfa3

@@ -178,10 +178,9 @@ def part_check(out_dir, alt_libs=()):
         print(f"  {'PASS' if r['pass'] else 'FAIL'} {r['name']:28s} err={r.get('err', float('nan')):.2e} "
               f"cudnn={r.get('cudnn_err') or float('nan'):.2e} round={r.get('round_err', float('nan')):.2e} "
               f"lse={r.get('lse_err', float('nan')):.1e} dead={r.get('dead_rows', '-')} {r.get('error', '')}", flush=True)
-    # Packed documents through the varlen kernel, whether or not forward_blocks takes it by default yet.
+    # Packed documents through the varlen kernel.
     sys.path.insert(0, str(ROOT / "tests"))
     from varlen_cases import VARLEN_CASES, run_case
-    be.varlen_blocks = True
     for case in VARLEN_CASES:
         try:
             r = run_case(be, case, gen)

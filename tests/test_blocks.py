@@ -150,7 +150,6 @@ def test_batched_entry_equals_per_block_loop(case):
 class _Sm90OnCpu(Sm90Backend):
     """The sm90 backend's forward_blocks with its two launches (varlen_merge, forward_merge) done by
     the reference backend, so its routing and per-batch packing run on CPU (the kernels: test_sm90.py)."""
-    varlen_blocks = True
 
     def __init__(self):
         super().__init__(None)

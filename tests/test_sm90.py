@@ -90,9 +90,8 @@ def test_out_fp32_and_merge():
 
 
 @pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: c["name"].replace(" ", "_"))
-def test_varlen_blocks_match_float64(case, monkeypatch):
+def test_varlen_blocks_match_float64(case):
     """Packed documents through the varlen kernel (forward_blocks, merged into fp32 accumulators)."""
-    monkeypatch.setattr(BACKEND, "varlen_blocks", True)
     res = run_case(BACKEND, case)
     assert res["pass"], res
 

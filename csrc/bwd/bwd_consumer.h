@@ -2,13 +2,15 @@
 // keeps their dK, dV accumulators in registers across every (query head of the group, query block):
 //   S^T = K Q^T, dP^T = V dO^T (issued back to back), P^T = exp2(S^T * scale*log2e - lse*log2e),
 //   dV += P^T dO (P^T from registers), dS^T = P^T * (dP^T - delta), dK += dS^T Q (dS^T from registers),
-//   dS -> smem, dQ_partial = dS K, added into the fp32 dq_accum (bwd_epilogue.h).
+//   dS -> smem, dQ_partial = dS K, handed to the dQ writer warp (bwd_dq_writer.h).
 // dQ split: head dim >= 128, the two warpgroups share dS (double-buffered smem, one 256-thread
 // barrier per block) and each computes half of dQ's columns; head dim 64, each warpgroup multiplies
 // its own keys' dS (no cross-warpgroup barrier) and both add full-width partials.
 #pragma once
 #include <cutlass/arch/barrier.h>
 #include <cute/arch/mma_sm90_gmma.hpp>
+#include <cute/arch/copy_sm90.hpp>
+#include <cute/atom/copy_traits_sm90.hpp>
 #include "../epilogue.h"
 #include "../pipeline.h"
 #include "../warpgroup.h"
@@ -89,9 +91,12 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kN>, Int<kM>>{});      // S^T, then P^T
   Tensor tSrdP = partition_fragment_C(mma_sdp, Shape<Int<kN>, Int<kM>>{});     // dP^T, then dS^T
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kM>>{}));   // (key, query)
+  auto ds_copy = make_tiled_copy_C(Copy_Atom<SM90_U16x8_STSM_T, T>{}, mma_sdp);   // dS^T regs -> smem
+  auto ds_thr = ds_copy.get_thread_slice(ct);
 
   if (me > mb) FullBarrier::wait(&ss.kv_full, 0);
   PipeState<Tr::kStages> st;
+  PipeState<Tr::kDqBufs> dq_slot;
   int buf = 0;
   for (int g = 0; g < p.group; ++g) {
     int head = hk * p.group + g;
@@ -115,9 +120,12 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       Tensor tdKrdS = bwd_to_a_operand<T, kM>(tSrdP);
       issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
       // dS (16 bit) into smem for dQ = dS K; made visible to the tensor cores (async proxy).
-      Tensor tdSsdS = thr_sdp.partition_C(sdSt(_, _, buf));
+      // Transposing stmatrix: 8 keys (16 bytes) of one query per row, four 8x8 tiles per instruction,
+      // instead of one 16-bit store per value.
+      Tensor tdSrdS = make_tensor_like<T>(tSrdP);
       CUTE_UNROLL
-      for (int i = 0; i < size(tSrdP); ++i) tdSsdS(i) = static_cast<T>(tSrdP(i));
+      for (int i = 0; i < size(tSrdP); ++i) tdSrdS(i) = static_cast<T>(tSrdP(i));
+      cute::copy(ds_copy, ds_thr.retile_S(tdSrdS), ds_thr.partition_D(sdSt(_, _, buf)));
       cutlass::arch::fence_view_async_shared();
       if constexpr (kSplitD) named_sync(1, 256);
       else named_sync(2 + wg, 128);
@@ -125,12 +133,11 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       issue_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
       warpgroup_wait<0>();
       warp_release(&ss.q_empty[st.index]);
-      add_dq_bulk<Tr>(a, p, tdQrdQ, ss.dq + wg * Tr::kDqPerWG, mask, bi, head, m, wg);
+      hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);
       st.advance();
       if constexpr (kSplitD) buf ^= 1;
     }
   }
-  if (ct % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");   // smem read before exit
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{})),
                  mask, bi, hk);
 }

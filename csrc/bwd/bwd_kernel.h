@@ -1,5 +1,6 @@
-// The backward main kernel: one CTA per (key block, kv head, batch); warpgroup 0 is the TMA producer
-// (registers given away), warpgroups 1-2 the consumers (registers taken for dK, dV, S, dP).
+// The backward main kernel: one CTA per (key block, kv head, batch); warpgroup 0 holds the TMA
+// producer (warp 0) and the dQ writer (warp 1), registers given away; warpgroups 1-2 are the
+// consumers (registers taken for dK, dV, S, dP).
 // Block order (1-D grid): either way a lower key block of a head has a lower index, so it starts
 // first (the deterministic dQ order waits only on CTAs launched earlier) and under a causal mask the
 // longest CTAs start first.
@@ -12,6 +13,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cute/arch/cluster_sm90.hpp>
 #include "bwd_consumer.h"
+#include "bwd_dq_writer.h"
 #include "bwd_producer.h"
 
 namespace ringfa3 {
@@ -38,6 +40,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
       FullBarrier::init(&ss.q_full[i], 1);
       EmptyBarrier::init(&ss.q_empty[i], Tr::kConsumerWarps);
     }
+    for (int i = 0; i < Tr::kDqBufs; ++i)
+      for (int w = 0; w < Tr::kConsumerWG; ++w) {
+        EmptyBarrier::init(&ss.dq_full[i][w], 4);   // the warpgroup's four warps
+        EmptyBarrier::init(&ss.dq_empty[i][w], 1);  // the writer
+      }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
@@ -50,6 +57,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
       cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
       bwd_produce<Tr>(p, ss, n_block, hk, bi);
+    } else if (threadIdx.x / 32 == 1 && cute::elect_one_sync()) {
+      bwd_write_dq<Tr>(p, ss, n_block, hk, bi);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();

@@ -83,6 +83,9 @@ struct BwdTraits {
       SmemLayoutK{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
 
   static constexpr int kDqPerWG = kBlockM * (kSplitD ? kHeadDim / 2 : kHeadDim);   // floats
+  // dQ partial buffers per warpgroup: a consumer fills one while the writer warp drains the other,
+  // so a deterministic-order wait stalls the writer, not the tensor cores (for a block).
+  static constexpr int kDqBufs = 2;
 
   static constexpr uint32_t kBytesQ = kBlockM * kHeadDim * sizeof(T);
   static constexpr uint32_t kBytesK = kBlockN * kHeadDim * sizeof(T);
@@ -94,11 +97,12 @@ struct BwdTraits {
     alignas(1024) T q[cosize_v<SmemLayoutQ>];
     alignas(1024) T dout[cosize_v<SmemLayoutQ>];
     alignas(1024) T ds[cosize_v<SmemLayoutdS>];
-    alignas(128) float dq[kConsumerWG * kDqPerWG];   // dQ partial per warpgroup, register order
+    alignas(128) float dq[kDqBufs][kConsumerWG][kDqPerWG];   // dQ partials, register order
     alignas(16) float lse[kStages][kBlockM];     // lse * log2(e) of the stage's query rows
     alignas(16) float delta[kStages][kBlockM];   // rowsum(dO * O)
     alignas(8) uint64_t kv_full;
     uint64_t q_full[kStages], q_empty[kStages];
+    uint64_t dq_full[kDqBufs][kConsumerWG], dq_empty[kDqBufs][kConsumerWG];   // consumer <-> dQ writer
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit shared memory");

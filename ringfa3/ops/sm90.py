@@ -154,10 +154,9 @@ class Sm90Backend:
     # causal, windows, GQA/MQA, s_q != s_k, fp32 grads / fp32 out. Head dim 256: backward_unsupported says
     # so and resolve_backward takes the next backend.
     has_backward = True
-    # forward_blocks through the varlen kernel (all of a step's blocks in one launch per batch entry).
-    # Off until that kernel passes the device check (scripts/check_sm90.py, varlen cases): it is built
-    # and its SASS checked, but it has not run on a GPU yet. Off, blocks take one merge call each.
-    varlen_blocks = False
+    # forward_blocks through the varlen kernel: all of a step's blocks in one launch per batch entry
+    # (checked on an H200, bench/NOTES.md "Run 13"); False runs one merge call per block instead.
+    varlen_blocks = True
 
     def __init__(self, lib):
         self._lib = lib

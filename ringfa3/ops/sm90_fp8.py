@@ -6,10 +6,7 @@ computing what ops/fp8.py specifies. Here, in torch, each call:
 The kernel then runs S = Q K^T and O = P V on e4m3 tensor cores with float32 scores, softmax and
 accumulators, and writes out (bf16, or fp32) and the float32 lse. Forward only.
 
-Status (2026-11-30): built and checked on the CPU machine only (compiles without spills, QGMMA in the
-SASS, the register-to-operand mapping checked against CuTe's layouts in tests/test_fp8_kernel_layout.py);
-not yet run on a GPU. Until scripts/check_sm90_fp8.py passes on the device it is reached only by
-naming backend='sm90_fp8'; precision='fp8' with backend='auto' keeps the torch reference.
+Checked on an H200 against float64 and reference_fp8 (bench/NOTES-fp8.md); first in FP8_AUTO_ORDER.
 """
 from __future__ import annotations
 

@@ -1,0 +1,64 @@
+// The dQ writer: one elected thread of the producer warpgroup's second warp. For every (query head,
+// query block) the CTA visits, and for each consumer warpgroup in turn, it takes the warpgroup's dQ
+// partial from its smem slot and reduce-adds it into the fp32 workspace with one
+// cp.reduce.async.bulk. Deterministic mode adds in a fixed order (key block ascending, then
+// warpgroup): before its add the writer spins on the query block's counter until the key blocks
+// ahead of this one have added, and bumps it after. Only this thread waits; the consumers run ahead
+// by the kDqBufs slots.
+#pragma once
+#include <cutlass/arch/barrier.h>
+#include "../pipeline.h"
+#include "bwd_mask.h"
+#include "bwd_params.h"
+#include "bwd_traits.h"
+
+namespace ringfa3 {
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+template <class Tr>
+__device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int n_block, int hk, int bi) {
+  constexpr int kM = Tr::kBlockM, kD = Tr::kHeadDim;
+  RingFa3BwdArgs const& a = p.a;
+  BwdMask<kM, Tr::kBlockN> mask(n_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+  int mb = mask.m_begin(), me = mask.m_end();
+  PipeState<Tr::kDqBufs> slot;
+  for (int g = 0; g < p.group; ++g) {
+    int head = hk * p.group + g;
+    for (int m = mb; m < me; ++m) {
+      size_t tile = (size_t(bi) * a.h + head) * p.n_m_blocks + m;
+      for (int wg = 0; wg < Tr::kConsumerWG; ++wg) {
+        EmptyBarrier::wait(&ss.dq_full[slot.index][wg], slot.phase);
+        float* dst = a.dq_accum + tile * size_t(kM * kD) + (Tr::kSplitD ? wg * Tr::kDqPerWG : 0);
+        int* sem = a.deterministic ? a.semaphore + 2 * tile + (Tr::kSplitD ? wg : 0) : nullptr;
+        if (a.deterministic) {
+          // Plain spin: a bounded one with __nanosleep and __trap cost the hd128 consumers register
+          // spills when it lived in their code.
+          int turn = Tr::kSplitD ? mask.rank_in(m) : 2 * mask.rank_in(m) + wg;
+          while (ld_acquire(sem) != turn) {}
+          asm volatile("fence.proxy.async.global;" ::: "memory");
+        }
+        uint32_t src = static_cast<uint32_t>(__cvta_generic_to_shared(ss.dq[slot.index][wg]));
+        asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;"
+                     :: "l"(dst), "r"(src), "r"(Tr::kDqPerWG * 4) : "memory");
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");   // the slot is read
+        EmptyBarrier::arrive(&ss.dq_empty[slot.index][wg]);
+        if (a.deterministic) {
+          asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");   // the sums are written
+          asm volatile("fence.proxy.async.global;" ::: "memory");
+          __threadfence();
+          atomicAdd(sem, 1);
+        }
+      }
+      slot.advance();
+    }
+  }
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
+
+}  // namespace ringfa3
