@@ -22,12 +22,13 @@ from ringfa3.ops.merge import merge_into
 from ringfa3.ops.masks import tile_mask
 from ringfa3.ops import segments
 from ringfa3.ops.segments import group_blocks, varlen_calls
+from ringfa3.ops import sm90 as sm90_module
 from ringfa3.ops.sm90 import Sm90Backend, varlen_tiles
 from ringfa3.parallel.plan import ring_blocks
 from ringfa3.parallel.varlen import padded_bounds
 
 from reference import attention64, blocks_mask, tolerance
-from varlen_emulator import EmulatedVarlen, call_segments, emulated_fwd
+from varlen_emulator import EmulatedVarlen, call_segments, emulated_bwd, emulated_fwd
 
 SEED = int.from_bytes(os.urandom(4), "little")
 INF = math.inf
@@ -211,6 +212,33 @@ def test_sm90_forward_blocks_keeps_dense_steps_on_the_dense_kernel():
     assert impl.launches == ["dense", "dense"]
     want, _ = attention64(q, k, v, mask=blocks_mask(blocks, 600, 600))
     assert _err(out, want) <= 1e-5
+
+
+@pytest.mark.parametrize("deterministic", (False, True))
+def test_sm90_backward_blocks_routes_documents_to_one_varlen_launch(deterministic, monkeypatch):
+    """Packed documents: one varlen backward launch (FA2's, emulated here) unless the call asks for
+    deterministic results; a dense step: our kernel per block. Gradients equal float64's either way."""
+    impl = _Sm90OnCpu()
+    launches = []
+    monkeypatch.setattr(sm90_module, "fa2_varlen_bwd", lambda *a: launches.append("varlen") or emulated_bwd(*a))
+    monkeypatch.setattr(impl, "backward", lambda *a: launches.append("dense") or reference.backward(*a))
+    docs = (Block(0, 40, 0, 40, causal=True), Block(40, 70, 40, 70, causal=True), Block(70, 120, 70, 120, causal=True))
+    dense = (Block(0, 300, 0, 300, causal=True), Block(300, 600, 0, 600, causal=True))
+    for blocks, want in ((docs, ["dense"] * 3 if deterministic else ["varlen"]), (dense, ["dense"] * 2)):
+        s = blocks[-1].q1
+        g = torch.Generator().manual_seed(s)
+        q, k, v, dout = (torch.randn(1, s, 2, 16, generator=g, dtype=torch.float64) for _ in range(4))
+        ref = _expected(blocks, q, k, v, dout)
+        launches.clear()
+        dq = torch.zeros(q.shape, dtype=torch.float64)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        for k0, k1, dkb, dvb in backward_blocks(impl, dout, q, k, v, ref["out"], ref["lse"], blocks, 0.25, dq,
+                                                deterministic):
+            dk[:, k0:k1] += dkb
+            dv[:, k0:k1] += dvb
+        assert launches == want
+        for name, got in (("dq", dq), ("dk", dk), ("dv", dv)):
+            assert _err(got, ref[name]) <= 1e-6, name
 
 
 def test_packed_documents_take_one_launch_per_step(monkeypatch):

@@ -157,3 +157,22 @@ def test_deterministic_reaches_the_backward(monkeypatch, deterministic):
     out, _ = ring_attention(q, k, v, True, 0.25, VirtualRing(2, 0, kv), "contiguous", rec, deterministic=deterministic)
     out.sum().backward()
     assert rec.seen and all(seen == deterministic for seen in rec.seen)
+
+
+@pytest.mark.parametrize("s_k, want", ((4096, "cudnn"), (16384, "sm90")))
+def test_auto_prefers_sm90_from_long_keys(s_k, want, monkeypatch):
+    """auto: cuDNN first below backends.LONG_KEYS keys, sm90 first from there on (measured crossover)."""
+    from ringfa3.ops import backends
+
+    class Serves:
+        def __init__(self, name):
+            self.name, self.deterministic = name, True
+
+        def unsupported(self, *a):
+            return None
+
+    monkeypatch.setitem(backends.BACKENDS, "sm90", Serves("sm90"))
+    monkeypatch.setitem(backends.BACKENDS, "cudnn", Serves("cudnn"))
+    q = torch.empty(1, 8, 2, 16, device="meta")
+    k = torch.empty(1, s_k, 2, 16, device="meta")
+    assert backends.resolve("auto", q, k, k, True, (-1, -1)).name == want

@@ -82,11 +82,15 @@ if _sm90 is not None:
 NAMES = ("auto", "sm90", "cudnn", "flash", "reference", "sm90_fp8", "reference_fp8")
 # precision: 'native' computes in the inputs' dtype; 'fp8' quantizes Q, K, V and P to e4m3 (ops/fp8.py).
 PRECISIONS = ("native", "fp8")
-# Fastest first, as measured on an H100 (bench/NOTES.md runs 3-4a, bench/results/attn_*.json): cuDNN is
-# still ahead of our sm90 forward in all 8 hd128 rows of run 4a (0.74-0.99x) and torch's FA2 is slower
-# than both; sm90 serves what cuDNN cannot (sliding windows, causal with s_q != s_k). Move sm90 first
-# once it wins.
+# Fastest first, as measured on an H200 (bench/NOTES.md run 13, NOTES-bwd.md run 8, NOTES-ring.md
+# 2026-12-01): below LONG_KEYS keys cuDNN is ahead of sm90 (forward 0.77-0.98x, backward 0.84-0.96x at
+# 1k-8k); from 16k keys sm90 is level or ahead (forward 1.02-1.05x, fwd+bwd 0.98-1.03x, a monolithic
+# 131k causal call 1.13x / 1.03x, and a ring step's fused merge and packed documents in one launch).
+# sm90 also serves what cuDNN cannot (sliding windows, causal with s_q != s_k); torch's FA2 is slower
+# than both.
 AUTO_ORDER = ("cudnn", "sm90", "flash", "reference")
+AUTO_ORDER_LONG = ("sm90", "cudnn", "flash", "reference")
+LONG_KEYS = 16384
 # sm90_fp8 passed scripts/check_sm90_fp8.py on an H200 (bench/NOTES-fp8.md); the torch reference serves
 # the rest (other head dims, CPU).
 FP8_AUTO_ORDER = ("sm90_fp8", "reference_fp8")
@@ -119,7 +123,8 @@ def resolve(backend: str, q, k, v, causal: bool, window, deterministic: bool = F
         if reason:
             raise ValueError(f"backend={backend!r} cannot serve these inputs: {reason}")
         return BACKENDS[backend]
-    for name in AUTO_ORDER if precision == "native" else FP8_AUTO_ORDER:
+    order = FP8_AUTO_ORDER if precision == "fp8" else AUTO_ORDER_LONG if k.shape[1] >= LONG_KEYS else AUTO_ORDER
+    for name in order:
         if name in BACKENDS and _why_not(BACKENDS[name], q, k, v, causal, window, deterministic) is None:
             key = (q.device.type, q.dtype, q.shape[-1], causal, tuple(window), q.shape[1] == k.shape[1],
                    deterministic, name)

@@ -9,7 +9,7 @@ CUDA graphs: the first call on a device allocates the tile-scheduler counters (c
 one call outside capture before capturing. Forward results are bitwise repeatable (no atomics in the
 math; the dynamic tile order only changes which CTA computes a tile); backward results when asked
 with deterministic=True (fixed-order dQ sums); by default the dQ partial sums are unordered float
-reductions (1.6-1.7x faster at 16k, bench/NOTES-bwd.md run 2), not repeatable bit for bit.
+reductions (1.28-1.32x faster at 16k, bench/NOTES-bwd.md run 8), not repeatable bit for bit.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .blocks import few_large, loop_forward
+from .aten_backends import fa2_varlen_bwd
+from .blocks import few_large, loop_backward, loop_forward
 from .masks import effective_window
-from .segments import varlen_calls
+from .segments import varlen_backward, varlen_calls
 
 _ABI_VERSION = 3
 _LIB_PATH = Path(os.environ.get("RINGFA3_SM90_LIB", Path(__file__).resolve().parents[1] / "lib" / "libringfa3_sm90.so"))
@@ -257,6 +258,15 @@ class Sm90Backend:
         for i in range(q.shape[0]):   # one batch entry's lse_acc (h, s_q) is the kernel's packed lse layout
             for call in calls:
                 self.varlen_merge(q[i], k[i], v[i], call, scale, out_acc[i], lse_acc[i])
+
+    def backward_blocks(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic=False):
+        """ops.blocks.backward_blocks: our kernel per block for steps of one or two large blocks; many
+        blocks (packed documents) go to FA2's varlen backward in one launch, as long as ours has no
+        varlen form (one launch per document measured 6x slower, bench/NOTES-ring.md), unless the call
+        asks for deterministic results, which FA2's atomic dQ does not give."""
+        if deterministic or few_large(blocks):
+            return loop_backward(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
+        return varlen_backward(fa2_varlen_bwd, dout, q, k, v, out, lse, blocks, scale, dq_acc)
 
     def varlen_merge(self, q, k, v, call, softmax_scale, out_acc, lse_acc):
         """Merge the packed segments of `call` (segments.VarlenCall: cu_q, cu_k int32 on q's device, the
