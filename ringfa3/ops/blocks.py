@@ -38,10 +38,10 @@ class Block:
     window: tuple[int, int] = NO_WINDOW  # (left, right) window within the block, aligned bottom-right
 
 
-def few_large(blocks) -> bool:
+def few_large(blocks, max_blocks: int = LOOP_MAX, min_rows: int = LOOP_MIN) -> bool:
     """True when a dense kernel serves these blocks best one call each (a dense ring step is one or two
     big blocks); else one varlen launch for all of them beats a launch per block (packed documents)."""
-    return len(blocks) <= LOOP_MAX and all(min(b.q1 - b.q0, b.k1 - b.k0) >= LOOP_MIN for b in blocks)
+    return len(blocks) <= max_blocks and all(min(b.q1 - b.q0, b.k1 - b.k0) >= min_rows for b in blocks)
 
 
 def loop_forward(impl, q: Tensor, k: Tensor, v: Tensor, blocks, scale: float, out_acc: Tensor,
