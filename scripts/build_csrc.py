@@ -105,8 +105,11 @@ def source_hash(src: Path, flags) -> str:
         deps = [CSRC / n for n in ("pipeline.h", "epilogue.h", "acc_layout.h", "fwd_args.h", "warpgroup.h", "smem_attr.h",
                                    "abi_checks.h", "reg_budget.h")]
         deps += sorted((CSRC / "bwd").glob("*.h"))
+    elif src.name == "fp8_prep.cu":   # standalone: its args header and the shared checks
+        deps = [CSRC / "fp8_prep_args.h", CSRC / "abi_checks.h"]
     else:
-        deps = sorted(CSRC.glob("*.h")) + (sorted((CSRC / "bwd").glob("*.h")) if src.name.startswith("stubs") else [])
+        deps = [f for f in sorted(CSRC.glob("*.h")) if f.name != "fp8_prep_args.h"]
+        deps += sorted((CSRC / "bwd").glob("*.h")) if src.name.startswith("stubs") else []
     for f in deps + [src]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -135,7 +138,9 @@ def report(log: Path):
         name, block, regs = m.group(1), m.group(2), m.group(3)
         spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", block)
         tm = re.search(r"ELi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E", name)
-        short = f"hd{tm.group(1)} m{tm.group(2)} n{tm.group(3)} st{tm.group(4)}" if tm else name[:40]
+        pm = re.search(r"(fp8_[a-z]+_kernel)I\d*(\w+?)Li(\d+)E", name)   # fp8_prep.cu's <dtype, head dim>
+        short = (f"hd{tm.group(1)} m{tm.group(2)} n{tm.group(3)} st{tm.group(4)}" if tm
+                 else f"{pm.group(1)} {pm.group(2).strip('_')} hd{pm.group(3)}" if pm else name[:40])
         s = f"  {log.name.split('.')[0]}: {short} regs={regs}"
         if spill:
             s += f" stack={spill.group(1)} spill_st={spill.group(2)} spill_ld={spill.group(3)}"
@@ -163,13 +168,13 @@ def main():
     flags = FLAGS + [f"-I{cutlass_include()}", f"-I{CSRC}"] + [f"-D{d}" for d in args.define]
     lib = args.lib.resolve()
     with_bwd = not args.no_bwd
-    srcs = generate(selected, with_bwd) + [CSRC / "api.cu", CSRC / "bwd" / "api_bwd.cu"]
+    srcs = generate(selected, with_bwd) + [CSRC / "api.cu", CSRC / "bwd" / "api_bwd.cu", CSRC / "fp8_prep.cu"]
     if set(selected) != set(FWD) or not with_bwd:
         srcs.append(stub_for_missing(selected, with_bwd))
     with ThreadPoolExecutor(max(1, args.jobs)) as ex:
         results = list(ex.map(lambda s: compile_one(args.nvcc, s, flags), srcs))
     for obj, log, cached in results:
-        if ("fwd_" in obj.name or "bwd_" in obj.name) and log.exists():
+        if obj.name.startswith(("fwd_", "bwd_", "fp8_prep")) and log.exists():
             print(f"{obj.name}{' (cached)' if cached else ''}")
             report(log)
     lib.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from reference import attention64, rel_err
 
+from ringfa3.ops import fp8
 from ringfa3.ops.backends import BACKENDS
 
 pytestmark = [
@@ -58,3 +59,50 @@ def test_fp8_kernel_merges_a_ring_step_in_its_epilogue():
         BACKENDS["sm90_fp8"].forward_merge(q[:, rows], k[:, keys], v[:, keys], causal, None, (-1, -1),
                                            out_acc[:, rows], lse_acc[:, :, rows])
     assert rel_err(out_acc, ref) <= 1.25 * rel_err(spec, ref) + 2e-3
+
+
+def spec_inputs(q, k, v, seed=0):
+    """Sm90Fp8Backend.prepare as ops/fp8.py computes it in torch (on q's device)."""
+    signs = fp8.random_signs(q.shape[-1], seed, q.device)
+    q8, q_scale = fp8.quantize(fp8.rotate(q.float(), signs), 128)
+    k8, k_scale = fp8.quantize(fp8.rotate(k.float(), signs), 128)
+    v8, v_scale = fp8.quantize(v, None)
+    return q8, k8, fp8.v_transposed(v8), q_scale, k_scale, v_scale
+
+
+def bits(t):   # bitwise view: e4m3 codes as bytes, float32 scales as int32
+    return t.view(torch.uint8 if t.element_size() == 1 else torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [128, 256])
+@pytest.mark.parametrize("s_q, s_k", [(1000, 1000), (1, 129), (129, 1), (300, 777)])
+def test_prepare_is_bitwise_the_torch_spec(dtype, d, s_q, s_k):
+    b, h, h_kv = 2, 4, 2
+    g = torch.Generator(device="cuda").manual_seed(d + s_q + s_k)
+    packed = torch.randn(b, max(s_q, s_k), h + 2 * h_kv, d, device="cuda", generator=g)   # (b, s, q|k|v heads, d)
+    packed[..., :4] *= 10                # outlier channels
+    packed[:, ::7] *= 1e-4               # small rows in every block: e4m3 subnormal and zero codes
+    packed[0, :128, h] = 0               # an all-zero K block (scale 1)
+    packed[1, :, h + h_kv + 1] = 0       # an all-zero V head
+    packed = packed.to(dtype)
+    # slices of the packed tensor: non-contiguous, strides of (s, h + 2 h_kv, d)
+    q, k, v = packed[:, :s_q, :h], packed[:, :s_k, h:h + h_kv], packed[:, :s_k, h + h_kv:]
+    ours = BACKENDS["sm90_fp8"].prepare(q, k, v, seed=5)
+    spec = spec_inputs(q, k, v, seed=5)
+    for name, x, y in zip(("q8", "k8", "vt", "q_scale", "k_scale", "v_scale"), ours, spec):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.is_contiguous(), name
+        assert torch.equal(bits(x), bits(y)), (name, (bits(x) != bits(y)).sum().item())
+
+
+def test_quantize_rows_without_signs_is_the_block_quantization():
+    x = torch.randn(1, 200, 3, 128, device="cuda").bfloat16()
+    codes, scale = BACKENDS["sm90_fp8"]._quantize_rows(x, None)
+    spec_codes, spec_scale = fp8.quantize(x, 128)
+    assert torch.equal(bits(codes), bits(spec_codes)) and torch.equal(bits(scale), bits(spec_scale))
+
+
+def test_prep_errors_carry_the_library_message():
+    x = torch.randn(1, 16, 2, 64, device="cuda").bfloat16()
+    with pytest.raises(RuntimeError, match="head_dim 128 or 256"):
+        BACKENDS["sm90_fp8"]._quantize_rows(x, None)

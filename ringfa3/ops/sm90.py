@@ -73,6 +73,26 @@ class _BwdArgs(ctypes.Structure):
     ]
 
 
+class _Fp8RowsArgs(ctypes.Structure):
+    """Mirror of RingFa3Fp8RowsArgs in csrc/fp8_prep_args.h (same order and types)."""
+    _fields_ = [
+        ("x", ctypes.c_void_p), ("signs", ctypes.c_void_p), ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+        ("x_stride", ctypes.c_int64 * 3),
+        ("b", ctypes.c_int32), ("s", ctypes.c_int32), ("h", ctypes.c_int32), ("d", ctypes.c_int32),
+        ("dtype", ctypes.c_int32), ("stream", ctypes.c_void_p),
+    ]
+
+
+class _Fp8VArgs(ctypes.Structure):
+    """Mirror of RingFa3Fp8VArgs in csrc/fp8_prep_args.h (same order and types)."""
+    _fields_ = [
+        ("v", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("vt", ctypes.c_void_p),
+        ("v_stride", ctypes.c_int64 * 3),
+        ("b", ctypes.c_int32), ("s", ctypes.c_int32), ("h", ctypes.c_int32), ("d", ctypes.c_int32),
+        ("dtype", ctypes.c_int32), ("stream", ctypes.c_void_p),
+    ]
+
+
 _BWD_ABI_VERSION = 1
 _BWD_HEAD_DIMS = (64, 128)
 
@@ -97,6 +117,13 @@ def _load(path=_LIB_PATH):
         lib.ringfa3_sm90_bwd_block_m.restype = ctypes.c_int
         lib.ringfa3_sm90_bwd_abi_version.restype = ctypes.c_int
         lib.has_bwd = lib.ringfa3_sm90_bwd_abi_version() == _BWD_ABI_VERSION
+    lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows")   # absent from builds before it
+    if lib.has_fp8_prep:
+        lib.ringfa3_sm90_fp8_quantize_rows.argtypes = [ctypes.POINTER(_Fp8RowsArgs)]
+        lib.ringfa3_sm90_fp8_quantize_rows.restype = ctypes.c_int
+        lib.ringfa3_sm90_fp8_v_transpose.argtypes = [ctypes.POINTER(_Fp8VArgs)]
+        lib.ringfa3_sm90_fp8_v_transpose.restype = ctypes.c_int
+        lib.ringfa3_sm90_fp8_prep_last_error.restype = ctypes.c_char_p
     return lib
 
 

@@ -1,8 +1,9 @@
 """The `sm90_fp8` backend: the e4m3 forward kernel of the sm90 library (dtype 2 of the same C entry),
-computing what ops/fp8.py specifies. Here, in torch, each call:
-- rotates Q and K (incoherent processing);
-- quantizes Q per 128 query rows, K per 128 key rows and V per head;
-- lays V out as the kernel's V^T (fp8.v_transposed).
+computing what ops/fp8.py specifies. Each call first prepares the inputs with the library's prep
+kernels (csrc/fp8_prep.cu), bitwise what fp8.py computes on the GPU:
+- rotates Q and K (incoherent processing) and quantizes them per 128 rows of a head, one pass each;
+- quantizes V per head (its scale from one torch reduction) and lays it out as the kernel's V^T
+  (fp8.v_transposed), one pass.
 The kernel then runs S = Q K^T and O = P V on e4m3 tensor cores with float32 scores, softmax and
 accumulators, and writes out (bf16, or fp32) and the float32 lse. Forward only.
 
@@ -11,17 +12,24 @@ Checked on an H200 against float64 and reference_fp8 (bench/NOTES-fp8.md); first
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 from typing import NamedTuple
 
 import torch
 
 from . import fp8
-from .sm90 import Sm90Backend, _strides2, _strides3
+from .sm90 import _DTYPES, Sm90Backend, _Fp8RowsArgs, _Fp8VArgs, _strides2, _strides3
 
 _E4M3 = 2   # RingFa3FwdArgs.dtype
 _HEAD_DIMS = (128, 256)
 _SCALE_ROWS = 128   # kFp8ScaleRows in csrc/kernel_traits.h
+
+
+@functools.lru_cache(maxsize=64)
+def signs_on(head_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """fp8.random_signs on `device`, made once per (head_dim, seed, device): (head_dim,) float32 +-1."""
+    return fp8.random_signs(head_dim, seed, device)
 
 
 class Sm90Fp8Backend:
@@ -42,16 +50,50 @@ class Sm90Fp8Backend:
             return why.replace("sm90", "sm90_fp8")
         if q.shape[-1] not in _HEAD_DIMS:
             return f"sm90_fp8 supports head_dim in {_HEAD_DIMS}, got {q.shape[-1]}"
+        if not getattr(self._sm90._lib, "has_fp8_prep", False):
+            return "this build of the sm90 library has no fp8 prep kernels (rebuild with scripts/build_csrc.py)"
         return None
 
     def prepare(self, q, k, v, seed=0):
-        """The kernel's inputs: rotated, quantized Q and K, V^T, and their scales (see fp8.py)."""
-        signs = fp8.random_signs(q.shape[-1], seed, q.device)
-        q8, q_scale = fp8.quantize(fp8.rotate(q.float(), signs), _SCALE_ROWS)   # (b, s_q, h, d), (b, n_q, h)
-        k8, k_scale = fp8.quantize(fp8.rotate(k.float(), signs), _SCALE_ROWS)   # (b, s_k, h_kv, d), (b, n_k, h_kv)
-        v8, v_scale = fp8.quantize(v, None)                                     # (b, s_k, h_kv, d), (b, 1, h_kv)
-        return Fp8Inputs(q8, k8, fp8.v_transposed(v8), q_scale.contiguous(), k_scale.contiguous(),
-                         v_scale.contiguous())
+        """The kernel's inputs: rotated, quantized Q and K, V^T, and their scales, on the current stream;
+        bitwise fp8.quantize(fp8.rotate(x.float(), signs), 128) and fp8.v_transposed(fp8.quantize(v, None))."""
+        signs = signs_on(q.shape[-1], seed, q.device)
+        q8, q_scale = self._quantize_rows(q, signs)   # (b, s_q, h, d), (b, n_q, h)
+        k8, k_scale = self._quantize_rows(k, signs)   # (b, s_k, h_kv, d), (b, n_k, h_kv)
+        # fp8.quantize(v, None)'s scale: the |v| max per head is exact in v's dtype, and the division
+        # is the same torch op. vector_norm(inf) takes it in one pass, without a |v| temporary.
+        amax = torch.linalg.vector_norm(v, math.inf, dim=(1, 3)).float()                   # (b, h_kv)
+        v_scale = torch.where(amax > 0, amax / fp8.E4M3_MAX, torch.ones_like(amax))[:, None]   # (b, 1, h_kv)
+        return Fp8Inputs(q8, k8, self._v_transposed(v, v_scale), q_scale, k_scale, v_scale)
+
+    def _quantize_rows(self, x, signs):
+        """x (b, s, h, d) rotated by signs (None: not rotated), as e4m3 codes (b, s, h, d) and scales
+        (b, ceil(s / 128), h)."""
+        b, s, h, d = x.shape
+        codes = torch.empty(b, s, h, d, device=x.device, dtype=fp8.E4M3)                         # (b, s, h, d)
+        scale = torch.empty(b, -(-s // _SCALE_ROWS), h, device=x.device, dtype=torch.float32)   # (b, n, h)
+        a = _Fp8RowsArgs(x.data_ptr(), None if signs is None else signs.data_ptr(), codes.data_ptr(),
+                         scale.data_ptr(), _strides3(x), b, s, h, d, _DTYPES[x.dtype],
+                         torch.cuda.current_stream(x.device).cuda_stream)
+        self._prep("ringfa3_sm90_fp8_quantize_rows", a, x.device)
+        return codes, scale
+
+    def _v_transposed(self, v, v_scale):
+        """V (b, s_k, h_kv, d) divided by v_scale (b, 1, h_kv), as the kernel's V^T (b, h_kv, d, s_v) e4m3."""
+        b, s_k, h_kv, d = v.shape
+        vt = torch.empty(b, h_kv, d, -(-s_k // 16) * 16, device=v.device, dtype=fp8.E4M3)   # (b, h_kv, d, s_v)
+        a = _Fp8VArgs(v.data_ptr(), v_scale.data_ptr(), vt.data_ptr(), _strides3(v), b, s_k, h_kv, d,
+                      _DTYPES[v.dtype], torch.cuda.current_stream(v.device).cuda_stream)
+        self._prep("ringfa3_sm90_fp8_v_transpose", a, v.device)
+        return vt
+
+    def _prep(self, entry, a, device):
+        lib = self._sm90._lib
+        with torch.cuda.device(device):
+            rc = getattr(lib, entry)(ctypes.byref(a))
+        if rc != 0:
+            msg = lib.ringfa3_sm90_fp8_prep_last_error().decode()
+            raise RuntimeError(f"ringfa3 sm90_fp8 prep failed ({rc}): {msg}")
 
     def forward(self, q, k, v, causal=False, softmax_scale=None, window=(-1, -1), out_fp32=False, seed=0):
         why = self.unsupported(q, k, v, causal, window)
