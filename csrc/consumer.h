@@ -102,15 +102,22 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       k_scale = a.k_scale + size_t(tile.batch) * n_kb * a.h_kv + tile.head / p.group;
     }
     // Once S(n) has landed: mask, softmax, then free its K stage (and Q after the tile's last block).
+    // The K release reads the softmax result, which pins the P V wait that follows it behind the
+    // exponentials (see warp_release_after), so P V runs under them. With kSplitSoftmax the release
+    // and wait come after the first row half: the second half then overlaps the P conversion, which
+    // has to wait for P V.
+    float c = 1.f;   // e4m3: raw scores x c are the true ones (softmax.h, kScaled)
     auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
       if (n == nb) warp_release(&ss.q_empty);
-      float c = 1.f;   // e4m3: raw scores x c are the true ones (softmax.h, kScaled)
       if constexpr (Tr::kFp8) c = q_scale * k_scale[n * kN / Tr::kFp8ScaleRows * a.h_kv];
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
-      softmax.template step<decltype(first)::value, Tr::kFp8>(tSrS, rescale, c);
-      // Freed only now, and through the softmax result: this pins the P V wait that follows behind
-      // the softmax (see warp_release_after).
-      warp_release_after(&ss.k_empty[kv.index], softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
+      constexpr int kRows = Tr::kSplitSoftmax ? 1 : 2;
+      softmax.template step<decltype(first)::value, Tr::kFp8, 0, kRows>(tSrS, rescale, c);
+      warp_release_after(&ss.k_empty[kv.index], Tr::kSplitSoftmax ? softmax.row_sum[0]
+                                                                  : softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
+    };
+    auto softmax_rest = [&](auto first, float (&rescale)[2]) {
+      if constexpr (Tr::kSplitSoftmax) softmax.template step<decltype(first)::value, Tr::kFp8, 1, 2>(tSrS, rescale, c);
     };
     auto convert_p = [&]() {
       if constexpr (Tr::kFp8) {
@@ -140,14 +147,15 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       // Software pipeline (intra-warpgroup overlap): issue S(n) = Q K(n)^T, rescale O under it, issue
       // O += P(n+1) V(n+1), run the softmax of S(n) while P V is still on the tensor cores. With
       // ping-pong, the warpgroups take turns issuing, so one's softmax also overlaps the others'
-      // GEMMs. The P V wait stays behind the softmax only because the K release before it reads the
-      // softmax result (warp_release_after; run 6: without it ptxas hoisted the wait above the
-      // softmax and nothing overlapped).
+      // GEMMs. The P V wait stays behind the softmax (or its first row half) only because the K
+      // release before it reads the softmax result (warp_release_after; run 6: without it ptxas
+      // hoisted the wait above the softmax and nothing overlapped).
       pingpong_wait<Tr>(wg);
       scores();
       pingpong_signal<Tr>(wg);
       warpgroup_wait<0>();
       softmax_part(cute::true_type{}, ne - 1, rescale);
+      softmax_rest(cute::true_type{}, rescale);
       convert_p();
       PipeState<Tr::kStages> prev = kv;
       kv.advance();
@@ -162,6 +170,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         softmax_part(cute::false_type{}, n, rescale);
         warpgroup_wait<0>();
         warp_release(&ss.v_empty[prev.index]);
+        softmax_rest(cute::false_type{}, rescale);
         convert_p();
         prev = kv;
         kv.advance();

@@ -42,6 +42,9 @@ struct FwdTraits {
   // e4m3: FP8 WGMMA takes both operands K-major and 32-deep k-steps; one Q scale per tile and one
   // K scale per key block (blocks of kFp8ScaleRows rows, ops/fp8.py).
   static constexpr bool kFp8 = sizeof(T) == 1;
+  // The P V wait placed after the first row half's exponentials (consumer.h): +1.4-3.1% at hd128 4k-16k,
+  // but 0-4% slower at hd64 and up to 9% at hd256 (bench/NOTES.md run 15), which keep it after both.
+  static constexpr bool kSplitSoftmax = kHeadDim == 128;
   static constexpr int kFp8ScaleRows = 128;
   static_assert(!kFp8 || (kBlockM == kFp8ScaleRows && kFp8ScaleRows % kBlockN == 0 && kBlockN % 32 == 0),
                 "e4m3 tiles: one Q scale per tile, one K scale per key block, 32-key k-steps");

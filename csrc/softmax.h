@@ -24,15 +24,18 @@ struct OnlineSoftmax {
     row_sum[0] = row_sum[1] = 0.f;
   }
 
-  // Turns scores S into unnormalized probabilities in place; returns per-row factors by which the
-  // output accumulated so far must be multiplied. First block: nothing to rescale.
+  // Turns the scores S of row halves [kRow0, kRow1) into unnormalized probabilities in place; returns
+  // per-row factors by which the output accumulated so far must be multiplied. First block: nothing to
+  // rescale. Both rows at once, or one at a time so a caller can overlap the second row's work with
+  // waits that follow the first (consumer.h, kSplitSoftmax).
   // (Run 4: splitting the row max / sum into 4 independent chains measured no faster.)
   // kScaled (e4m3): the raw scores are the true ones divided by `c` > 0 (their dequantization
   // scale for this block): the max is taken raw and scaled once per row, and c joins the exp2's FMA,
   // instead of a multiply per score.
-  template <bool kFirst, bool kScaled = false, class Frag>
+  template <bool kFirst, bool kScaled, int kRow0, int kRow1, class Frag>
   __device__ void step(Frag& s, float (&rescale)[2], float c = 1.f) {
     constexpr int N = int(cute::size(Frag{}));
+    auto mine = [](int i) { return AccCoord::row_half(i) >= kRow0 && AccCoord::row_half(i) < kRow1; };
     float mx[2];
     if constexpr (kScaled) {
       mx[0] = mx[1] = -INFINITY;
@@ -41,10 +44,11 @@ struct OnlineSoftmax {
       mx[1] = row_max[1];
     }
 #pragma unroll
-    for (int i = 0; i < N; ++i) mx[AccCoord::row_half(i)] = fmaxf(mx[AccCoord::row_half(i)], s(i));
+    for (int i = 0; i < N; ++i)
+      if (mine(i)) mx[AccCoord::row_half(i)] = fmaxf(mx[AccCoord::row_half(i)], s(i));
     float base[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = kRow0; r < kRow1; ++r) {
       mx[r] = quad_max(mx[r]);
       if constexpr (kScaled) mx[r] = fmaxf(row_max[r], mx[r] * c);
       // A row with no visible key yet keeps max -inf; subtract 0 so exp2(-inf) stays 0, not NaN.
@@ -57,6 +61,7 @@ struct OnlineSoftmax {
     float scale_s = kScaled ? scale_log2 * c : scale_log2;
 #pragma unroll
     for (int i = 0; i < N; ++i) {
+      if (!mine(i)) continue;
       int r = AccCoord::row_half(i);
       float p = fast_exp2(fmaf(s(i), scale_s, -base[r]));
       s(i) = p;
