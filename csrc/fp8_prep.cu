@@ -204,7 +204,8 @@ thread_local char g_error[512] = "";
 int fail(int code, const char* msg) { return record_error(g_error, code, msg); }
 
 // The checks both entry points share; 0 when the arguments are usable.
-int check(int b, int s, int h, int d, int dtype, const void* in, const int64_t* stride, const void* out) {
+int check(int b, int s, int h, int d, int dtype, const void* in, const int64_t* stride, const void* out,
+          const float* scale) {
   if (b < 0 || s < 0 || h <= 0 || b > 65535 || h > 65535)
     return fail(2, "bad shape: need 0 <= b <= 65535, s >= 0 and 0 < h <= 65535");
   if (d != 128 && d != 256) return fail(5, "fp8 prep supports head_dim 128 or 256");
@@ -212,6 +213,8 @@ int check(int b, int s, int h, int d, int dtype, const void* in, const int64_t* 
   if (in == nullptr || out == nullptr) return fail(4, "input and output pointers are required");
   if (!aligned16(in) || !strides8(stride) || !aligned16(out))
     return fail(3, "input and output must be 16-byte aligned, input strides multiples of 8 elements");
+  if (scale == nullptr || reinterpret_cast<uintptr_t>(scale) % 4 != 0)
+    return fail(4, "scale must be a 4-byte aligned float pointer");
   return 0;
 }
 
@@ -225,9 +228,7 @@ extern "C" const char* ringfa3_sm90_fp8_prep_last_error(void) { return ringfa3::
 extern "C" int ringfa3_sm90_fp8_quantize_rows(const RingFa3Fp8RowsArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3Fp8RowsArgs& a = *args;
-  if (int rc = ringfa3::check(a.b, a.s, a.h, a.d, a.dtype, a.x, a.x_stride, a.codes)) return rc;
-  if (a.scale == nullptr || reinterpret_cast<uintptr_t>(a.scale) % 4 != 0)
-    return fail(4, "scale must be a 4-byte aligned float pointer");
+  if (int rc = ringfa3::check(a.b, a.s, a.h, a.d, a.dtype, a.x, a.x_stride, a.codes, a.scale)) return rc;
   if (a.b == 0 || a.s == 0) return 0;
   const dim3 grid((a.s + ringfa3::kScaleRows - 1) / ringfa3::kScaleRows, a.h, a.b);
   cudaError_t err = ringfa3::dispatch(a.dtype, a.d, [&](auto t, auto dim) {
@@ -241,9 +242,7 @@ extern "C" int ringfa3_sm90_fp8_quantize_rows(const RingFa3Fp8RowsArgs* args) {
 extern "C" int ringfa3_sm90_fp8_v_transpose(const RingFa3Fp8VArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3Fp8VArgs& a = *args;
-  if (int rc = ringfa3::check(a.b, a.s, a.h, a.d, a.dtype, a.v, a.v_stride, a.vt)) return rc;
-  if (a.scale == nullptr || reinterpret_cast<uintptr_t>(a.scale) % 4 != 0)
-    return fail(4, "scale must be a 4-byte aligned float pointer");
+  if (int rc = ringfa3::check(a.b, a.s, a.h, a.d, a.dtype, a.v, a.v_stride, a.vt, a.scale)) return rc;
   if (a.b == 0 || a.s == 0) return 0;
   const dim3 grid((a.s + ringfa3::kVKeys - 1) / ringfa3::kVKeys, a.h, a.b);
   cudaError_t err = ringfa3::dispatch(a.dtype, a.d, [&](auto t, auto dim) {
