@@ -7,6 +7,8 @@ inputs, then timing of ours (default unordered and deterministic dQ) next to cuD
 The forward's out and lse fed to every backward come from the float64 reference (rounded to the input
 dtype / fp32), so a backward is checked on its own. Each part runs in its own subprocess with a timeout.
 Writes $OUT/sm90_bwd_check.json, sm90_bwd_bench.json, sm90_bwd_fa3.json, sm90_bwd_sass.json.
+`--part ncu` (not in `all`) profiles the main kernel with unordered and deterministic dQ:
+sm90_bwd_ncu_{default,deterministic}.txt and their per-instruction stall CSVs.
 """
 import argparse
 import json
@@ -192,6 +194,40 @@ def part_sass(out_dir):
         print("cuobjdump failed:", r.stderr[:300])
 
 
+def part_ncu_target(deterministic):
+    """One warm backward at hd128 16k causal for ncu to profile (launches 0-1 are warm-up)."""
+    import torch
+    be = load_backend()
+    q, k, v, dout = (torch.randn(1, 16384, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    out, lse = be.forward(q, k, v, True, None, (-1, -1), False)
+    for _ in range(3):
+        be.backward(dout, q, k, v, out, lse, True, 128 ** -0.5, (-1, -1), False, deterministic)
+    torch.cuda.synchronize()
+
+
+def part_ncu(out_dir):
+    """ncu of the backward main kernel at hd128 16k causal, unordered and deterministic dQ: the summary
+    sections and warp-stall samples per SASS instruction (CSV), to see what the ordered adds cost."""
+    sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis",
+                "SourceCounters"]
+    for mode in ("default", "deterministic"):
+        rep = Path("/tmp") / f"sm90_bwd_ncu_{mode}"
+        cmd = ["ncu", "--kernel-name", "regex:bwd_kernel", "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
+        for sec in sections:
+            cmd += ["--section", sec]
+        cmd += [sys.executable, __file__, "--part", "ncu_target"] + (["--deterministic"] if mode == "deterministic" else [])
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        r2 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "details"], capture_output=True, text=True)
+        (out_dir / f"sm90_bwd_ncu_{mode}.txt").write_text(r.stdout + r.stderr + r2.stdout + r2.stderr)
+        r3 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "source", "--csv", "--print-source", "sass"],
+                            capture_output=True, text=True)
+        (out_dir / f"sm90_bwd_ncu_source_{mode}.csv").write_text(r3.stdout + r3.stderr)
+        keep = [ln for ln in r2.stdout.splitlines() if re.search(
+            r"Duration|Throughput|Pipe|Issue|Eligible|Executed Ipc|Hit Rate|L2|DRAM", ln)]
+        print(f"--- {mode}")
+        print("\n".join(keep[:40]))
+
+
 def part_fa3(out_dir, limit):
     """FA3 fwd+bwd (flash-attn3-jax) in its own process; rows are streamed to a file, so the ones done
     before the time limit survive it."""
@@ -238,7 +274,8 @@ def table(out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/sm90_bwd")
-    ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3"])
+    ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3", "ncu", "ncu_target"])
+    ap.add_argument("--deterministic", action="store_true", help="--part ncu_target: the ordered dQ mode")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--fa3", action="store_true", help="also run the FA3 (JAX) anchor subprocess")
     ap.add_argument("--budget", type=float, default=600, help="seconds for all parts together")
@@ -253,6 +290,10 @@ def main():
         return part_sass(out_dir)
     if args.part == "fa3":
         return part_fa3(out_dir, args.budget)
+    if args.part == "ncu":
+        return part_ncu(out_dir)
+    if args.part == "ncu_target":
+        return part_ncu_target(args.deterministic)
     # Shares of the budget (a cold machine spends ~60 s of the check on first launches); the FA3 anchor
     # gets what is left.
     parts = [("check", 0.3), ("bench", 0.4), ("sass", 0.05)] + ([("fa3", 0)] if args.fa3 else [])
