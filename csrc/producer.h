@@ -5,24 +5,10 @@
 #include "mask.h"
 #include "params.h"
 #include "pipeline.h"
+#include "seq_slice.h"
 #include "tile_scheduler.h"
 
 namespace ringfa3 {
-
-// One tile's slice of a global TMA view whose mode kSeq runs over rows: its batch entry (dense), or
-// the packed rows from its segment's first one on (varlen; rows past the segment are masked keys or
-// query rows that are not stored).
-template <class Tr, int kSeq, class View>
-__device__ __forceinline__ auto seq_slice(View const& m, int head, int batch, int first_row) {
-  using namespace cute;
-  if constexpr (!Tr::kVarlen) {
-    return m(_, _, head, batch);
-  } else if constexpr (kSeq == 0) {
-    return domain_offset(make_coord(first_row, _0{}), m(_, _, head, 0));
-  } else {
-    return domain_offset(make_coord(_0{}, first_row), m(_, _, head, 0));
-  }
-}
 
 template <class Tr>
 __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) {

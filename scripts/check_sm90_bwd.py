@@ -130,6 +130,21 @@ def part_check(out_dir):
               f"cudnn {fmt(r.get('cudnn'))}  torch_fp32 {fmt(r.get('torch_fp32'))}  "
               f"repeat={r.get('bitwise_repeat')} {r.get('error', '')}", flush=True)
         torch.cuda.empty_cache()
+    # Packed documents through the backward's varlen form, whether or not backward_blocks takes it yet.
+    sys.path.insert(0, str(ROOT / "tests"))
+    from varlen_cases import VARLEN_CASES, run_backward_case
+    be.varlen_backward_blocks = True
+    for case in (c for c in VARLEN_CASES if c["d"] in (64, 128)):
+        for det in (False, True):
+            try:
+                r = run_backward_case(be, case, gen, deterministic=det)
+            except Exception as e:   # noqa: BLE001
+                r = dict(name=case["name"], deterministic=det, **{"pass": False, "error": repr(e)[:400]})
+            r["name"], r["ok"] = "varlen " + r["name"], r.pop("pass")
+            results.append(r)
+            print(f"{'PASS' if r['ok'] else 'FAIL'} {r['name']:26s} det={det} dq/dk/dv "
+                  f"{r.get('dq', float('nan')):.2e}/{r.get('dk', float('nan')):.2e}/{r.get('dv', float('nan')):.2e} "
+                  f"limit {r.get('dq_limit', float('nan')):.2e} {r.get('error', '')}", flush=True)
     (out_dir / "sm90_bwd_check.json").write_text(json.dumps(results, indent=1))
 
 

@@ -214,17 +214,23 @@ def test_sm90_forward_blocks_keeps_dense_steps_on_the_dense_kernel():
     assert _err(out, want) <= 1e-5
 
 
+@pytest.mark.parametrize("ours", (False, True))
 @pytest.mark.parametrize("deterministic", (False, True))
-def test_sm90_backward_blocks_routes_documents_to_one_varlen_launch(deterministic, monkeypatch):
-    """Packed documents: one varlen backward launch (FA2's, emulated here) unless the call asks for
-    deterministic results; a dense step: our kernel per block. Gradients equal float64's either way."""
+def test_sm90_backward_blocks_routes_documents_to_one_varlen_launch(deterministic, ours, monkeypatch):
+    """Packed documents: one varlen backward launch, ours when varlen_backward_blocks is on (emulated
+    here), else FA2's (emulated) unless the call asks for deterministic results; a dense step: our
+    kernel per block. Gradients equal float64's either way."""
     impl = _Sm90OnCpu()
+    impl.varlen_backward_blocks = ours
     launches = []
-    monkeypatch.setattr(sm90_module, "fa2_varlen_bwd", lambda *a: launches.append("varlen") or emulated_bwd(*a))
+    monkeypatch.setattr(sm90_module, "fa2_varlen_bwd", lambda *a: launches.append("fa2") or emulated_bwd(*a))
+    monkeypatch.setattr(impl, "varlen_backward", lambda *a, deterministic: launches.append(("ours", deterministic))
+                        or emulated_bwd(*a))
     monkeypatch.setattr(impl, "backward", lambda *a: launches.append("dense") or reference.backward(*a))
     docs = (Block(0, 40, 0, 40, causal=True), Block(40, 70, 40, 70, causal=True), Block(70, 120, 70, 120, causal=True))
     dense = (Block(0, 1024, 0, 1024, causal=True), Block(1024, 2048, 0, 2048, causal=True))   # a zigzag step
-    for blocks, want in ((docs, ["dense"] * 3 if deterministic else ["varlen"]), (dense, ["dense"] * 2)):
+    want_docs = [("ours", deterministic)] if ours else ["dense"] * 3 if deterministic else ["fa2"]
+    for blocks, want in ((docs, want_docs), (dense, ["dense"] * 2)):
         s = blocks[-1].q1
         g = torch.Generator().manual_seed(s)
         q, k, v, dout = (torch.randn(1, s, 2, 16, generator=g, dtype=torch.float64) for _ in range(4))

@@ -6,6 +6,7 @@ floor) plus a small atol."""
 import pytest
 import torch
 from reference import reference64
+from varlen_cases import VARLEN_CASES, run_backward_case
 
 
 def _reference(q, k, v, dout, causal, window, scale):
@@ -83,3 +84,13 @@ def test_sm90_backward_fp32_grads_and_fp32_out():
 def test_sm90_backward_refuses_head_dim_256():
     q = torch.randn(1, 64, 2, 256, device="cuda", dtype=torch.bfloat16)
     assert "head_dim" in BACKEND.backward_unsupported(q, q, q, False, (-1, -1))
+
+
+@pytest.mark.parametrize("deterministic", (False, True))
+@pytest.mark.parametrize("case", [c for c in VARLEN_CASES if c["d"] in (64, 128)],
+                         ids=lambda c: c["name"].replace(" ", "_"))
+def test_varlen_backward_blocks_match_float64(case, deterministic, monkeypatch):
+    """Packed documents through the backward's varlen form (backward_blocks, one launch per step)."""
+    monkeypatch.setattr(BACKEND, "varlen_backward_blocks", True)
+    res = run_backward_case(BACKEND, case, deterministic=deterministic)
+    assert res["pass"], res

@@ -1,5 +1,5 @@
-"""Block lists over packed documents for checking the varlen kernel (tests/test_sm90.py and
-scripts/check_sm90.py): documents of awkward lengths (one row, a tile plus one, longer than a tile)
+"""Block lists over packed documents for checking the varlen kernels (tests/test_sm90.py,
+tests/test_sm90_bwd.py, scripts/check_sm90.py, scripts/check_sm90_bwd.py): documents of awkward lengths (one row, a tile plus one, longer than a tile)
 in one local problem, and zigzag ring steps over documents (blocks whose rows and keys differ)."""
 from __future__ import annotations
 
@@ -65,4 +65,33 @@ def run_case(backend, case, generator=None) -> dict:
                dead_ok=bool(torch.isneginf(lacc[dead]).all() and (acc.transpose(1, 2)[dead] == 0).all()),
                nan=bool(acc.isnan().any() or lacc.isnan().any()))
     res["pass"] = not res["nan"] and res["dead_ok"] and res["err"] <= res["limit"] and res["lse_err"] < 1e-2
+    return res
+
+
+def run_backward_case(backend, case, generator=None, deterministic=False) -> dict:
+    """The case's blocks through ops.blocks.backward_blocks (backend's varlen backward when it takes
+    them) given the float64 out and lse, against float64 gradients: rel err of dq, dk, dv, their limit
+    (3x the rounding of the exact gradients to the input dtype, plus 1e-3), and pass."""
+    from ringfa3.ops.blocks import backward_blocks
+    dtype = torch.float16 if case.get("dtype") == "fp16" else torch.bfloat16
+    s_q, s_k, blocks = case_blocks(case)
+    b, h, h_kv, d = case["b"], case["h"], case["h_kv"], case["d"]
+    q, dout = (torch.randn(b, s_q, h, d, device="cuda", generator=generator).to(dtype) for _ in range(2))
+    k, v = (torch.randn(b, s_k, h_kv, d, device="cuda", generator=generator).to(dtype) for _ in range(2))
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    ref_o, ref_lse = attention64(q64, k64, v64, mask=blocks_mask(blocks, s_q, s_k, "cuda"))
+    ref = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(ref_o, (q64, k64, v64), dout.double())))
+    dq = torch.zeros(b, s_q, h, d, device="cuda")   # (b, s_q, h, d) float32, as the ring keeps it
+    dk, dv = (torch.zeros(b, s_k, h_kv, d, device="cuda") for _ in range(2))
+    for k0, k1, dkb, dvb in backward_blocks(backend, dout, q, k, v, ref_o.detach().to(dtype), ref_lse.float(),
+                                            blocks, d ** -0.5, dq, deterministic):
+        dk[:, k0:k1] += dkb.float()
+        dv[:, k0:k1] += dvb.float()
+    res = dict(name=case["name"], blocks=len(blocks), deterministic=deterministic)
+    for name, got in (("dq", dq), ("dk", dk), ("dv", dv)):
+        want = ref[name].detach()
+        res[name] = _rel(got, want)
+        res[name + "_limit"] = 3 * _rel(want.to(dtype), want) + 1e-3
+    res["nan"] = bool(dq.isnan().any() or dk.isnan().any() or dv.isnan().any())
+    res["pass"] = not res["nan"] and all(res[n] <= res[n + "_limit"] for n in ("dq", "dk", "dv"))
     return res

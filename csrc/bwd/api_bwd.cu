@@ -13,7 +13,7 @@ thread_local char g_bwd_error[512] = "";
 int fail(int code, const char* msg) { return ringfa3::record_error(g_bwd_error, code, msg); }
 }  // namespace
 
-extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 1; }
+extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 2; }
 extern "C" int ringfa3_sm90_bwd_block_m(void) { return ringfa3::kBwdBlockM; }
 extern "C" const char* ringfa3_sm90_bwd_last_error(void) { return g_bwd_error; }
 
@@ -33,6 +33,10 @@ extern "C" int ringfa3_sm90_bwd(const RingFa3BwdArgs* args) {
     if (!strides8(s)) return fail(3, "tensor strides must be multiples of 8 elements (16-byte rows for TMA and vector loads)");
   if (a.window_left < -1 || a.window_right < -1) return fail(2, "window sides must be >= -1");
   if (a.reserved != 0) return fail(2, "reserved must be 0");
+  bool varlen = a.cu_seqlens_q != nullptr;
+  if (varlen != (a.cu_seqlens_k != nullptr)) return fail(4, "varlen needs both cu_seqlens_q and cu_seqlens_k");
+  if (varlen && (a.max_seqlen_q < 0 || a.max_seqlen_q > a.s_q || a.max_seqlen_k <= 0 || a.max_seqlen_k > a.s_k))
+    return fail(2, "varlen needs 0 <= max_seqlen_q <= s_q and 0 < max_seqlen_k <= s_k (the packed totals)");
   if (a.b == 0 || a.s_q == 0) return fail(2, "empty q: the caller handles it (zero dk, dv)");
   cudaError_t err = ringfa3::dispatch_bwd(a);
   if (err == cudaErrorNotSupported) return fail(5, "unsupported dtype / head_dim combination for the backward");

@@ -18,7 +18,8 @@ typedef struct RingFa3BwdArgs {
   void* dq;             // (b, s_q, h, d)     input dtype, or fp32 when grads_fp32
   void* dk;             // (b, s_k, h_kv, d)  likewise
   void* dv;             // (b, s_k, h_kv, d)  likewise
-  // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m):
+  // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m)
+  // (varlen: one batch entry of (s_q / block_m + b) * block_m rows):
   float* dq_accum;      // (b, h, s_pad, d)   fp32, zeroed by the preprocess kernel
   float* lse_log2;      // (b, h, s_pad)      lse * log2(e); +inf for dead and padding rows
   float* delta;         // (b, h, s_pad)      rowsum(dout * out)
@@ -43,6 +44,14 @@ typedef struct RingFa3BwdArgs {
                            // session; kept so the layout and the ABI version do not change)
   float softmax_scale;
   void* stream;            // cudaStream_t
+  // Varlen (ABI 2): b packed segments. Segment i is rows [cu_seqlens_q[i], cu_seqlens_q[i + 1]) of
+  // q, out, dout, dq (and lse, then (h, s_q)) and rows [cu_seqlens_k[i], cu_seqlens_k[i + 1]) of k, v,
+  // dk, dv, its mask aligned bottom-right within it; s_q and s_k are the packed totals, the batch
+  // strides are not used, and the workspace holds (s_q / block_m + b) * block_m rows per head.
+  const int32_t* cu_seqlens_q;   // (b + 1,) on the device, or NULL: dense
+  const int32_t* cu_seqlens_k;
+  int32_t max_seqlen_q;          // longest segment (grid size), <= s_q
+  int32_t max_seqlen_k;
 } RingFa3BwdArgs;
 
 // 0 on success, else a nonzero code; the message of the last failure on this thread is

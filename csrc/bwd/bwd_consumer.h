@@ -41,7 +41,8 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   constexpr bool kSplitD = Tr::kSplitD;
   RingFa3BwdArgs const& a = p.a;
-  BwdMask<kM, kN> mask(n_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+  BwdExtent e = bwd_extent(p, bi);
+  BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
   int mb = mask.m_begin(), me = mask.m_end();
   // Broadcast from lane 0: warp-uniform to the compiler, so the smem-operand fragments (WGMMA
   // descriptors, which depend only on the warpgroup) live in uniform registers.
@@ -139,7 +140,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
     }
   }
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{})),
-                 mask, bi, hk);
+                 mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
 }
 
 }  // namespace ringfa3

@@ -24,13 +24,14 @@ template <class Tr>
 __device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int n_block, int hk, int bi) {
   constexpr int kM = Tr::kBlockM, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
-  BwdMask<kM, Tr::kBlockN> mask(n_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+  BwdExtent e = bwd_extent(p, bi);
+  BwdMask<kM, Tr::kBlockN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
   int mb = mask.m_begin(), me = mask.m_end();
   PipeState<Tr::kDqBufs> slot;
   for (int g = 0; g < p.group; ++g) {
     int head = hk * p.group + g;
     for (int m = mb; m < me; ++m) {
-      size_t tile = (size_t(bi) * a.h + head) * p.n_m_blocks + m;
+      size_t tile = ws_tile(p, e, bi, head, m);
       for (int wg = 0; wg < Tr::kConsumerWG; ++wg) {
         EmptyBarrier::wait(&ss.dq_full[slot.index][wg], slot.phase);
         float* dst = a.dq_accum + tile * size_t(kM * kD) + (Tr::kSplitD ? wg * Tr::kDqPerWG : 0);

@@ -1,6 +1,6 @@
-// The backward main kernel: one CTA per (key block, kv head, batch); warpgroup 0 holds the TMA
-// producer (warp 0) and the dQ writer (warp 1), registers given away; warpgroups 1-2 are the
-// consumers (registers taken for dK, dV, S, dP).
+// The backward main kernel: one CTA per (key block, kv head, batch entry or varlen segment); warpgroup
+// 0 holds the TMA producer (warp 0) and the dQ writer (warp 1), registers given away; warpgroups 1-2
+// are the consumers (registers taken for dK, dV, S, dP).
 // Block order (1-D grid): either way a lower key block of a head has a lower index, so it starts
 // first (the deterministic dQ order waits only on CTAs launched earlier) and under a causal mask the
 // longest CTAs start first.
@@ -32,6 +32,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     n_block = lin % p.n_n_blocks;
     hk = lin / p.n_n_blocks % p.a.h_kv;
     bi = lin / p.n_n_blocks / p.a.h_kv;
+  }
+  if constexpr (Tr::kVarlen) {   // the grid covers the longest segment: CTAs past this one's keys leave
+    if (n_block * Tr::kBlockN >= p.a.cu_seqlens_k[bi + 1] - p.a.cu_seqlens_k[bi]) return;
   }
 
   if (threadIdx.x == 0) {

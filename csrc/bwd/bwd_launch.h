@@ -1,6 +1,6 @@
 // Host side of one backward instantiation: preprocess (delta, lse_log2, zeroed workspace), the main
-// kernel (TMA descriptors, grid = key blocks x kv heads x batch), the dQ conversion. Included only by
-// the generated csrc/generated/bwd_*.cu files.
+// kernel (TMA descriptors, grid = key blocks x kv heads x batch entries, varlen: of the longest
+// segment x segments), the dQ conversion. Included only by the generated csrc/generated/bwd_*.cu files.
 #pragma once
 #include <cmath>
 #include <cuda_runtime.h>
@@ -15,22 +15,27 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   using namespace cute;
   using T = typename Tr::T;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
+  constexpr bool kVarlen = Tr::kVarlen;
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
-  int n_m = (a.s_q + kM - 1) / kM, n_n = (a.s_k + kN - 1) / kN;
-  int s_pad = n_m * kM;
+  int s_q = kVarlen ? a.max_seqlen_q : a.s_q, s_k = kVarlen ? a.max_seqlen_k : a.s_k;   // longest entry
+  int n_m = (s_q + kM - 1) / kM, n_n = (s_k + kN - 1) / kN;
+  // Workspace rows per (batch entry, head); varlen per head, every segment from a kM-aligned row.
+  int ws_rows = kVarlen ? (a.s_q / kM + a.b) * kM : n_m * kM;
 
   {   // delta, lse_log2, zero dq_accum / semaphores
     constexpr int kRows = RowChunk<kD>::kRows;
-    dim3 grid((s_pad + kRows - 1) / kRows, a.h, a.b);
-    if (a.out_fp32) bwd_preprocess_kernel<T, float, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
-    else bwd_preprocess_kernel<T, T, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
+    dim3 grid((n_m * kM + kRows - 1) / kRows, a.h, a.b);
+    if (a.out_fp32) bwd_preprocess_kernel<T, float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
+    else bwd_preprocess_kernel<T, T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
 
+  // Varlen: the packed rows are one batch entry, whose (never stepped) batch stride is just past them.
+  int n_b = kVarlen ? 1 : a.b;
   auto view = [&](const void* ptr, int s, int heads, int64_t const* st) {
-    return make_tensor(make_gmem_ptr(static_cast<T const*>(ptr)), make_shape(s, a.d, heads, a.b),
-                       make_stride(st[1], _1{}, st[2], st[0]));
+    return make_tensor(make_gmem_ptr(static_cast<T const*>(ptr)), make_shape(s, a.d, heads, n_b),
+                       make_stride(st[1], _1{}, st[2], kVarlen ? s * st[1] : st[0]));
   };
   using TileQ = Shape<Int<kM>, Int<kD>>;
   using TileK = Shape<Int<kN>, Int<kD>>;
@@ -42,6 +47,7 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
       a,
       /*n_m_blocks=*/n_m,
       /*n_n_blocks=*/n_n,
+      /*ws_rows=*/ws_rows,
       /*group=*/a.h / a.h_kv,
       /*diag_offset=*/a.s_k - a.s_q,
       /*win_left=*/a.window_left < 0 ? kBwdUnbounded : a.window_left,
@@ -61,9 +67,9 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   if (err != cudaSuccess) return err;
 
   constexpr int kRows = RowChunk<kD>::kRows;
-  dim3 grid((a.s_q + kRows - 1) / kRows, a.h, a.b);
-  if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
-  else bwd_convert_dq_kernel<T, kD, kM><<<grid, 256, 0, stream>>>(a, s_pad);
+  dim3 grid((s_q + kRows - 1) / kRows, a.h, a.b);
+  if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
+  else bwd_convert_dq_kernel<T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   return cudaGetLastError();
 }
 

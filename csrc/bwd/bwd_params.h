@@ -1,5 +1,7 @@
-// Kernel-side parameters of the backward main kernel: TMA descriptors plus resolved scalars.
+// Kernel-side parameters of the backward main kernel: TMA descriptors plus resolved scalars, and
+// where a batch entry (varlen: a segment) lives in the packed tensors and in the workspace.
 #pragma once
+#include <cstddef>
 #include "bwd_args.h"
 
 namespace ringfa3 {
@@ -13,12 +15,37 @@ struct BwdParams {
   typename Tr::TmaK tma_k;
   typename Tr::TmaK tma_v;
   RingFa3BwdArgs a;
-  int n_m_blocks;     // ceil(s_q / kBlockM): rows of the padded workspace = n_m_blocks * kBlockM
-  int n_n_blocks;     // ceil(s_k / kBlockN)
+  int n_m_blocks;     // query blocks of the (longest) batch entry: ceil(s_q / kBlockM)
+  int n_n_blocks;     // key blocks of the (longest) batch entry: ceil(s_k / kBlockN)
+  int ws_rows;        // varlen: workspace rows per head, (s_q / kBlockM + b) * kBlockM (dense: unused)
   int group;          // h / h_kv
   int diag_offset;    // s_k - s_q
   int win_left, win_right;   // finite
   float scale_log2;   // softmax_scale * log2(e)
 };
+
+// Batch entry bi's rows: its first query / key row in the packed tensors, its lengths, the mask's
+// diagonal offset, and its first workspace row of head 0 (varlen: segment bi's rows start at
+// (q0 / kBlockM + bi) * kBlockM, past the padded rows of every segment before it).
+struct BwdExtent { int q0, s_q, k0, s_k, off, ws0; };
+
+template <class Tr>
+__device__ __forceinline__ BwdExtent bwd_extent(BwdParams<Tr> const& p, int bi) {
+  if constexpr (Tr::kVarlen) {
+    int q0 = p.a.cu_seqlens_q[bi], k0 = p.a.cu_seqlens_k[bi];
+    int s_q = p.a.cu_seqlens_q[bi + 1] - q0, s_k = p.a.cu_seqlens_k[bi + 1] - k0;
+    return BwdExtent{q0, s_q, k0, s_k, s_k - s_q, (q0 / Tr::kBlockM + bi) * Tr::kBlockM};
+  } else {
+    return BwdExtent{0, p.a.s_q, 0, p.a.s_k, p.diag_offset, 0};
+  }
+}
+
+// Index of the workspace's kBlockM-row tile (of dq_accum, lse_log2, delta, semaphore pairs) that
+// holds query block m of (bi, head).
+template <class Tr>
+__device__ __forceinline__ size_t ws_tile(BwdParams<Tr> const& p, BwdExtent const& e, int bi, int head, int m) {
+  if constexpr (Tr::kVarlen) return (size_t(head) * p.ws_rows + e.ws0) / Tr::kBlockM + m;
+  else return (size_t(bi) * p.a.h + head) * p.n_m_blocks + m;
+}
 
 }  // namespace ringfa3

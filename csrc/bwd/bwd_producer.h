@@ -4,6 +4,7 @@
 #pragma once
 #include <cute/arch/copy_sm90_tma.hpp>
 #include "../pipeline.h"
+#include "../seq_slice.h"
 #include "bwd_mask.h"
 #include "bwd_params.h"
 #include "bwd_traits.h"
@@ -16,36 +17,37 @@ __device__ void bwd_produce(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   using namespace cute;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
-  BwdMask<kM, kN> mask(n_block, a.s_q, a.s_k, p.diag_offset, p.win_left, p.win_right);
+  BwdExtent e = bwd_extent(p, bi);
+  BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
   int mb = mask.m_begin(), me = mask.m_end();
   if (me <= mb) return;   // nothing visible: the consumers write zero dK, dV without loads
 
-  Tensor mQ = p.tma_q.get_tma_tensor(make_shape(a.s_q, a.d, a.h, a.b));      // (s_q, d, h, b)
-  Tensor mdO = p.tma_do.get_tma_tensor(make_shape(a.s_q, a.d, a.h, a.b));
-  Tensor mK = p.tma_k.get_tma_tensor(make_shape(a.s_k, a.d, a.h_kv, a.b));   // (s_k, d, h_kv, b)
-  Tensor mV = p.tma_v.get_tma_tensor(make_shape(a.s_k, a.d, a.h_kv, a.b));
+  int n_b = Tr::kVarlen ? 1 : a.b;   // varlen: the packed rows are one batch entry
+  Tensor mQ = p.tma_q.get_tma_tensor(make_shape(a.s_q, a.d, a.h, n_b));      // (s_q, d, h, b)
+  Tensor mdO = p.tma_do.get_tma_tensor(make_shape(a.s_q, a.d, a.h, n_b));
+  Tensor mK = p.tma_k.get_tma_tensor(make_shape(a.s_k, a.d, a.h_kv, n_b));   // (s_k, d, h_kv, b)
+  Tensor mV = p.tma_v.get_tma_tensor(make_shape(a.s_k, a.d, a.h_kv, n_b));
   Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemLayoutQ{});
   Tensor sdO = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutK{});
 
-  Tensor gK = local_tile(mK(_, _, hk, bi), Shape<Int<kN>, Int<kD>>{}, make_coord(n_block, _0{}));
-  Tensor gV = local_tile(mV(_, _, hk, bi), Shape<Int<kN>, Int<kD>>{}, make_coord(n_block, _0{}));
+  Tensor gK = local_tile(seq_slice<Tr, 0>(mK, hk, bi, e.k0), Shape<Int<kN>, Int<kD>>{}, make_coord(n_block, _0{}));
+  Tensor gV = local_tile(seq_slice<Tr, 0>(mV, hk, bi, e.k0), Shape<Int<kN>, Int<kD>>{}, make_coord(n_block, _0{}));
   auto tK = tma_partition(p.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto tV = tma_partition(p.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
   FullBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * Tr::kBytesK);
   copy(p.tma_k.with(ss.kv_full), get<0>(tK), get<1>(tK));
   copy(p.tma_v.with(ss.kv_full), get<0>(tV), get<1>(tV));
 
-  int s_pad = p.n_m_blocks * kM;
   PipeState<Tr::kStages> st;
   for (int g = 0; g < p.group; ++g) {
     int head = hk * p.group + g;
-    Tensor gQ = local_tile(mQ(_, _, head, bi), Shape<Int<kM>, Int<kD>>{}, make_coord(_, _0{}));   // (kM, d, m)
-    Tensor gdO = local_tile(mdO(_, _, head, bi), Shape<Int<kM>, Int<kD>>{}, make_coord(_, _0{}));
+    Tensor gQ = local_tile(seq_slice<Tr, 0>(mQ, head, bi, e.q0), Shape<Int<kM>, Int<kD>>{}, make_coord(_, _0{}));   // (kM, d, m)
+    Tensor gdO = local_tile(seq_slice<Tr, 0>(mdO, head, bi, e.q0), Shape<Int<kM>, Int<kD>>{}, make_coord(_, _0{}));
     auto tQ = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
     auto tdO = tma_partition(p.tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
-    size_t row0 = (size_t(bi) * a.h + head) * s_pad;
+    size_t row0 = ws_tile(p, e, bi, head, 0) * kM;
     for (int m = mb; m < me; ++m) {
       EmptyBarrier::wait(&ss.q_empty[st.index], st.phase ^ 1);
       FullBarrier::arrive_and_expect_tx(&ss.q_full[st.index], 2 * Tr::kBytesQ + 2 * Tr::kBytesRow);

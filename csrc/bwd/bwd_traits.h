@@ -20,8 +20,9 @@
 namespace ringfa3 {
 using namespace cute;
 
-template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
+template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false>
 struct BwdTraits {
+  static constexpr bool kVarlen = kVarlen_;   // packed segments (cu_seqlens): bwd_args.h
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per pipeline stage

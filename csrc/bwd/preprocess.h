@@ -1,8 +1,9 @@
 // Backward preprocessing, one pass over (dO, O) before the main kernel:
 //   delta[b, h, i]    = sum_d dO[b, i, h, d] * O[b, i, h, d]        (fp32)
 //   lse_log2[b, h, i] = lse * log2(e), +inf where lse = -inf (a row that sees no key: P = 0, not NaN)
-// and zeroes the fp32 dQ accumulator and the deterministic-order semaphores. Rows s_q..s_pad-1 of the
-// padded workspace get delta 0 and lse +inf, so the main kernel needs no row bounds.
+// and zeroes the fp32 dQ accumulator and the deterministic-order semaphores. The padding rows of each
+// batch entry's (or segment's) workspace get delta 0 and lse +inf, so the main kernel needs no row
+// bounds.
 // Thread layout: kChunks = d / 8 threads per row, 8 elements (16 bytes of a 16-bit tensor) each.
 #pragma once
 #include <cmath>
@@ -34,30 +35,54 @@ struct RowChunk {
   int row = blockIdx.x * kRows + threadIdx.x / kChunks;
 };
 
-template <class T, class TO, int kHeadDim, int kBlockM>
-__global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int s_pad) {
+// Batch entry bi's rows for both kernels: the first packed row, the length, and the first workspace
+// row of head hi (varlen: segment bi from (q0 / kBlockM + bi) * kBlockM of the head's ws_rows, as
+// bwd_params.h lays it out).
+template <int kBlockM, bool kVarlen>
+struct WsRows {
+  int q0, s_q;
+  size_t ws0;
+  __device__ WsRows(RingFa3BwdArgs const& a, int bi, int hi, int ws_rows) {
+    if constexpr (kVarlen) {
+      q0 = a.cu_seqlens_q[bi];
+      s_q = a.cu_seqlens_q[bi + 1] - q0;
+      ws0 = size_t(hi) * ws_rows + (q0 / kBlockM + bi) * kBlockM;
+    } else {
+      q0 = 0;
+      s_q = a.s_q;
+      ws0 = (size_t(bi) * a.h + hi) * ws_rows;
+    }
+  }
+};
+
+// ws_rows: the padded rows of one batch entry and head (dense), or of one head (varlen).
+template <class T, class TO, int kHeadDim, int kBlockM, bool kVarlen>
+__global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int ws_rows) {
   auto [hi, bi, chunk, row] = RowChunk<kHeadDim>{};
-  if (row >= s_pad) return;
-  size_t ws_row = (size_t(bi) * a.h + hi) * s_pad + row;
+  WsRows<kBlockM, kVarlen> w(a, bi, hi, ws_rows);
+  int pad = kVarlen ? (w.s_q + kBlockM - 1) / kBlockM * kBlockM : ws_rows;
+  if (row >= pad) return;
+  size_t ws_row = w.ws0 + row;
+  int bb = kVarlen ? 0 : bi, src = w.q0 + row;   // varlen: packed rows, one batch entry
   float dot = 0.f;
-  if (row < a.s_q) {
+  if (row < w.s_q) {
     float x[8], y[8];
-    load8(static_cast<const T*>(a.dout) + bi * a.do_stride[0] + row * a.do_stride[1] + hi * a.do_stride[2] + chunk * 8, x);
-    load8(static_cast<const TO*>(a.out) + bi * a.o_stride[0] + row * a.o_stride[1] + hi * a.o_stride[2] + chunk * 8, y);
+    load8(static_cast<const T*>(a.dout) + bb * a.do_stride[0] + src * a.do_stride[1] + hi * a.do_stride[2] + chunk * 8, x);
+    load8(static_cast<const TO*>(a.out) + bb * a.o_stride[0] + src * a.o_stride[1] + hi * a.o_stride[2] + chunk * 8, y);
 #pragma unroll
     for (int i = 0; i < 8; ++i) dot += x[i] * y[i];
   }
 #pragma unroll
-  for (int w = RowChunk<kHeadDim>::kChunks / 2; w > 0; w /= 2) dot += __shfl_xor_sync(0xffffffff, dot, w);
+  for (int w2 = RowChunk<kHeadDim>::kChunks / 2; w2 > 0; w2 /= 2) dot += __shfl_xor_sync(0xffffffff, dot, w2);
   float4* acc = reinterpret_cast<float4*>(a.dq_accum + ws_row * kHeadDim + chunk * 8);
   acc[0] = make_float4(0.f, 0.f, 0.f, 0.f);
   acc[1] = make_float4(0.f, 0.f, 0.f, 0.f);
   if (chunk == 0) {
-    float l = row < a.s_q ? a.lse[bi * a.lse_stride[0] + hi * a.lse_stride[1] + row] : -INFINITY;
+    float l = row < w.s_q ? a.lse[bb * a.lse_stride[0] + hi * a.lse_stride[1] + src] : -INFINITY;
     a.lse_log2[ws_row] = l == -INFINITY ? INFINITY : l * float(M_LOG2E);
     a.delta[ws_row] = dot;
     if (a.deterministic && row % kBlockM == 0) {
-      int* sem = a.semaphore + 2 * ((size_t(bi) * a.h + hi) * (s_pad / kBlockM) + row / kBlockM);
+      int* sem = a.semaphore + 2 * (ws_row / kBlockM);
       sem[0] = 0;
       sem[1] = 0;
     }
@@ -68,13 +93,14 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, i
 // (kBlockM x d) workspace tile holds the main kernel's order (add_dq_bulk): per warpgroup region (d
 // split in two halves, or one full-width region), float4 j of thread t at j * 512 + 4 t, in the
 // WGMMA accumulator's (thread, value) order.
-template <class TQ, int kHeadDim, int kBlockM>
-__global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int s_pad) {
+template <class TQ, int kHeadDim, int kBlockM, bool kVarlen>
+__global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int ws_rows) {
   auto [hi, bi, chunk, row] = RowChunk<kHeadDim>{};
-  if (row >= a.s_q) return;
+  WsRows<kBlockM, kVarlen> w(a, bi, hi, ws_rows);
+  if (row >= w.s_q) return;
   float x[8];
   constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
-  const float* tile = a.dq_accum + ((size_t(bi) * a.h + hi) * s_pad + row / kBlockM * kBlockM) * kHeadDim;
+  const float* tile = a.dq_accum + (w.ws0 + row / kBlockM * kBlockM) * kHeadDim;
   int r = row % kBlockM;
 #pragma unroll
   for (int e = 0; e < 8; e += 2) {
@@ -85,7 +111,8 @@ __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, i
     x[e] = v.x;
     x[e + 1] = v.y;
   }
-  TQ* dst = static_cast<TQ*>(a.dq) + bi * a.dq_stride[0] + row * a.dq_stride[1] + hi * a.dq_stride[2] + chunk * 8;
+  TQ* dst = static_cast<TQ*>(a.dq) + (kVarlen ? 0 : bi) * a.dq_stride[0] + (w.q0 + row) * a.dq_stride[1] +
+            hi * a.dq_stride[2] + chunk * 8;
   if constexpr (sizeof(TQ) == 4) {
     reinterpret_cast<float4*>(dst)[0] = make_float4(x[0] * a.softmax_scale, x[1] * a.softmax_scale,
                                                      x[2] * a.softmax_scale, x[3] * a.softmax_scale);

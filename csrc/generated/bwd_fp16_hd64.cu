@@ -5,6 +5,7 @@
 namespace ringfa3 {
 cudaError_t run_bwd_fp16_hd64(RingFa3BwdArgs const& a) {
   using Cfg = BwdTileConfig<64>;
+  if (a.cu_seqlens_q != nullptr) return launch_bwd<BwdTraits<cutlass::half_t, 64, Cfg::kM, Cfg::kN, Cfg::kStages, true>>(a);
   return launch_bwd<BwdTraits<cutlass::half_t, 64, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);
 }
 }  // namespace ringfa3

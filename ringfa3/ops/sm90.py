@@ -70,6 +70,8 @@ class _BwdArgs(ctypes.Structure):
         ("dtype", ctypes.c_int32), ("window_left", ctypes.c_int32), ("window_right", ctypes.c_int32),
         ("out_fp32", ctypes.c_int32), ("grads_fp32", ctypes.c_int32), ("deterministic", ctypes.c_int32),
         ("reserved", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
+        ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
+        ("max_seqlen_q", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
     ]
 
 
@@ -93,7 +95,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 1
+_BWD_ABI_VERSION = 2
 _BWD_HEAD_DIMS = (64, 128)
 
 
@@ -185,6 +187,10 @@ class Sm90Backend:
     # forward_blocks through the varlen kernel: all of a step's blocks in one launch per batch entry
     # (checked on an H200, bench/NOTES.md "Run 13"); False runs one merge call per block instead.
     varlen_blocks = True
+    # backward_blocks through the backward's varlen form (all of a step's segments in one launch). Off
+    # until it passes the device check (scripts/check_sm90_bwd.py, varlen cases): built and its SASS
+    # read, not yet run on a GPU. Off, documents take FA2's varlen backward.
+    varlen_backward_blocks = False
 
     def __init__(self, lib):
         self._lib = lib
@@ -288,14 +294,16 @@ class Sm90Backend:
 
     def backward_blocks(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic=False):
         """ops.blocks.backward_blocks: our kernel per block for steps of a few large blocks; many small
-        blocks (packed documents) go to FA2's varlen backward in one launch, as long as ours has no
-        varlen form, unless the call asks for deterministic results, which FA2's atomic dQ does not
-        give. Measured (bench/NOTES-ring.md): a launch per document is 6x slower than FA2's one launch;
-        a zigzag window ring (diagonal steps of 4 blocks of 4k rows) takes 16% less time per block on
-        our kernel."""
-        if deterministic or few_large(blocks, max_blocks=8, min_rows=1024):
+        blocks (packed documents) in one varlen launch: ours when `varlen_backward_blocks`, else FA2's,
+        unless the call asks for deterministic results, which FA2's atomic dQ does not give.
+        Measured (bench/NOTES-ring.md): a launch per document is 6x slower than FA2's one launch; a
+        zigzag window ring (diagonal steps of 4 blocks of 4k rows) takes 16% less time per block on our
+        dense kernel."""
+        if few_large(blocks, max_blocks=8, min_rows=1024) or (deterministic and not self.varlen_backward_blocks):
             return loop_backward(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
-        return varlen_backward(fa2_varlen_bwd, dout, q, k, v, out, lse, blocks, scale, dq_acc)
+        kernel = (functools.partial(self.varlen_backward, deterministic=deterministic) if self.varlen_backward_blocks
+                  else fa2_varlen_bwd)
+        return varlen_backward(kernel, dout, q, k, v, out, lse, blocks, scale, dq_acc)
 
     def varlen_merge(self, q, k, v, call, softmax_scale, out_acc, lse_acc):
         """Merge the packed segments of `call` (segments.VarlenCall: cu_q, cu_k int32 on q's device, the
@@ -342,6 +350,34 @@ class Sm90Backend:
         dv = torch.empty(b, s_k, h_kv, d, device=q.device, dtype=dt)
         if b == 0 or s_q == 0:
             return dq, dk.zero_(), dv.zero_()
+        left, right = effective_window(causal, window)
+        lse = lse.float()
+        if lse.stride(-1) != 1:
+            lse = lse.contiguous()
+        self._backward_call(dout, q, k, v, out, lse, _strides2(lse), dq, dk, dv, left, right, softmax_scale,
+                            grads_fp32, deterministic)
+        return dq, dk, dv
+
+    def varlen_backward(self, dout, q, k, v, out, lse, call, softmax_scale, deterministic=False):
+        """segments.varlen_backward's kernel: (dq, dk, dv) over the packed rows of one batch entry, all
+        of `call`'s segments in one launch. q, out, dout (tq, h, d), k/v (tk, h_kv, d), lse (h, tq)
+        (-inf or +inf on rows that see no key); each segment's window aligned bottom-right in it."""
+        # float32, zero where no segment reaches (the kernel writes only the segments' rows)
+        dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)   # (tq, h, d)
+        dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)   # (tk, h_kv, d)
+        dv = torch.zeros(v.shape, device=q.device, dtype=torch.float32)
+        lse = torch.where(lse == float("inf"), float("-inf"), lse.float()).contiguous()   # (h, tq)
+        self._backward_call(dout[None], q[None], k[None], v[None], out[None], lse, (0, lse.stride(0)),
+                            dq[None], dk[None], dv[None], call.left, call.right, softmax_scale, True,
+                            deterministic, varlen=(call, call.cu_q.numel() - 1))
+        return dq, dk, dv
+
+    def _backward_call(self, dout, q, k, v, out, lse, lse_stride, dq, dk, dv, left, right, softmax_scale,
+                       grads_fp32, deterministic, varlen=None):
+        """One call of the library's backward into dq, dk, dv ((b, s, heads, d) views). varlen: (call,
+        segments) run the packed rows of batch entry 0 as `segments` segments."""
+        b, s_q, h, d = q.shape
+        s_k, h_kv = k.shape[1], k.shape[2]
 
         def rows16(t):   # contiguous last dim, 16-byte base and 8-element strides, else a copy
             ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(x % 8 == 0 for x in t.stride()[:3])
@@ -349,18 +385,16 @@ class Sm90Backend:
 
         dout = rows16(dout.to(q.dtype))
         out = rows16(out if out.dtype in (q.dtype, torch.float32) else out.to(q.dtype))
-        lse = lse.float()
-        if lse.stride(-1) != 1:
-            lse = lse.contiguous()
         bm = self._lib.ringfa3_sm90_bwd_block_m()
-        s_pad = -(-s_q // bm) * bm
-        dq_accum = torch.empty(b, h, s_pad, d, device=q.device, dtype=torch.float32)   # (b, h, s_pad, d)
-        lse_log2 = torch.empty(b, h, s_pad, device=q.device, dtype=torch.float32)      # (b, h, s_pad)
-        delta = torch.empty(b, h, s_pad, device=q.device, dtype=torch.float32)
+        # Workspace rows: per (batch entry, head) s_q rounded up to the block; varlen: per head, each
+        # segment from a block-aligned row (csrc/bwd/bwd_args.h).
+        entries, ws_rows = (1, (s_q // bm + varlen[1]) * bm) if varlen else (b, -(-s_q // bm) * bm)
+        dq_accum = torch.empty(entries, h, ws_rows, d, device=q.device, dtype=torch.float32)   # (b, h, ws_rows, d)
+        lse_log2 = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)      # (b, h, ws_rows)
+        delta = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)
         det = bool(deterministic)
-        sem = torch.empty(b, h, s_pad // bm, 2, device=q.device, dtype=torch.int32) if det else None
+        sem = torch.empty(entries, h, ws_rows // bm, 2, device=q.device, dtype=torch.int32) if det else None
 
-        left, right = effective_window(causal, window)
         a = _BwdArgs()
         a.q, a.k, a.v, a.out, a.dout, a.lse = (t.data_ptr() for t in (q, k, v, out, dout, lse))
         a.dq, a.dk, a.dv = dq.data_ptr(), dk.data_ptr(), dv.data_ptr()
@@ -369,8 +403,12 @@ class Sm90Backend:
         a.q_stride, a.k_stride, a.v_stride = _strides3(q), _strides3(k), _strides3(v)
         a.o_stride, a.do_stride = _strides3(out), _strides3(dout)
         a.dq_stride, a.dk_stride, a.dv_stride = _strides3(dq), _strides3(dk), _strides3(dv)
-        a.lse_stride = _strides2(lse)
+        a.lse_stride = (ctypes.c_int64 * 2)(*lse_stride)
         a.b, a.s_q, a.s_k, a.h, a.h_kv, a.d = b, s_q, s_k, h, h_kv, d
+        if varlen:
+            call, a.b = varlen
+            a.cu_seqlens_q, a.cu_seqlens_k = call.cu_q.data_ptr(), call.cu_k.data_ptr()
+            a.max_seqlen_q, a.max_seqlen_k = min(call.max_q, s_q), min(call.max_k, s_k)
         a.dtype = _DTYPES[q.dtype]
         a.window_left, a.window_right = int(left), int(right)
         a.out_fp32, a.grads_fp32, a.deterministic = int(out.dtype == torch.float32), int(grads_fp32), int(det)
@@ -380,7 +418,6 @@ class Sm90Backend:
             rc = self._lib.ringfa3_sm90_bwd(ctypes.byref(a))
         if rc != 0:
             raise RuntimeError(f"ringfa3 sm90 backward failed ({rc}): {self._lib.ringfa3_sm90_bwd_last_error().decode()}")
-        return dq, dk, dv
 
 
 _LIB = _load()
