@@ -2,7 +2,7 @@
 //   hand_dq:     this warpgroup's dQ partial of one (query head, query block) into its smem slot,
 //                for the dQ writer warp (bwd_dq_writer.h).
 //   store_dkdv:  dK (times softmax_scale) and dV of the CTA's keys, input dtype or fp32, straight
-//                from the accumulator registers; rows from k0 (the segment's first, varlen).
+//                from the accumulator registers; rows from key0 (the segment's first, varlen).
 #pragma once
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
@@ -34,14 +34,14 @@ __device__ void hand_dq(Frag const& dq, typename Tr::SharedStorage& ss, int wg, 
 
 template <class Tr, class Frag, class Coords>
 __device__ void store_dkdv(RingFa3BwdArgs const& a, Frag& dk, Frag const& dv, Coords const& c,
-                           BwdMask<Tr::kBlockM, Tr::kBlockN> const& mask, int bi, int hk, int k0) {
+                           BwdMask<Tr::kBlockM, Tr::kBlockN> const& mask, int bi, int hk, int key0) {
   using T = typename Tr::T;
   constexpr int N = int(cute::size(Frag{}));
 #pragma unroll
   for (int i = 0; i < N; i += 2) {
     int key = mask.key_lo + int(cute::get<0>(c(i))), col = int(cute::get<1>(c(i)));
     if (key >= mask.s_k) continue;
-    key += k0;   // the packed row (varlen; dense k0 = 0)
+    key += key0;   // the packed row (varlen: the segment's first key; dense 0)
     float k0 = dk(i) * a.softmax_scale, k1 = dk(i + 1) * a.softmax_scale;
     if (a.grads_fp32) {
       float* pk = static_cast<float*>(a.dk) + bi * a.dk_stride[0] + key * a.dk_stride[1] + hk * a.dk_stride[2] + col;
