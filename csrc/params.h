@@ -2,6 +2,7 @@
 // host (window bounds made finite, scale in log2 units) so the kernel does no per-tile setup math.
 #pragma once
 #include "fwd_args.h"
+#include "seq_slice.h"
 #include "tile_scheduler.h"
 
 namespace ringfa3 {
@@ -32,10 +33,6 @@ struct FwdParams {
   int* tile_counter;   // dynamic scheduler: 2 ints, zero at launch, reset by the kernel at exit
 };
 
-// What one tile's batch entry covers: the whole batch entry (dense), or one packed segment (varlen):
-// its first query and key row in the packed tensors, its lengths, and its causal diagonal offset.
-struct Extent { int q0, s_q, k0, s_k, off; };
-
 // The scheduled tile as the kernel computes it. Varlen schedules entries of the tile list
 // (tile.m_block indexes it, batch is 0) and becomes the listed (segment, query block).
 template <class Tr>
@@ -44,9 +41,7 @@ __device__ __forceinline__ Extent locate(FwdParams<Tr> const& p, TileScheduler::
     int seg = p.a.varlen_tiles[2 * tile.m_block];
     tile.m_block = p.a.varlen_tiles[2 * tile.m_block + 1];
     tile.batch = seg;
-    int q0 = p.a.cu_seqlens_q[seg], k0 = p.a.cu_seqlens_k[seg];
-    int s_q = p.a.cu_seqlens_q[seg + 1] - q0, s_k = p.a.cu_seqlens_k[seg + 1] - k0;
-    return Extent{q0, s_q, k0, s_k, s_k - s_q};
+    return segment_extent(p.a.cu_seqlens_q, p.a.cu_seqlens_k, seg);
   } else {
     return Extent{0, p.a.s_q, 0, p.a.s_k, p.diag_offset};
   }

@@ -1,8 +1,21 @@
-// The rows of one batch entry in a global TMA view, dense or packed (varlen), for both kernels.
+// The rows of one batch entry, dense or packed (varlen), for both kernels: where a segment lies in
+// the packed tensors, and its slice of a global TMA view.
 #pragma once
+#include <cstdint>
 #include <cute/tensor.hpp>
 
 namespace ringfa3 {
+
+// What one batch entry covers: the whole entry (dense), or one packed segment (varlen): its first
+// query and key row in the packed tensors, its lengths, and its causal diagonal offset.
+struct Extent { int q0, s_q, k0, s_k, off; };
+
+// Segment `seg` of a varlen call (cu_seqlens_q / cu_seqlens_k, (segments + 1,) each).
+__device__ __forceinline__ Extent segment_extent(const int32_t* cu_q, const int32_t* cu_k, int seg) {
+  int q0 = cu_q[seg], k0 = cu_k[seg];
+  int s_q = cu_q[seg + 1] - q0, s_k = cu_k[seg + 1] - k0;
+  return Extent{q0, s_q, k0, s_k, s_k - s_q};
+}
 
 // A tile's (forward) or CTA's (backward) slice of a global TMA view whose mode kSeq runs over rows:
 // its batch entry (dense), or the packed rows from its segment's first one on (varlen; rows past the

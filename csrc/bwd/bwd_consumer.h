@@ -41,7 +41,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   constexpr bool kSplitD = Tr::kSplitD;
   RingFa3BwdArgs const& a = p.a;
-  BwdExtent e = bwd_extent(p, bi);
+  Extent e = bwd_extent(p, bi);
   BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
   int mb = mask.m_begin(), me = mask.m_end();
   // Broadcast from lane 0: warp-uniform to the compiler, so the smem-operand fragments (WGMMA

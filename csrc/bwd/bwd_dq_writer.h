@@ -24,7 +24,7 @@ template <class Tr>
 __device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int n_block, int hk, int bi) {
   constexpr int kM = Tr::kBlockM, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
-  BwdExtent e = bwd_extent(p, bi);
+  Extent e = bwd_extent(p, bi);
   BwdMask<kM, Tr::kBlockN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
   int mb = mask.m_begin(), me = mask.m_end();
   PipeState<Tr::kDqBufs> slot;

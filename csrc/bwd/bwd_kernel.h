@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     bi = lin / p.n_n_blocks / p.a.h_kv;
   }
   if constexpr (Tr::kVarlen) {   // the grid covers the longest segment: CTAs past this one's keys leave
-    if (n_block * Tr::kBlockN >= p.a.cu_seqlens_k[bi + 1] - p.a.cu_seqlens_k[bi]) return;
+    if (n_block * Tr::kBlockN >= bwd_extent(p, bi).s_k) return;
   }
 
   if (threadIdx.x == 0) {

@@ -2,6 +2,7 @@
 // where a batch entry (varlen: a segment) lives in the packed tensors and in the workspace.
 #pragma once
 #include <cstddef>
+#include "../seq_slice.h"
 #include "bwd_args.h"
 
 namespace ringfa3 {
@@ -24,27 +25,24 @@ struct BwdParams {
   float scale_log2;   // softmax_scale * log2(e)
 };
 
-// Batch entry bi's rows: its first query / key row in the packed tensors, its lengths, the mask's
-// diagonal offset, and its first workspace row of head 0 (varlen: segment bi's rows start at
-// (q0 / kBlockM + bi) * kBlockM, past the padded rows of every segment before it).
-struct BwdExtent { int q0, s_q, k0, s_k, off, ws0; };
-
+// Batch entry bi's rows (varlen: segment bi's), as the forward finds a tile's (seq_slice.h).
 template <class Tr>
-__device__ __forceinline__ BwdExtent bwd_extent(BwdParams<Tr> const& p, int bi) {
-  if constexpr (Tr::kVarlen) {
-    int q0 = p.a.cu_seqlens_q[bi], k0 = p.a.cu_seqlens_k[bi];
-    int s_q = p.a.cu_seqlens_q[bi + 1] - q0, s_k = p.a.cu_seqlens_k[bi + 1] - k0;
-    return BwdExtent{q0, s_q, k0, s_k, s_k - s_q, (q0 / Tr::kBlockM + bi) * Tr::kBlockM};
-  } else {
-    return BwdExtent{0, p.a.s_q, 0, p.a.s_k, p.diag_offset, 0};
-  }
+__device__ __forceinline__ Extent bwd_extent(BwdParams<Tr> const& p, int bi) {
+  if constexpr (Tr::kVarlen) return segment_extent(p.a.cu_seqlens_q, p.a.cu_seqlens_k, bi);
+  else return Extent{0, p.a.s_q, 0, p.a.s_k, p.diag_offset};
 }
+
+// Varlen workspace: segment seg's rows of a head start at (q0 / kBlockM + seg) * kBlockM, past the
+// padded rows of every segment before it.
+template <int kBlockM>
+__device__ __forceinline__ int varlen_ws_row0(int q0, int seg) { return (q0 / kBlockM + seg) * kBlockM; }
 
 // Index of the workspace's kBlockM-row tile (of dq_accum, lse_log2, delta, semaphore pairs) that
 // holds query block m of (bi, head).
 template <class Tr>
-__device__ __forceinline__ size_t ws_tile(BwdParams<Tr> const& p, BwdExtent const& e, int bi, int head, int m) {
-  if constexpr (Tr::kVarlen) return (size_t(head) * p.ws_rows + e.ws0) / Tr::kBlockM + m;
+__device__ __forceinline__ size_t ws_tile(BwdParams<Tr> const& p, Extent const& e, int bi, int head, int m) {
+  if constexpr (Tr::kVarlen)
+    return (size_t(head) * p.ws_rows + varlen_ws_row0<Tr::kBlockM>(e.q0, bi)) / Tr::kBlockM + m;
   else return (size_t(bi) * p.a.h + head) * p.n_m_blocks + m;
 }
 

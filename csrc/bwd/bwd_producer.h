@@ -17,7 +17,7 @@ __device__ void bwd_produce(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   using namespace cute;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
-  BwdExtent e = bwd_extent(p, bi);
+  Extent e = bwd_extent(p, bi);
   BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
   int mb = mask.m_begin(), me = mask.m_end();
   if (me <= mb) return;   // nothing visible: the consumers write zero dK, dV without loads

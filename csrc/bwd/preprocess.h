@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <cute/tensor.hpp>
 #include "bwd_args.h"
+#include "bwd_params.h"
 
 namespace ringfa3 {
 
@@ -36,17 +37,17 @@ struct RowChunk {
 };
 
 // Batch entry bi's rows for both kernels: the first packed row, the length, and the first workspace
-// row of head hi (varlen: segment bi from (q0 / kBlockM + bi) * kBlockM of the head's ws_rows, as
-// bwd_params.h lays it out).
+// row of head hi (varlen: as the main kernel lays segments out, varlen_ws_row0 in bwd_params.h).
 template <int kBlockM, bool kVarlen>
 struct WsRows {
   int q0, s_q;
   size_t ws0;
   __device__ WsRows(RingFa3BwdArgs const& a, int bi, int hi, int ws_rows) {
     if constexpr (kVarlen) {
-      q0 = a.cu_seqlens_q[bi];
-      s_q = a.cu_seqlens_q[bi + 1] - q0;
-      ws0 = size_t(hi) * ws_rows + (q0 / kBlockM + bi) * kBlockM;
+      Extent e = segment_extent(a.cu_seqlens_q, a.cu_seqlens_k, bi);
+      q0 = e.q0;
+      s_q = e.s_q;
+      ws0 = size_t(hi) * ws_rows + varlen_ws_row0<kBlockM>(q0, bi);
     } else {
       q0 = 0;
       s_q = a.s_q;
