@@ -51,6 +51,10 @@ class VarlenCall:
     bounds_k: tuple = ()
 
     @property
+    def n_segments(self) -> int:
+        return self.cu_q.numel() - 1
+
+    @property
     def causal(self) -> bool:
         return self.left < 0 and self.right == 0
 

@@ -133,8 +133,8 @@ def _strides3(t):   # (b, s, h, d) tensor -> element strides of (batch, seq, hea
     return (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), t.stride(2))
 
 
-def _strides2(t):   # (b, h, s) tensor -> element strides of (batch, head)
-    return (ctypes.c_int64 * 2)(t.stride(0), t.stride(1))
+def _strides2(t):   # (b, h, s) tensor, or varlen's packed (h, s) -> element strides of (batch, head)
+    return (ctypes.c_int64 * 2)(t.stride(0), t.stride(1)) if t.dim() == 3 else (ctypes.c_int64 * 2)(0, t.stride(0))
 
 
 def _check_accumulators(q, out_acc, lse_acc):
@@ -314,13 +314,13 @@ class Sm90Backend:
         if tiles.shape[0] == 0:
             return   # no row sees a key: nothing to merge
         a = self._args(q[None], k[None], v[None], False, softmax_scale, (call.left, call.right))
-        a.b = call.cu_q.numel() - 1
+        a.b = call.n_segments
         a.cu_seqlens_q, a.cu_seqlens_k = call.cu_q.data_ptr(), call.cu_k.data_ptr()
         a.varlen_tiles, a.n_varlen_tiles = tiles.data_ptr(), tiles.shape[0]
         a.max_seqlen_k = min(call.max_k, k.shape[0])
         a.merge, a.out_acc, a.lse_acc = 1, out_acc.data_ptr(), lse_acc.data_ptr()
         a.oacc_stride = _strides3(out_acc[None])
-        a.lacc_stride = (ctypes.c_int64 * 2)(0, lse_acc.stride(0))
+        a.lacc_stride = _strides2(lse_acc)
         self._call(a, q.device)
 
     def backward_unsupported(self, q, k, v, causal=False, window=(-1, -1)):
@@ -354,28 +354,28 @@ class Sm90Backend:
         lse = lse.float()
         if lse.stride(-1) != 1:
             lse = lse.contiguous()
-        self._backward_call(dout, q, k, v, out, lse, _strides2(lse), dq, dk, dv, left, right, softmax_scale,
-                            grads_fp32, deterministic)
+        self._backward_call(dout, q, k, v, out, lse, dq, dk, dv, left, right, softmax_scale, grads_fp32,
+                            deterministic)
         return dq, dk, dv
 
     def varlen_backward(self, dout, q, k, v, out, lse, call, softmax_scale, deterministic=False):
         """segments.varlen_backward's kernel: (dq, dk, dv) over the packed rows of one batch entry, all
         of `call`'s segments in one launch. q, out, dout (tq, h, d), k/v (tk, h_kv, d), lse (h, tq)
-        (-inf or +inf on rows that see no key); each segment's window aligned bottom-right in it."""
+        (-inf or +inf on rows that see no key: the kernel takes both); each segment's window aligned
+        bottom-right in it."""
         # float32, zero where no segment reaches (the kernel writes only the segments' rows)
         dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)   # (tq, h, d)
         dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)   # (tk, h_kv, d)
         dv = torch.zeros(v.shape, device=q.device, dtype=torch.float32)
-        lse = torch.where(lse == float("inf"), float("-inf"), lse.float()).contiguous()   # (h, tq)
-        self._backward_call(dout[None], q[None], k[None], v[None], out[None], lse, (0, lse.stride(0)),
-                            dq[None], dk[None], dv[None], call.left, call.right, softmax_scale, True,
-                            deterministic, varlen=(call, call.cu_q.numel() - 1))
+        lse = lse.float().contiguous()   # (h, tq)
+        self._backward_call(dout[None], q[None], k[None], v[None], out[None], lse, dq[None], dk[None], dv[None],
+                            call.left, call.right, softmax_scale, True, deterministic, varlen=call)
         return dq, dk, dv
 
-    def _backward_call(self, dout, q, k, v, out, lse, lse_stride, dq, dk, dv, left, right, softmax_scale,
-                       grads_fp32, deterministic, varlen=None):
-        """One call of the library's backward into dq, dk, dv ((b, s, heads, d) views). varlen: (call,
-        segments) run the packed rows of batch entry 0 as `segments` segments."""
+    def _backward_call(self, dout, q, k, v, out, lse, dq, dk, dv, left, right, softmax_scale, grads_fp32,
+                       deterministic, varlen=None):
+        """One call of the library's backward into dq, dk, dv ((b, s, heads, d) views; lse (b, h, s_q)).
+        varlen: a segments.VarlenCall whose segments are the packed rows of batch entry 0 (lse (h, s_q))."""
         b, s_q, h, d = q.shape
         s_k, h_kv = k.shape[1], k.shape[2]
 
@@ -388,7 +388,7 @@ class Sm90Backend:
         bm = self._lib.ringfa3_sm90_bwd_block_m()
         # Workspace rows: per (batch entry, head) s_q rounded up to the block; varlen: per head, each
         # segment from a block-aligned row (csrc/bwd/bwd_args.h).
-        entries, ws_rows = (1, (s_q // bm + varlen[1]) * bm) if varlen else (b, -(-s_q // bm) * bm)
+        entries, ws_rows = (1, (s_q // bm + varlen.n_segments) * bm) if varlen else (b, -(-s_q // bm) * bm)
         dq_accum = torch.empty(entries, h, ws_rows, d, device=q.device, dtype=torch.float32)   # (b, h, ws_rows, d)
         lse_log2 = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)      # (b, h, ws_rows)
         delta = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)
@@ -403,12 +403,12 @@ class Sm90Backend:
         a.q_stride, a.k_stride, a.v_stride = _strides3(q), _strides3(k), _strides3(v)
         a.o_stride, a.do_stride = _strides3(out), _strides3(dout)
         a.dq_stride, a.dk_stride, a.dv_stride = _strides3(dq), _strides3(dk), _strides3(dv)
-        a.lse_stride = (ctypes.c_int64 * 2)(*lse_stride)
+        a.lse_stride = _strides2(lse)
         a.b, a.s_q, a.s_k, a.h, a.h_kv, a.d = b, s_q, s_k, h, h_kv, d
         if varlen:
-            call, a.b = varlen
-            a.cu_seqlens_q, a.cu_seqlens_k = call.cu_q.data_ptr(), call.cu_k.data_ptr()
-            a.max_seqlen_q, a.max_seqlen_k = min(call.max_q, s_q), min(call.max_k, s_k)
+            a.b = varlen.n_segments
+            a.cu_seqlens_q, a.cu_seqlens_k = varlen.cu_q.data_ptr(), varlen.cu_k.data_ptr()
+            a.max_seqlen_q, a.max_seqlen_k = min(varlen.max_q, s_q), min(varlen.max_k, s_k)
         a.dtype = _DTYPES[q.dtype]
         a.window_left, a.window_right = int(left), int(right)
         a.out_fp32, a.grads_fp32, a.deterministic = int(out.dtype == torch.float32), int(grads_fp32), int(det)
