@@ -370,27 +370,34 @@ def part_ncu_target(which="ours"):
     torch.cuda.synchronize()
 
 
+def ncu_profile(kernel, target_cmd, out_txt, out_csv, sections, keep_pattern):
+    """ncu of the third launch of `kernel` (regex) in `target_cmd` (launches 0-1 are warm-up): the
+    sections' details page into out_txt and warp-stall samples per SASS instruction into out_csv (for
+    reading on the CPU machine); returns the details lines matching keep_pattern."""
+    rep = Path("/tmp") / Path(out_txt).stem   # the report stays there; its text pages come back
+    cmd = ["ncu", "--kernel-name", f"regex:{kernel}", "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
+    for sec in sections:
+        cmd += ["--section", sec]
+    r = subprocess.run(cmd + target_cmd, capture_output=True, text=True)
+    r2 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "details"], capture_output=True, text=True)
+    Path(out_txt).write_text(r.stdout + r.stderr + r2.stdout + r2.stderr)
+    r3 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "source", "--csv", "--print-source", "sass"],
+                        capture_output=True, text=True)
+    Path(out_csv).write_text(r3.stdout + r3.stderr)
+    return [ln for ln in r2.stdout.splitlines() if re.search(keep_pattern, ln)]
+
+
 def part_ncu(out_dir):
     """ncu of ours and of FA3 at hd128 16k full: the summary sections, and warp-stall samples per SASS
     instruction (where the consumer warps wait), exported as CSV for reading on the CPU machine."""
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy",
                 "SourceCounters"]
-    for which, kernel in (("ours", "regex:fwd_kernel"), ("fa3", "regex:device_kernel")):
-        rep = Path("/tmp") / f"sm90_ncu_{which}"   # the report stays there; its text pages come back
-        cmd = ["ncu", "--kernel-name", kernel, "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
-        for sec in sections:
-            cmd += ["--section", sec]
-        cmd += [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        out = r.stdout + r.stderr
-        r2 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "details"], capture_output=True, text=True)
+    for which, kernel in (("ours", "fwd_kernel"), ("fa3", "device_kernel")):
         suffix = "" if which == "ours" else "_fa3"
-        (Path(out_dir) / f"sm90_ncu{suffix}.txt").write_text(out + r2.stdout + r2.stderr)
-        r3 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "source", "--csv", "--print-source", "sass"],
-                            capture_output=True, text=True)
-        (Path(out_dir) / f"sm90_ncu_source{suffix}.csv").write_text(r3.stdout + r3.stderr)
-        keep = [ln for ln in r2.stdout.splitlines() if re.search(
-            r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|Executed Ipc|Registers", ln)]
+        keep = ncu_profile(kernel, [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which],
+                           Path(out_dir) / f"sm90_ncu{suffix}.txt", Path(out_dir) / f"sm90_ncu_source{suffix}.csv",
+                           sections, r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|"
+                                     r"Executed Ipc|Registers")
         print(f"--- {which}")
         print("\n".join(keep[:40]))
 

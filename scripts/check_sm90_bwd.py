@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from check_sm90 import rel_err   # same folder: the forward's check, same error measure
+from check_sm90 import ncu_profile, rel_err   # same folder: the forward's check, same error measure and profiling
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"
@@ -226,19 +226,11 @@ def part_ncu(out_dir):
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis",
                 "SourceCounters"]
     for mode in ("default", "deterministic"):
-        rep = Path("/tmp") / f"sm90_bwd_ncu_{mode}"
-        cmd = ["ncu", "--kernel-name", "regex:bwd_kernel", "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
-        for sec in sections:
-            cmd += ["--section", sec]
-        cmd += [sys.executable, __file__, "--part", "ncu_target"] + (["--deterministic"] if mode == "deterministic" else [])
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        r2 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "details"], capture_output=True, text=True)
-        (out_dir / f"sm90_bwd_ncu_{mode}.txt").write_text(r.stdout + r.stderr + r2.stdout + r2.stderr)
-        r3 = subprocess.run(["ncu", "-i", f"{rep}.ncu-rep", "--page", "source", "--csv", "--print-source", "sass"],
-                            capture_output=True, text=True)
-        (out_dir / f"sm90_bwd_ncu_source_{mode}.csv").write_text(r3.stdout + r3.stderr)
-        keep = [ln for ln in r2.stdout.splitlines() if re.search(
-            r"Duration|Throughput|Pipe|Issue|Eligible|Executed Ipc|Hit Rate|L2|DRAM", ln)]
+        target = [sys.executable, __file__, "--part", "ncu_target"]
+        target += ["--deterministic"] if mode == "deterministic" else []
+        keep = ncu_profile("bwd_kernel", target, out_dir / f"sm90_bwd_ncu_{mode}.txt",
+                           out_dir / f"sm90_bwd_ncu_source_{mode}.csv", sections,
+                           r"Duration|Throughput|Pipe|Issue|Eligible|Executed Ipc|Hit Rate|L2|DRAM")
         print(f"--- {mode}")
         print("\n".join(keep[:40]))
 
