@@ -353,6 +353,74 @@ def part_sass(out_dir):
     (Path(out_dir) / "sm90_sass.json").write_text(json.dumps(facts, indent=1))
 
 
+# ------------------------------------------------------------------------------------------ clock
+def part_clock(out_dir, seconds=3.0):
+    """Sustained runs of ours, cuDNN and FA3 (hd128 16k, full and causal; twice each, alternating)
+    while NVML samples the SM clock, the power and the clock-limit reasons every 20 ms: whether a
+    kernel's speed at boost clocks is set by the power limit (under ncu, at locked base clocks, ours
+    and FA3's forward take the same time). Writes sm90_clock.json."""
+    import threading
+    import pynvml
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    import fa3_fwd_interface as fa3
+    be = load_backend()
+    pynvml.nvmlInit()
+    dev = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+
+    def sustained(fn, flops):   # TF/s of back-to-back calls for `seconds`, with NVML samples beside
+        samples, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append((pynvml.nvmlDeviceGetClockInfo(dev, pynvml.NVML_CLOCK_SM),
+                                pynvml.nvmlDeviceGetPowerUsage(dev) / 1000,
+                                pynvml.nvmlDeviceGetCurrentClocksEventReasons(dev)))
+                time.sleep(0.02)
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        thread = threading.Thread(target=sample)
+        thread.start()
+        n, t0 = 0, time.time()
+        while time.time() - t0 < seconds:
+            for _ in range(10):
+                fn()
+            n += 10
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+        stop.set()
+        thread.join()
+        steady = samples[len(samples) // 4:]   # past the ramp
+        med = lambda xs: sorted(xs)[len(xs) // 2]   # noqa: E731
+        reasons = 0
+        for *_, r in steady:
+            reasons |= r
+        return dict(tflops=round(flops * n / dt / 1e12, 1), sm_mhz=med([c for c, _, _ in steady]),
+                    watts=round(med([w for _, w, _ in steady]), 1), reasons=hex(reasons), samples=len(steady))
+
+    rows = []
+    s, hd, h = 16384, 128, 16
+    q, k, v = (torch.randn(1, s, h, hd, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+    for causal in (False, True):
+        flops = 4 * h * s * s * hd / (2 if causal else 1)
+
+        def cudnn():
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+        fns = dict(ours=lambda: be.forward(q, k, v, causal, None, (-1, -1), False), cudnn=cudnn,
+                   fa3=lambda: fa3.flash_attn_func(q, k, v, causal=causal))
+        for rnd in range(2):
+            for name, fn in fns.items():
+                row = dict(kernel=name, causal=causal, round=rnd, **sustained(fn, flops))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    (Path(out_dir) / "sm90_clock.json").write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), rows=rows),
+                                                              indent=1))
+
+
 # -------------------------------------------------------------------------------------------- ncu
 def part_ncu_target(which="ours"):
     """One warm launch at hd128 16k (full) for ncu to profile (launches 0-1 are warm-up): ours, or FA3's
@@ -425,7 +493,7 @@ def table(out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--part", choices=["check", "bench", "varlen", "sass", "ncu", "ncu_target", "all"], default="all")
+    ap.add_argument("--part", choices=["check", "bench", "varlen", "sass", "ncu", "ncu_target", "clock", "all"], default="all")
     ap.add_argument("--ncu-which", choices=["ours", "fa3"], default="ours", help="kernel launched by --part ncu_target")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--hds", default="128")
@@ -450,6 +518,8 @@ def main():
         return part_sass(args.out)
     if args.part == "ncu":
         return part_ncu(args.out)
+    if args.part == "clock":
+        return part_clock(args.out)
     if args.part == "ncu_target":
         return part_ncu_target(args.ncu_which)
     me = [sys.executable, __file__, "--out", args.out, "--seqs", args.seqs, "--hds", args.hds,

@@ -23,7 +23,7 @@ from ringfa3.ops.masks import tile_mask
 from ringfa3.ops import segments
 from ringfa3.ops.segments import group_blocks, varlen_calls
 from ringfa3.ops import sm90 as sm90_module
-from ringfa3.ops.sm90 import Sm90Backend, varlen_tiles
+from ringfa3.ops.sm90 import Sm90Backend, varlen_bwd_tiles, varlen_tiles
 from ringfa3.parallel.plan import ring_blocks
 from ringfa3.parallel.varlen import padded_bounds
 
@@ -201,6 +201,32 @@ def test_sm90_varlen_tile_list_covers_the_rows_that_see_keys(block_m):
                     sees = tile_mask(0, b - a, 0, d - c, b - a, d - c, False, window, "cpu").any(1)   # (rows,)
                     want |= {(i, m) for m in range(-(-(b - a) // block_m)) if sees[m * block_m:(m + 1) * block_m].any()}
             assert set(tiles) == want, case
+
+
+@pytest.mark.parametrize("block_m,block_n", ((64, 128), (64, 64)))
+def test_sm90_varlen_backward_tile_list_orders_every_key_block(block_m, block_n):
+    """Over the varlen calls of every case: the backward's list holds each key block of each segment
+    once, a segment's blocks ascending (the deterministic order), and sorts by the most query blocks
+    (the hull of the query blocks that see a key of the block) of a block and those after it, so the
+    longest CTA starts first."""
+    for case in CASES:
+        blocks, (q, *_) = _problem(case)
+        s = q.shape[1]
+        for call in varlen_calls(blocks, 1, s, s, "cpu"):
+            tiles = varlen_bwd_tiles(call.bounds_q, call.bounds_k, call.left, call.right, block_m, block_n)
+            segs, window = call_segments(call)
+            assert sorted(tiles) == [(i, n) for i, (_, _, c, d) in enumerate(segs) for n in range(-(-(d - c) // block_n))]
+            steps = {}
+            for i, (a, b, c, d) in enumerate(segs):
+                sees = tile_mask(0, b - a, 0, d - c, b - a, d - c, False, window, "cpu")   # (rows, keys)
+                for n in range(-(-(d - c) // block_n)):
+                    ms = [m for m in range(-(-(b - a) // block_m))
+                          if sees[m * block_m:(m + 1) * block_m, n * block_n:(n + 1) * block_n].any()]
+                    steps[i, n] = ms[-1] - ms[0] + 1 if ms else 0
+            most = [max(steps[i, m] for m in range(n, -(-(segs[i][3] - segs[i][2]) // block_n))) for i, n in tiles]
+            assert most == sorted(most, reverse=True), case
+            for i, n in tiles:
+                assert (i, n - 1) not in tiles[tiles.index((i, n)):], case
 
 
 def test_sm90_forward_blocks_keeps_dense_steps_on_the_dense_kernel():

@@ -50,8 +50,14 @@ typedef struct RingFa3BwdArgs {
   // strides are not used, and the workspace holds (s_q / block_m + b) * block_m rows per head.
   const int32_t* cu_seqlens_q;   // (b + 1,) on the device, or NULL: dense
   const int32_t* cu_seqlens_k;
-  int32_t max_seqlen_q;          // longest segment (grid size), <= s_q
+  int32_t max_seqlen_q;          // longest segment, <= s_q
   int32_t max_seqlen_k;
+  // Varlen (ABI 3): the CTAs to run, in launch order, as (segment, key block) pairs of
+  // ringfa3_sm90_bwd_block_n keys; each of the kv heads runs every pair. A segment's key blocks must
+  // come in ascending order (the deterministic dQ order waits only on CTAs launched earlier); key
+  // blocks left out are not written.
+  const int32_t* varlen_tiles;   // (n_varlen_tiles, 2) on the device
+  int32_t n_varlen_tiles;
 } RingFa3BwdArgs;
 
 // 0 on success, else a nonzero code; the message of the last failure on this thread is
@@ -60,6 +66,8 @@ int ringfa3_sm90_bwd(const RingFa3BwdArgs* args);
 const char* ringfa3_sm90_bwd_last_error(void);
 // Query rows per block of the main kernel: the workspace padding unit.
 int ringfa3_sm90_bwd_block_m(void);
+// Keys per CTA of the main kernel: the key block of varlen_tiles.
+int ringfa3_sm90_bwd_block_n(void);
 // Bumped when RingFa3BwdArgs changes; Python refuses a library whose version differs.
 int ringfa3_sm90_bwd_abi_version(void);
 

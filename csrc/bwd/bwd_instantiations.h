@@ -9,10 +9,10 @@ namespace ringfa3 {
 
 // (kBlockM, kBlockN, kStages): 128 keys per CTA (64 per consumer warpgroup, dK + dV in registers),
 // 64-row query blocks, Q/dO double-buffered.
-constexpr int kBwdBlockM = 64;
+constexpr int kBwdBlockM = 64, kBwdBlockN = 128;
 template <int kHeadDim> struct BwdTileConfig;
-template <> struct BwdTileConfig<64>  { static constexpr int kM = kBwdBlockM, kN = 128, kStages = 2; };
-template <> struct BwdTileConfig<128> { static constexpr int kM = kBwdBlockM, kN = 128, kStages = 2; };
+template <> struct BwdTileConfig<64>  { static constexpr int kM = kBwdBlockM, kN = kBwdBlockN, kStages = 2; };
+template <> struct BwdTileConfig<128> { static constexpr int kM = kBwdBlockM, kN = kBwdBlockN, kStages = 2; };
 
 cudaError_t run_bwd_bf16_hd64(RingFa3BwdArgs const& a);
 cudaError_t run_bwd_bf16_hd128(RingFa3BwdArgs const& a);

@@ -1,6 +1,6 @@
 // The backward main kernel: one CTA per (key block, kv head, batch entry or varlen segment); warpgroup
-// 0 holds the TMA producer (warp 0) and the dQ writer (warp 1), registers given away; warpgroups 1-2
-// are the consumers (registers taken for dK, dV, S, dP).
+// 0 holds the TMA producer (warp 0) and one dQ writer per consumer warpgroup (warps 1-2), registers
+// given away; warpgroups 1-2 are the consumers (registers taken for dK, dV, S, dP).
 // Block order (1-D grid): either way a lower key block of a head has a lower index, so it starts
 // first (the deterministic dQ order waits only on CTAs launched earlier) and under a causal mask the
 // longest CTAs start first.
@@ -9,6 +9,9 @@
 //                     query block only after CTA n-1 had, a chain as long as the head's key blocks
 //                     (run 1: 0.66x full, 0.40x causal of the atomic speed); head-fastest keeps the
 //                     chain inside a wave to ~SMs / (h_kv * b) links.
+//   varlen:           the host's tile list (longest first, a segment's key blocks ascending), kv head
+//                     fastest: with segments in the grid's slowest place, a long last segment ran
+//                     alone after all others (long-tail document ring, runs 10 -> 11: 34.3 -> 29.1 ms).
 #pragma once
 #include <cutlass/arch/reg_reconfig.h>
 #include <cute/arch/cluster_sm90.hpp>
@@ -24,7 +27,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_buf);
   int n_block, hk, bi;
   int lin = blockIdx.x, hb = p.a.h_kv * p.a.b;
-  if (p.a.deterministic) {
+  if constexpr (Tr::kVarlen) {
+    int const* tile = p.a.varlen_tiles + 2 * (lin / p.a.h_kv);
+    bi = tile[0];
+    n_block = tile[1];
+    hk = lin % p.a.h_kv;
+  } else if (p.a.deterministic) {
     n_block = lin / hb;
     hk = lin % hb % p.a.h_kv;
     bi = lin % hb / p.a.h_kv;
@@ -33,10 +41,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     hk = lin / p.n_n_blocks % p.a.h_kv;
     bi = lin / p.n_n_blocks / p.a.h_kv;
   }
-  if constexpr (Tr::kVarlen) {   // the grid covers the longest segment: CTAs past this one's keys leave
-    if (n_block * Tr::kBlockN >= bwd_extent(p, bi).s_k) return;
-  }
-
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.kv_full, 1);
     for (int i = 0; i < Tr::kStages; ++i) {
@@ -54,14 +58,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
 
   if (threadIdx.x / 128 == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
-    if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
-      cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
-      cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
-      cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
-      cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
-      bwd_produce<Tr>(p, ss, n_block, hk, bi);
-    } else if (threadIdx.x / 32 == 1 && cute::elect_one_sync()) {
-      bwd_write_dq<Tr>(p, ss, n_block, hk, bi);
+    int warp = threadIdx.x / 32;   // whole warps into each branch: elect_one_sync needs all 32 lanes
+    if (warp == 0) {
+      if (cute::elect_one_sync()) {
+        cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+        cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
+        cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+        cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
+        bwd_produce<Tr>(p, ss, n_block, hk, bi);
+      }
+    } else if (warp <= Tr::kConsumerWG) {
+      if (cute::elect_one_sync()) bwd_write_dq<Tr>(p, ss, warp - 1, n_block, hk, bi);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();

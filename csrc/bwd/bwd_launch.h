@@ -1,6 +1,6 @@
 // Host side of one backward instantiation: preprocess (delta, lse_log2, zeroed workspace), the main
-// kernel (TMA descriptors, grid = key blocks x kv heads x batch entries, varlen: of the longest
-// segment x segments), the dQ conversion. Included only by the generated csrc/generated/bwd_*.cu files.
+// kernel (TMA descriptors, grid = key blocks x kv heads x batch entries, varlen: the tile list x kv
+// heads), the dQ conversion. Included only by the generated csrc/generated/bwd_*.cu files.
 #pragma once
 #include <cmath>
 #include <cuda_runtime.h>
@@ -24,7 +24,7 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
 
   {   // delta, lse_log2, zero dq_accum / semaphores
     constexpr int kRows = RowChunk<kD>::kRows;
-    dim3 grid((n_m * kM + kRows - 1) / kRows, a.h, a.b);
+    dim3 grid((ws_rows + kRows - 1) / kRows, a.h, kVarlen ? 1 : a.b);
     if (a.out_fp32) bwd_preprocess_kernel<T, float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
     else bwd_preprocess_kernel<T, T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
     cudaError_t err = cudaGetLastError();
@@ -60,14 +60,14 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   if (err != cudaSuccess) return err;
   err = set_max_dynamic_smem_once<bwd_kernel<Tr>>(dev, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  long long n_ctas = (long long)n_n * a.h_kv * a.b;   // 1-D grid, order decoded in bwd_kernel.h
+  long long n_ctas = (long long)(kVarlen ? a.n_varlen_tiles : n_n * a.b) * a.h_kv;   // 1-D, decoded in bwd_kernel.h
   if (n_ctas >= (1ll << 31)) return cudaErrorInvalidConfiguration;
   kernel<<<dim3(unsigned(n_ctas)), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
   constexpr int kRows = RowChunk<kD>::kRows;
-  dim3 grid((s_q + kRows - 1) / kRows, a.h, a.b);
+  dim3 grid(((kVarlen ? ws_rows : s_q) + kRows - 1) / kRows, a.h, kVarlen ? 1 : a.b);
   if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   else bwd_convert_dq_kernel<T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   return cudaGetLastError();

@@ -26,7 +26,9 @@ __device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
   x[0] = lo.x; x[1] = lo.y; x[2] = lo.z; x[3] = lo.w; x[4] = hi.x; x[5] = hi.y; x[6] = hi.z; x[7] = hi.w;
 }
 
-// This thread's place in both kernels' grid: (row blocks, h, b) blocks of 256 threads.
+// This thread's place in both kernels' grid: (row blocks, h, b) blocks of 256 threads; varlen: the
+// row blocks cover a head's whole packed workspace (b = 1), not the longest segment once per segment
+// (run 12: with 191 documents of up to ~16k rows that grid held millions of empty blocks).
 template <int kHeadDim>
 struct RowChunk {
   static constexpr int kChunks = kHeadDim / 8;
@@ -36,19 +38,32 @@ struct RowChunk {
   int row = blockIdx.x * kRows + threadIdx.x / kChunks;
 };
 
-// Batch entry bi's rows for both kernels: the first packed row, the length, and the first workspace
-// row of head hi (varlen: as the main kernel lays segments out, varlen_ws_row0 in bwd_params.h).
+// Where a grid row lives, for both kernels: its batch entry (varlen: segment) bi, its row in it, the
+// entry's first packed row and length, and its first workspace row of head hi (varlen: as the main
+// kernel lays segments out, varlen_ws_row0 in bwd_params.h). Varlen grid rows are workspace rows;
+// those in the gaps between segments' padded tiles get a row past the padding.
 template <int kBlockM, bool kVarlen>
 struct WsRows {
-  int q0, s_q;
+  int bi, row, q0, s_q;
   size_t ws0;
-  __device__ WsRows(RingFa3BwdArgs const& a, int bi, int hi, int ws_rows) {
+  __device__ WsRows(RingFa3BwdArgs const& a, int grid_bi, int hi, int grid_row, int ws_rows) {
     if constexpr (kVarlen) {
+      int lo = 0, up = a.b;   // the last segment whose workspace starts at or before grid_row
+      while (up - lo > 1) {
+        int mid = (lo + up) / 2;
+        if (varlen_ws_row0<kBlockM>(a.cu_seqlens_q[mid], mid) <= grid_row) lo = mid;
+        else up = mid;
+      }
+      bi = lo;
       Extent e = segment_extent(a.cu_seqlens_q, a.cu_seqlens_k, bi);
       q0 = e.q0;
       s_q = e.s_q;
-      ws0 = size_t(hi) * ws_rows + varlen_ws_row0<kBlockM>(q0, bi);
+      int r0 = varlen_ws_row0<kBlockM>(q0, bi);
+      row = grid_row - r0;
+      ws0 = size_t(hi) * ws_rows + r0;
     } else {
+      bi = grid_bi;
+      row = grid_row;
       q0 = 0;
       s_q = a.s_q;
       ws0 = (size_t(bi) * a.h + hi) * ws_rows;
@@ -59,12 +74,12 @@ struct WsRows {
 // ws_rows: the padded rows of one batch entry and head (dense), or of one head (varlen).
 template <class T, class TO, int kHeadDim, int kBlockM, bool kVarlen>
 __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int ws_rows) {
-  auto [hi, bi, chunk, row] = RowChunk<kHeadDim>{};
-  WsRows<kBlockM, kVarlen> w(a, bi, hi, ws_rows);
-  int pad = kVarlen ? (w.s_q + kBlockM - 1) / kBlockM * kBlockM : ws_rows;
+  auto [hi, grid_bi, chunk, grid_row] = RowChunk<kHeadDim>{};
+  WsRows<kBlockM, kVarlen> w(a, grid_bi, hi, grid_row, ws_rows);
+  int pad = kVarlen ? (w.s_q + kBlockM - 1) / kBlockM * kBlockM : ws_rows, row = w.row;
   if (row >= pad) return;
   size_t ws_row = w.ws0 + row;
-  int bb = kVarlen ? 0 : bi, src = w.q0 + row;   // varlen: packed rows, one batch entry
+  int bb = kVarlen ? 0 : w.bi, src = w.q0 + row;   // varlen: packed rows, one batch entry
   float dot = 0.f;
   if (row < w.s_q) {
     float x[8], y[8];
@@ -96,8 +111,9 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, i
 // WGMMA accumulator's (thread, value) order.
 template <class TQ, int kHeadDim, int kBlockM, bool kVarlen>
 __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int ws_rows) {
-  auto [hi, bi, chunk, row] = RowChunk<kHeadDim>{};
-  WsRows<kBlockM, kVarlen> w(a, bi, hi, ws_rows);
+  auto [hi, grid_bi, chunk, grid_row] = RowChunk<kHeadDim>{};
+  WsRows<kBlockM, kVarlen> w(a, grid_bi, hi, grid_row, ws_rows);
+  int row = w.row;
   if (row >= w.s_q) return;
   float x[8];
   constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
@@ -112,7 +128,7 @@ __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, i
     x[e] = v.x;
     x[e + 1] = v.y;
   }
-  TQ* dst = static_cast<TQ*>(a.dq) + (kVarlen ? 0 : bi) * a.dq_stride[0] + (w.q0 + row) * a.dq_stride[1] +
+  TQ* dst = static_cast<TQ*>(a.dq) + (kVarlen ? 0 : w.bi) * a.dq_stride[0] + (w.q0 + row) * a.dq_stride[1] +
             hi * a.dq_stride[2] + chunk * 8;
   if constexpr (sizeof(TQ) == 4) {
     reinterpret_cast<float4*>(dst)[0] = make_float4(x[0] * a.softmax_scale, x[1] * a.softmax_scale,

@@ -72,6 +72,7 @@ class _BwdArgs(ctypes.Structure):
         ("reserved", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
         ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
         ("max_seqlen_q", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
+        ("varlen_tiles", ctypes.c_void_p), ("n_varlen_tiles", ctypes.c_int32),
     ]
 
 
@@ -95,7 +96,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 2
+_BWD_ABI_VERSION = 3
 _BWD_HEAD_DIMS = (64, 128)
 
 
@@ -116,9 +117,11 @@ def _load(path=_LIB_PATH):
         lib.ringfa3_sm90_bwd.argtypes = [ctypes.POINTER(_BwdArgs)]
         lib.ringfa3_sm90_bwd.restype = ctypes.c_int
         lib.ringfa3_sm90_bwd_last_error.restype = ctypes.c_char_p
-        lib.ringfa3_sm90_bwd_block_m.restype = ctypes.c_int
         lib.ringfa3_sm90_bwd_abi_version.restype = ctypes.c_int
         lib.has_bwd = lib.ringfa3_sm90_bwd_abi_version() == _BWD_ABI_VERSION
+        if lib.has_bwd:
+            lib.ringfa3_sm90_bwd_block_m.restype = ctypes.c_int
+            lib.ringfa3_sm90_bwd_block_n.restype = ctypes.c_int
     lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows")   # absent from builds before it
     if lib.has_fp8_prep:
         lib.ringfa3_sm90_fp8_quantize_rows.argtypes = [ctypes.POINTER(_Fp8RowsArgs)]
@@ -168,10 +171,34 @@ def varlen_tiles(bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_
     return [(seg, m) for _, seg, m in tiles]
 
 
+def varlen_bwd_tiles(bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_m: int, block_n: int) -> list:
+    """The varlen backward's CTA list for one call: (segment, key block) of every key block, longest
+    first (a CTA's time is its count of query blocks, csrc/bwd/bwd_mask.h), each segment's key blocks in
+    ascending order (the deterministic dQ order waits only on CTAs launched earlier): a block sorts by
+    the most work of itself and the segment's blocks after it."""
+    far = 1 << 30
+    left, right = (far if left < 0 else left), (far if right < 0 else right)
+    keyed = []
+    for seg in range(len(bounds_q) - 1):
+        n_q, n_k = bounds_q[seg + 1] - bounds_q[seg], bounds_k[seg + 1] - bounds_k[seg]
+        off = n_k - n_q
+        steps = []
+        for n in range(-(-n_k // block_n)):
+            lo, hi = n * block_n, min((n + 1) * block_n, n_k) - 1
+            last = min(n_q - 1, hi - off + left)   # the last query that sees a key of the block
+            steps.append(max(0, (last // block_m + 1 if last >= 0 else 0) - max(0, lo - off - right) // block_m))
+        most = 0
+        for n in reversed(range(len(steps))):
+            most = max(most, steps[n])
+            keyed.append((-most, seg, n))
+    keyed.sort()
+    return [(seg, n) for _, seg, n in keyed]
+
+
 @functools.lru_cache(maxsize=256)
-def _tiles_on(device, bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_m: int):
-    """varlen_tiles as an (n, 2) int32 tensor on `device`, made once per call shape."""
-    tiles = varlen_tiles(bounds_q, bounds_k, left, right, block_m)
+def _tiles_on(device, make, *args):
+    """make(*args) (a tile list) as an (n, 2) int32 tensor on `device`, made once per call shape."""
+    tiles = make(*args)
     return torch.tensor(tiles, dtype=torch.int32, device=device).reshape(len(tiles), 2)
 
 
@@ -187,10 +214,10 @@ class Sm90Backend:
     # forward_blocks through the varlen kernel: all of a step's blocks in one launch per batch entry
     # (checked on an H200, bench/NOTES.md "Run 13"); False runs one merge call per block instead.
     varlen_blocks = True
-    # backward_blocks through the backward's varlen form (all of a step's segments in one launch). Off
-    # until it passes the device check (scripts/check_sm90_bwd.py, varlen cases): built and its SASS
-    # read, not yet run on a GPU. Off, documents take FA2's varlen backward.
-    varlen_backward_blocks = False
+    # backward_blocks through the backward's varlen form (all of a step's segments in one launch; checked
+    # on an H200, bench/NOTES-bwd.md run 12: document rings 14.0 / 16.7 ms fwd+bwd against FA2's varlen
+    # backward's 17.2 / 29.2); False hands documents to FA2's varlen backward.
+    varlen_backward_blocks = True
 
     def __init__(self, lib):
         self._lib = lib
@@ -309,7 +336,7 @@ class Sm90Backend:
         """Merge the packed segments of `call` (segments.VarlenCall: cu_q, cu_k int32 on q's device, the
         window aligned bottom-right in each segment) into the running fp32 (out_acc (s_q, h, d),
         lse_acc (h, s_q)) in place. q (s_q, h, d), k/v (s_k, h_kv, d): packed rows of one batch entry."""
-        tiles = _tiles_on(q.device, call.bounds_q, call.bounds_k, call.left, call.right,
+        tiles = _tiles_on(q.device, varlen_tiles, call.bounds_q, call.bounds_k, call.left, call.right,
                           self._lib.ringfa3_sm90_fwd_block_m(q.shape[-1]))   # (n, 2)
         if tiles.shape[0] == 0:
             return   # no row sees a key: nothing to merge
@@ -409,6 +436,9 @@ class Sm90Backend:
             a.b = varlen.n_segments
             a.cu_seqlens_q, a.cu_seqlens_k = varlen.cu_q.data_ptr(), varlen.cu_k.data_ptr()
             a.max_seqlen_q, a.max_seqlen_k = min(varlen.max_q, s_q), min(varlen.max_k, s_k)
+            tiles = _tiles_on(q.device, varlen_bwd_tiles, varlen.bounds_q, varlen.bounds_k, left, right, bm,
+                              self._lib.ringfa3_sm90_bwd_block_n())   # (n, 2)
+            a.varlen_tiles, a.n_varlen_tiles = tiles.data_ptr(), tiles.shape[0]
         a.dtype = _DTYPES[q.dtype]
         a.window_left, a.window_right = int(left), int(right)
         a.out_fp32, a.grads_fp32, a.deterministic = int(out.dtype == torch.float32), int(grads_fp32), int(det)
