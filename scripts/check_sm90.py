@@ -9,7 +9,8 @@ warp-stall samples per SASS instruction). One call does all:
 The library is ringfa3/lib/libringfa3_sm90.so, or $RINGFA3_SM90_LIB. Each part runs in its own
 subprocess with a timeout, so a hung kernel costs that part only. Writes $OUT/sm90_check.json,
 sm90_bench.json, sm90_varlen_bench.json, sm90_sass.json, sm90_ncu{,_fa3}.txt,
-sm90_ncu_source{,_fa3}.csv; prints a ratio table last.
+sm90_ncu_source{,_fa3}.csv; prints a ratio table last. `--part clock` (not in `all`): sustained runs at
+the power cap with NVML's SM clock and power beside (sm90_clock.json; needs the nvidia-ml-py wheel).
 """
 import argparse
 import json
@@ -422,17 +423,17 @@ def part_clock(out_dir, seconds=3.0):
 
 
 # -------------------------------------------------------------------------------------------- ncu
-def part_ncu_target(which="ours"):
-    """One warm launch at hd128 16k (full) for ncu to profile (launches 0-1 are warm-up): ours, or FA3's
-    kernel on the same inputs (the anchor's counters beside ours)."""
+def part_ncu_target(which="ours", causal=False):
+    """One warm launch at hd128 16k for ncu to profile (launches 0-1 are warm-up): ours, or FA3's kernel
+    on the same inputs (the anchor's counters beside ours)."""
     import torch
     q, k, v = (torch.randn(1, 16384, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     if which == "fa3":
         import fa3_fwd_interface as fa3
-        fn = lambda: fa3.flash_attn_func(q, k, v, causal=False)   # noqa: E731
+        fn = lambda: fa3.flash_attn_func(q, k, v, causal=causal)   # noqa: E731
     else:
         be = load_backend()
-        fn = lambda: be.forward(q, k, v, False, None, (-1, -1), False)   # noqa: E731
+        fn = lambda: be.forward(q, k, v, causal, None, (-1, -1), False)   # noqa: E731
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -455,14 +456,16 @@ def ncu_profile(kernel, target_cmd, out_txt, out_csv, sections, keep_pattern):
     return [ln for ln in r2.stdout.splitlines() if re.search(keep_pattern, ln)]
 
 
-def part_ncu(out_dir):
-    """ncu of ours and of FA3 at hd128 16k full: the summary sections, and warp-stall samples per SASS
-    instruction (where the consumer warps wait), exported as CSV for reading on the CPU machine."""
+def part_ncu(out_dir, causal=False):
+    """ncu of ours and of FA3 at hd128 16k (full, or causal): the summary sections, and warp-stall samples
+    per SASS instruction (where the consumer warps wait), exported as CSV for reading on the CPU machine.
+    ncu locks the clocks at base: for the power cap's share see --part clock (run 17)."""
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy",
                 "SourceCounters"]
     for which, kernel in (("ours", "fwd_kernel"), ("fa3", "device_kernel")):
-        suffix = "" if which == "ours" else "_fa3"
-        keep = ncu_profile(kernel, [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which],
+        suffix = ("" if which == "ours" else "_fa3") + ("_causal" if causal else "")
+        target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which] + (["--causal"] if causal else [])
+        keep = ncu_profile(kernel, target,
                            Path(out_dir) / f"sm90_ncu{suffix}.txt", Path(out_dir) / f"sm90_ncu_source{suffix}.csv",
                            sections, r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|"
                                      r"Executed Ipc|Registers")
@@ -495,6 +498,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--part", choices=["check", "bench", "varlen", "sass", "ncu", "ncu_target", "clock", "all"], default="all")
     ap.add_argument("--ncu-which", choices=["ours", "fa3"], default="ours", help="kernel launched by --part ncu_target")
+    ap.add_argument("--causal", action="store_true", help="--part ncu / ncu_target: profile the causal mask")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--hds", default="128")
     ap.add_argument("--extra-hds", default="64,256", help="also timed, at --extra-seqs only")
@@ -517,11 +521,11 @@ def main():
     if args.part == "sass":
         return part_sass(args.out)
     if args.part == "ncu":
-        return part_ncu(args.out)
+        return part_ncu(args.out, args.causal)
     if args.part == "clock":
         return part_clock(args.out)
     if args.part == "ncu_target":
-        return part_ncu_target(args.ncu_which)
+        return part_ncu_target(args.ncu_which, args.causal)
     me = [sys.executable, __file__, "--out", args.out, "--seqs", args.seqs, "--hds", args.hds,
           "--extra-hds", args.extra_hds, "--extra-seqs", args.extra_seqs]
     for spec in args.alt_lib:
