@@ -18,8 +18,11 @@ namespace {
 
 // Query heads per scheduling chunk: enough that the chunk's K/V (shared by `group` query heads
 // each) take about kL2Budget bytes, a part of H100's 50 MB L2 that leaves room for Q/O traffic.
+// RINGFA3_L2_BUDGET_MB is an A/B knob (instantiations.h): 8 gives one head per chunk at 16k hd128,
+// the concurrent CTAs all on one head as in FA3's order (its L2 traffic is 24% against our 41%,
+// run 17; whether that is what costs us clock at the power cap is untested).
 inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, int s_k, int n_b, size_t elem) {
-  constexpr double kL2Budget = 16.0 * 1024 * 1024;
+  constexpr double kL2Budget = RINGFA3_L2_BUDGET_MB * 1024.0 * 1024;
   double kv_bytes_per_q_head = 2.0 * s_k * a.d * elem / (a.h / a.h_kv);
   double g = kL2Budget / kv_bytes_per_q_head;
   int all = a.h * n_b;
