@@ -40,6 +40,10 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   using T = typename Tr::T;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   constexpr bool kSplitD = Tr::kSplitD;
+  // A/B (RINGFA3_BWD_DQ_FIRST, bwd_traits.h): issue dQ = dS K before dK += dS^T Q and hand
+  // the dQ partial over while dK runs, as FA3 orders them. Default: dK first, the hand-over after both
+  // (run 10's ncu: the wait for both GEMMs and the hand-over are ~15% of the consumers' samples).
+  constexpr bool kDqFirst = RINGFA3_BWD_DQ_FIRST;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
   BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -119,7 +123,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       for (int i = 0; i < size(tSrdP); ++i)
         tSrdP(i) = tSrS(i) * (tSrdP(i) - delta[get<1>(tScS(i))]);
       Tensor tdKrdS = bwd_to_a_operand<T, kM>(tSrdP);
-      issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
+      if constexpr (!kDqFirst) issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
       // dS (16 bit) into smem for dQ = dS K; made visible to the tensor cores (async proxy).
       // Transposing stmatrix: 8 keys (16 bytes) of one query per row, four 8x8 tiles per instruction,
       // instead of one 16-bit store per value.
@@ -132,9 +136,17 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       else named_sync(2 + wg, 128);
       Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kM>, Int<kSplitD ? kD : kD>>{});
       issue_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
-      warpgroup_wait<0>();
-      warp_release(&ss.q_empty[st.index]);
-      hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);
+      if constexpr (kDqFirst) {   // dK after dQ: the dQ partial goes to its slot while dK runs
+        issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
+        warpgroup_wait<1>();
+        hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);
+        warpgroup_wait<0>();
+        warp_release(&ss.q_empty[st.index]);
+      } else {
+        warpgroup_wait<0>();
+        warp_release(&ss.q_empty[st.index]);
+        hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);
+      }
       st.advance();
       if constexpr (kSplitD) buf ^= 1;
     }

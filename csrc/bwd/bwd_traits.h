@@ -17,6 +17,10 @@
 #include <cutlass/numeric_types.h>
 #include "../reg_budget.h"
 
+#ifndef RINGFA3_BWD_DQ_FIRST   // A/B knob of the consumers' GEMM order (bwd_consumer.h), for --define builds
+#define RINGFA3_BWD_DQ_FIRST 0
+#endif
+
 namespace ringfa3 {
 using namespace cute;
 
