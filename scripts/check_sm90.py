@@ -423,11 +423,12 @@ def part_clock(out_dir, seconds=3.0):
 
 
 # -------------------------------------------------------------------------------------------- ncu
-def part_ncu_target(which="ours", causal=False):
-    """One warm launch at hd128 16k for ncu to profile (launches 0-1 are warm-up): ours, or FA3's kernel
-    on the same inputs (the anchor's counters beside ours)."""
+def part_ncu_target(which="ours", causal=False, seq=16384):
+    """One warm launch at hd128, `seq` rows per sequence (16k tokens in all, FA3 convention), for ncu to
+    profile (launches 0-1 are warm-up): ours, or FA3's kernel on the same inputs (the anchor's
+    counters beside ours)."""
     import torch
-    q, k, v = (torch.randn(1, 16384, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(16384 // seq, seq, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     if which == "fa3":
         import fa3_fwd_interface as fa3
         fn = lambda: fa3.flash_attn_func(q, k, v, causal=causal)   # noqa: E731
@@ -456,15 +457,16 @@ def ncu_profile(kernel, target_cmd, out_txt, out_csv, sections, keep_pattern):
     return [ln for ln in r2.stdout.splitlines() if re.search(keep_pattern, ln)]
 
 
-def part_ncu(out_dir, causal=False):
-    """ncu of ours and of FA3 at hd128 16k (full, or causal): the summary sections, and warp-stall samples
+def part_ncu(out_dir, causal=False, seq=16384):
+    """ncu of ours and of FA3 at hd128, `seq` rows (full, or causal): the summary sections, and warp-stall samples
     per SASS instruction (where the consumer warps wait), exported as CSV for reading on the CPU machine.
     ncu locks the clocks at base: for the power cap's share see --part clock (run 17)."""
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy",
                 "SourceCounters"]
     for which, kernel in (("ours", "fwd_kernel"), ("fa3", "device_kernel")):
-        suffix = ("" if which == "ours" else "_fa3") + ("_causal" if causal else "")
-        target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which] + (["--causal"] if causal else [])
+        suffix = ("" if which == "ours" else "_fa3") + ("_causal" if causal else "") + ("" if seq == 16384 else f"_{seq}")
+        target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which, "--ncu-seq", str(seq)]
+        target += ["--causal"] if causal else []
         keep = ncu_profile(kernel, target,
                            Path(out_dir) / f"sm90_ncu{suffix}.txt", Path(out_dir) / f"sm90_ncu_source{suffix}.csv",
                            sections, r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|"
@@ -499,6 +501,7 @@ def main():
     ap.add_argument("--part", choices=["check", "bench", "varlen", "sass", "ncu", "ncu_target", "clock", "all"], default="all")
     ap.add_argument("--ncu-which", choices=["ours", "fa3"], default="ours", help="kernel launched by --part ncu_target")
     ap.add_argument("--causal", action="store_true", help="--part ncu / ncu_target: profile the causal mask")
+    ap.add_argument("--ncu-seq", type=int, default=16384, help="--part ncu / ncu_target: rows per sequence")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--hds", default="128")
     ap.add_argument("--extra-hds", default="64,256", help="also timed, at --extra-seqs only")
@@ -521,11 +524,11 @@ def main():
     if args.part == "sass":
         return part_sass(args.out)
     if args.part == "ncu":
-        return part_ncu(args.out, args.causal)
+        return part_ncu(args.out, args.causal, args.ncu_seq)
     if args.part == "clock":
         return part_clock(args.out)
     if args.part == "ncu_target":
-        return part_ncu_target(args.ncu_which, args.causal)
+        return part_ncu_target(args.ncu_which, args.causal, args.ncu_seq)
     me = [sys.executable, __file__, "--out", args.out, "--seqs", args.seqs, "--hds", args.hds,
           "--extra-hds", args.extra_hds, "--extra-seqs", args.extra_seqs]
     for spec in args.alt_lib:
