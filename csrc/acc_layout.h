@@ -14,7 +14,8 @@ struct AccCoord {
     col0 = (lane % 4) * 2;
   }
   __device__ static constexpr int row_half(int i) { return (i >> 1) & 1; }   // 0 -> row0, 1 -> row0+8
-  __device__ int col(int i) const { return (i >> 2) * 8 + col0 + (i & 1); }
+  __device__ static constexpr int col_offset(int i) { return (i >> 2) * 8 + (i & 1); }   // col(i) - col0
+  __device__ int col(int i) const { return col0 + col_offset(i); }
 };
 
 // Max / sum over the four lanes of a quad (they hold the same two rows).

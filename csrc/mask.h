@@ -6,6 +6,10 @@
 #include <cute/tensor.hpp>
 #include "acc_layout.h"
 
+#ifndef RINGFA3_MASK_INTERVAL   // A/B knob (--define): BlockMask::apply by per-row key intervals
+#define RINGFA3_MASK_INTERVAL 0
+#endif
+
 namespace ringfa3 {
 
 template <int kBlockM, int kBlockN>
@@ -33,6 +37,23 @@ struct BlockMask {
   template <class Frag>
   __device__ void apply(Frag& s, int n, int rows_base, AccCoord const& c) const {
     int r0 = row_lo + rows_base + c.row0;
+#if RINGFA3_MASK_INTERVAL
+    // Each of the thread's two rows sees keys [lo, hi); taken relative to the thread's first column
+    // of the block, the bounds meet each value's constant column offset: two compares against an
+    // immediate and a select per value, the row arithmetic done twice per block instead of per value.
+    int base = n * kBlockN + c.col0, lo[2], hi[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int row = r0 + 8 * h;
+      lo[h] = row + off - left - base;
+      hi[h] = min(s_k, row + off + right + 1) - base;
+    }
+#pragma unroll
+    for (int i = 0; i < int(cute::size(s)); ++i) {
+      int k = AccCoord::col_offset(i), h = AccCoord::row_half(i);
+      if (k < lo[h] || k >= hi[h]) s(i) = -INFINITY;
+    }
+#else
 #pragma unroll
     for (int i = 0; i < int(cute::size(s)); ++i) {
       int row = r0 + 8 * AccCoord::row_half(i);
@@ -40,6 +61,7 @@ struct BlockMask {
       bool ok = key < s_k && key <= row + off + right && key >= row + off - left;
       if (!ok) s(i) = -INFINITY;
     }
+#endif
   }
 };
 
