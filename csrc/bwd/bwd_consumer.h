@@ -13,6 +13,7 @@
 #include <cute/atom/copy_traits_sm90.hpp>
 #include "../epilogue.h"
 #include "../pipeline.h"
+#include "../softmax.h"
 #include "../warpgroup.h"
 #include "bwd_epilogue.h"
 #include "bwd_mask.h"
@@ -44,6 +45,10 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   // the dQ partial over while dK runs, as FA3 orders them. Default: dK first, the hand-over after both
   // (run 10's ncu: the wait for both GEMMs and the hand-over are ~15% of the consumers' samples).
   constexpr bool kDqFirst = RINGFA3_BWD_DQ_FIRST;
+  // A/B (RINGFA3_BWD_FAST_EXP2): P by ex2.approx.ftz as the forward's softmax, instead of exp2f, whose
+  // subnormal fix-up costs three more instructions per score (FSETP and two predicated FMUL; run 10's
+  // SASS: 192 of ~950 per block). P below 2^-126 becomes 0.
+  constexpr bool kFastExp2 = RINGFA3_BWD_FAST_EXP2;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
   BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -114,8 +119,10 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       warpgroup_wait<1>();   // S^T landed
       if (mask.partial(m)) mask.apply(tSrS, tScS, m);
       CUTE_UNROLL
-      for (int i = 0; i < size(tSrS); ++i)
-        tSrS(i) = exp2f(tSrS(i) * p.scale_log2 - lse[get<1>(tScS(i))]);
+      for (int i = 0; i < size(tSrS); ++i) {
+        float x = tSrS(i) * p.scale_log2 - lse[get<1>(tScS(i))];
+        tSrS(i) = kFastExp2 ? fast_exp2(x) : exp2f(x);
+      }
       Tensor tdVrP = bwd_to_a_operand<T, kM>(tSrS);
       issue_gemm<false, true>(mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), tdVrdV);
       warpgroup_wait<1>();   // dP^T landed (dV may still run)

@@ -17,8 +17,11 @@
 #include <cutlass/numeric_types.h>
 #include "../reg_budget.h"
 
-#ifndef RINGFA3_BWD_DQ_FIRST   // A/B knob of the consumers' GEMM order (bwd_consumer.h), for --define builds
+#ifndef RINGFA3_BWD_DQ_FIRST   // A/B knobs of the consumers (bwd_consumer.h), for --define builds
 #define RINGFA3_BWD_DQ_FIRST 0
+#endif
+#ifndef RINGFA3_BWD_FAST_EXP2
+#define RINGFA3_BWD_FAST_EXP2 0
 #endif
 
 namespace ringfa3 {
