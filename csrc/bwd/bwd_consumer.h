@@ -45,10 +45,11 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   // the dQ partial over while dK runs, as FA3 orders them. Default: dK first, the hand-over after both
   // (run 10's ncu: the wait for both GEMMs and the hand-over are ~15% of the consumers' samples).
   constexpr bool kDqFirst = RINGFA3_BWD_DQ_FIRST;
-  // A/B (RINGFA3_BWD_FAST_EXP2): P by ex2.approx.ftz as the forward's softmax, instead of exp2f, whose
-  // subnormal fix-up costs three more instructions per score (FSETP and two predicated FMUL; run 10's
-  // SASS: 192 of ~950 per block). P below 2^-126 becomes 0.
-  constexpr bool kFastExp2 = RINGFA3_BWD_FAST_EXP2;
+  // A/B (RINGFA3_BWD_LEAN): fewer instructions per block. P by ex2.approx.ftz as the forward's softmax,
+  // instead of exp2f, whose subnormal fix-up costs FSETP and two predicated FMULs per score (P below
+  // 2^-126 becomes 0); and the 16-bit dS for the stmatrix taken from the dK operand, which holds the
+  // same values already packed in pairs, instead of a second conversion (32 F2FP + 16 PRMT).
+  constexpr bool kLean = RINGFA3_BWD_LEAN;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
   BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -121,7 +122,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
         float x = tSrS(i) * p.scale_log2 - lse[get<1>(tScS(i))];
-        tSrS(i) = kFastExp2 ? fast_exp2(x) : exp2f(x);
+        tSrS(i) = kLean ? fast_exp2(x) : exp2f(x);
       }
       Tensor tdVrP = bwd_to_a_operand<T, kM>(tSrS);
       issue_gemm<false, true>(mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), tdVrdV);
@@ -136,7 +137,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       // instead of one 16-bit store per value.
       Tensor tdSrdS = make_tensor_like<T>(tSrdP);
       CUTE_UNROLL
-      for (int i = 0; i < size(tSrdP); ++i) tdSrdS(i) = static_cast<T>(tSrdP(i));
+      for (int i = 0; i < size(tSrdP); ++i) tdSrdS(i) = kLean ? tdKrdS(i) : static_cast<T>(tSrdP(i));
       cute::copy(ds_copy, ds_thr.retile_S(tdSrdS), ds_thr.partition_D(sdSt(_, _, buf)));
       cutlass::arch::fence_view_async_shared();
       if constexpr (kSplitD) named_sync(1, 256);

@@ -20,8 +20,8 @@
 #ifndef RINGFA3_BWD_DQ_FIRST   // A/B knobs of the consumers (bwd_consumer.h), for --define builds
 #define RINGFA3_BWD_DQ_FIRST 0
 #endif
-#ifndef RINGFA3_BWD_FAST_EXP2
-#define RINGFA3_BWD_FAST_EXP2 0
+#ifndef RINGFA3_BWD_LEAN
+#define RINGFA3_BWD_LEAN 0
 #endif
 
 namespace ringfa3 {
