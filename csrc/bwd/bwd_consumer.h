@@ -45,10 +45,11 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   // the dQ partial over while dK runs, as FA3 orders them. Default: dK first, the hand-over after both
   // (run 10's ncu: the wait for both GEMMs and the hand-over are ~15% of the consumers' samples).
   constexpr bool kDqFirst = RINGFA3_BWD_DQ_FIRST;
-  // A/B (RINGFA3_BWD_LEAN): fewer instructions per block. P by ex2.approx.ftz as the forward's softmax,
-  // instead of exp2f, whose subnormal fix-up costs FSETP and two predicated FMULs per score (P below
-  // 2^-126 becomes 0); and the 16-bit dS for the stmatrix taken from the dK operand, which holds the
-  // same values already packed in pairs, instead of a second conversion (32 F2FP + 16 PRMT).
+  // A/B (RINGFA3_BWD_LEAN): fewer instructions and waits per block. P by ex2.approx.ftz as the
+  // forward's softmax, instead of exp2f, whose subnormal fix-up costs FSETP and two predicated FMULs
+  // per score (P below 2^-126 becomes 0); the 16-bit dS for the stmatrix taken from the dK operand,
+  // which holds the same values already packed in pairs, instead of a second conversion (32 F2FP +
+  // 16 PRMT); lse and delta read from smem before the GEMM waits.
   constexpr bool kLean = RINGFA3_BWD_LEAN;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
@@ -117,19 +118,29 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       issue_gemm<true, false>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tSrdP);
       float const* lse = ss.lse[st.index];
       float const* delta = ss.delta[st.index];
+      // lean: lse and delta read while S^T / dP^T are still on the tensor cores, not after they land
+      float lse_i[size(tSrS)], delta_i[size(tSrS)];
+      if constexpr (kLean) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) lse_i[i] = lse[get<1>(tScS(i))];
+      }
       warpgroup_wait<1>();   // S^T landed
       if (mask.partial(m)) mask.apply(tSrS, tScS, m);
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
-        float x = tSrS(i) * p.scale_log2 - lse[get<1>(tScS(i))];
+        float x = tSrS(i) * p.scale_log2 - (kLean ? lse_i[i] : lse[get<1>(tScS(i))]);
         tSrS(i) = kLean ? fast_exp2(x) : exp2f(x);
       }
       Tensor tdVrP = bwd_to_a_operand<T, kM>(tSrS);
       issue_gemm<false, true>(mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), tdVrdV);
+      if constexpr (kLean) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) delta_i[i] = delta[get<1>(tScS(i))];
+      }
       warpgroup_wait<1>();   // dP^T landed (dV may still run)
       CUTE_UNROLL
       for (int i = 0; i < size(tSrdP); ++i)
-        tSrdP(i) = tSrS(i) * (tSrdP(i) - delta[get<1>(tScS(i))]);
+        tSrdP(i) = tSrS(i) * (tSrdP(i) - (kLean ? delta_i[i] : delta[get<1>(tScS(i))]));
       Tensor tdKrdS = bwd_to_a_operand<T, kM>(tSrdP);
       if constexpr (!kDqFirst) issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
       // dS (16 bit) into smem for dQ = dS K; made visible to the tensor cores (async proxy).
