@@ -55,7 +55,8 @@ typedef struct RingFa3BwdArgs {
   // Varlen (ABI 3): the CTAs to run, in launch order, as (segment, key block) pairs of
   // ringfa3_sm90_bwd_block_n keys; each of the kv heads runs every pair. A segment's key blocks must
   // come in ascending order (the deterministic dQ order waits only on CTAs launched earlier); key
-  // blocks left out are not written.
+  // blocks left out are not written. Like cu_seqlens, the list lives on the device and is not
+  // checked here: ringfa3/ops/sm90.py (varlen_bwd_tiles) builds it.
   const int32_t* varlen_tiles;   // (n_varlen_tiles, 2) on the device
   int32_t n_varlen_tiles;
 } RingFa3BwdArgs;
