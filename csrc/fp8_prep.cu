@@ -203,19 +203,27 @@ cudaError_t dispatch(int dtype, int d, F&& f) {
 thread_local char g_error[512] = "";
 int fail(int code, const char* msg) { return record_error(g_error, code, msg); }
 
-// The checks both entry points share; 0 when the arguments are usable.
-int check(int b, int s, int h, int d, int dtype, const void* in, const int64_t* stride, const void* out,
-          const float* scale) {
-  if (b < 0 || s < 0 || h <= 0 || b > 65535 || h > 65535)
+// Both entry points, past their NULL check: the shared argument checks, then the kernel that `pick`
+// names for the (dtype, head dim) pair over (ceil(s / rows), h, b) blocks of `threads`.
+template <class Args, class Pick>
+int launch_prep(Args const& a, const void* in, const int64_t* stride, const void* out, const float* scale,
+                int rows, int threads, Pick pick) {
+  if (a.b < 0 || a.s < 0 || a.h <= 0 || a.b > 65535 || a.h > 65535)
     return fail(2, "bad shape: need 0 <= b <= 65535, s >= 0 and 0 < h <= 65535");
-  if (d != 128 && d != 256) return fail(5, "fp8 prep supports head_dim 128 or 256");
-  if (dtype != 0 && dtype != 1) return fail(5, "fp8 prep supports dtype 0 (bf16) or 1 (fp16)");
+  if (a.d != 128 && a.d != 256) return fail(5, "fp8 prep supports head_dim 128 or 256");
+  if (a.dtype != 0 && a.dtype != 1) return fail(5, "fp8 prep supports dtype 0 (bf16) or 1 (fp16)");
   if (in == nullptr || out == nullptr) return fail(4, "input and output pointers are required");
   if (!aligned16(in) || !strides8(stride) || !aligned16(out))
     return fail(3, "input and output must be 16-byte aligned, input strides multiples of 8 elements");
   if (scale == nullptr || reinterpret_cast<uintptr_t>(scale) % 4 != 0)
     return fail(4, "scale must be a 4-byte aligned float pointer");
-  return 0;
+  if (a.b == 0 || a.s == 0) return 0;
+  const dim3 grid((a.s + rows - 1) / rows, a.h, a.b);
+  cudaError_t err = dispatch(a.dtype, a.d, [&](auto t, auto dim) {
+    pick(t, dim)<<<grid, threads, 0, static_cast<cudaStream_t>(a.stream)>>>(a);
+    return cudaGetLastError();
+  });
+  return err == cudaSuccess ? 0 : fail(6, cudaGetErrorString(err));
 }
 
 }  // namespace
@@ -228,27 +236,13 @@ extern "C" const char* ringfa3_sm90_fp8_prep_last_error(void) { return ringfa3::
 extern "C" int ringfa3_sm90_fp8_quantize_rows(const RingFa3Fp8RowsArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3Fp8RowsArgs& a = *args;
-  if (int rc = ringfa3::check(a.b, a.s, a.h, a.d, a.dtype, a.x, a.x_stride, a.codes, a.scale)) return rc;
-  if (a.b == 0 || a.s == 0) return 0;
-  const dim3 grid((a.s + ringfa3::kScaleRows - 1) / ringfa3::kScaleRows, a.h, a.b);
-  cudaError_t err = ringfa3::dispatch(a.dtype, a.d, [&](auto t, auto dim) {
-    ringfa3::fp8_rows_kernel<decltype(t), decltype(dim)::value>
-        <<<grid, ringfa3::kRowWarps * 32, 0, static_cast<cudaStream_t>(a.stream)>>>(a);
-    return cudaGetLastError();
-  });
-  return err == cudaSuccess ? 0 : fail(6, cudaGetErrorString(err));
+  return ringfa3::launch_prep(a, a.x, a.x_stride, a.codes, a.scale, ringfa3::kScaleRows, ringfa3::kRowWarps * 32,
+                              [](auto t, auto dim) { return ringfa3::fp8_rows_kernel<decltype(t), decltype(dim)::value>; });
 }
 
 extern "C" int ringfa3_sm90_fp8_v_transpose(const RingFa3Fp8VArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3Fp8VArgs& a = *args;
-  if (int rc = ringfa3::check(a.b, a.s, a.h, a.d, a.dtype, a.v, a.v_stride, a.vt, a.scale)) return rc;
-  if (a.b == 0 || a.s == 0) return 0;
-  const dim3 grid((a.s + ringfa3::kVKeys - 1) / ringfa3::kVKeys, a.h, a.b);
-  cudaError_t err = ringfa3::dispatch(a.dtype, a.d, [&](auto t, auto dim) {
-    ringfa3::fp8_v_kernel<decltype(t), decltype(dim)::value>
-        <<<grid, ringfa3::kVThreads, 0, static_cast<cudaStream_t>(a.stream)>>>(a);
-    return cudaGetLastError();
-  });
-  return err == cudaSuccess ? 0 : fail(6, cudaGetErrorString(err));
+  return ringfa3::launch_prep(a, a.v, a.v_stride, a.vt, a.scale, ringfa3::kVKeys, ringfa3::kVThreads,
+                              [](auto t, auto dim) { return ringfa3::fp8_v_kernel<decltype(t), decltype(dim)::value>; });
 }
