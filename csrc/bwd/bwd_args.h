@@ -50,9 +50,8 @@ typedef struct RingFa3BwdArgs {
   // strides are not used, and the workspace holds (s_q / block_m + b) * block_m rows per head.
   const int32_t* cu_seqlens_q;   // (b + 1,) on the device, or NULL: dense
   const int32_t* cu_seqlens_k;
-  int32_t max_seqlen_q;          // longest segment, <= s_q
-  int32_t max_seqlen_k;
-  // Varlen (ABI 3): the CTAs to run, in launch order, as (segment, key block) pairs of
+  // Varlen (ABI 4; ABI 2-3 also took the longest segment's lengths, which nothing sizes by since the
+  // grids run over the tile list and the packed workspace): the CTAs to run, in launch order, as (segment, key block) pairs of
   // ringfa3_sm90_bwd_block_n keys; each of the kv heads runs every pair. A segment's key blocks must
   // come in ascending order (the deterministic dQ order waits only on CTAs launched earlier); key
   // blocks left out are not written. Like cu_seqlens, the list lives on the device and is not

@@ -17,8 +17,7 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   constexpr bool kVarlen = Tr::kVarlen;
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
-  int s_q = kVarlen ? a.max_seqlen_q : a.s_q, s_k = kVarlen ? a.max_seqlen_k : a.s_k;   // longest entry
-  int n_m = (s_q + kM - 1) / kM, n_n = (s_k + kN - 1) / kN;
+  int n_m = (a.s_q + kM - 1) / kM, n_n = (a.s_k + kN - 1) / kN;   // a batch entry's blocks (dense)
   // Workspace rows per (batch entry, head); varlen per head, every segment from a kM-aligned row.
   int ws_rows = kVarlen ? (a.s_q / kM + a.b) * kM : n_m * kM;
 
@@ -67,7 +66,7 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   if (err != cudaSuccess) return err;
 
   constexpr int kRows = RowChunk<kD>::kRows;
-  dim3 grid(((kVarlen ? ws_rows : s_q) + kRows - 1) / kRows, a.h, kVarlen ? 1 : a.b);
+  dim3 grid(((kVarlen ? ws_rows : a.s_q) + kRows - 1) / kRows, a.h, kVarlen ? 1 : a.b);
   if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   else bwd_convert_dq_kernel<T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   return cudaGetLastError();

@@ -16,8 +16,8 @@ struct BwdParams {
   typename Tr::TmaK tma_k;
   typename Tr::TmaK tma_v;
   RingFa3BwdArgs a;
-  int n_m_blocks;     // query blocks of the (longest) batch entry: ceil(s_q / kBlockM)
-  int n_n_blocks;     // key blocks of the (longest) batch entry: ceil(s_k / kBlockN)
+  int n_m_blocks;     // dense: query blocks of a batch entry, ceil(s_q / kBlockM) (varlen: unused)
+  int n_n_blocks;     // dense: key blocks of a batch entry, ceil(s_k / kBlockN) (varlen: unused)
   int ws_rows;        // varlen: workspace rows per head, (s_q / kBlockM + b) * kBlockM (dense: unused)
   int group;          // h / h_kv
   int diag_offset;    // s_k - s_q

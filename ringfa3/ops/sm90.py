@@ -71,7 +71,6 @@ class _BwdArgs(ctypes.Structure):
         ("out_fp32", ctypes.c_int32), ("grads_fp32", ctypes.c_int32), ("deterministic", ctypes.c_int32),
         ("reserved", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
         ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
-        ("max_seqlen_q", ctypes.c_int32), ("max_seqlen_k", ctypes.c_int32),
         ("varlen_tiles", ctypes.c_void_p), ("n_varlen_tiles", ctypes.c_int32),
     ]
 
@@ -96,7 +95,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 3
+_BWD_ABI_VERSION = 4
 _BWD_HEAD_DIMS = (64, 128)
 
 
@@ -435,7 +434,6 @@ class Sm90Backend:
         if varlen:
             a.b = varlen.n_segments
             a.cu_seqlens_q, a.cu_seqlens_k = varlen.cu_q.data_ptr(), varlen.cu_k.data_ptr()
-            a.max_seqlen_q, a.max_seqlen_k = min(varlen.max_q, s_q), min(varlen.max_k, s_k)
             tiles = _tiles_on(q.device, varlen_bwd_tiles, varlen.bounds_q, varlen.bounds_k, left, right, bm,
                               self._lib.ringfa3_sm90_bwd_block_n())   # (n, 2)
             a.varlen_tiles, a.n_varlen_tiles = tiles.data_ptr(), tiles.shape[0]
