@@ -100,19 +100,26 @@ def stub_for_missing(selected, with_bwd=True):
     return path
 
 
+def project_headers(src: Path) -> list:
+    """The csrc headers `src` includes, transitively: each quoted #include resolved against the
+    including file's folder, then csrc/ (the -I path); CUTLASS and system headers are not followed."""
+    found, todo = set(), [src]
+    while todo:
+        f = todo.pop()
+        for name in re.findall(r'^\s*#include\s+"([^"]+)"', f.read_text(), re.M):
+            dep = next((c.resolve() for c in (f.parent / name, CSRC / name) if c.exists()), None)
+            if dep is not None and dep not in found:
+                found.add(dep)
+                todo.append(dep)
+    return sorted(found)
+
+
 def source_hash(src: Path, flags) -> str:
+    """Cache key of one object: the flags, the source and every project header it includes."""
     h = hashlib.sha256(" ".join(flags).encode())
-    if src.name.startswith(("bwd_", "api_bwd")):   # the backward includes only these forward headers
-        deps = [CSRC / n for n in ("pipeline.h", "epilogue.h", "acc_layout.h", "fwd_args.h", "warpgroup.h", "smem_attr.h",
-                                   "abi_checks.h", "reg_budget.h")]
-        deps += sorted((CSRC / "bwd").glob("*.h"))
-    elif src.name == "fp8_prep.cu":   # standalone: its args header and the shared checks
-        deps = [CSRC / "fp8_prep_args.h", CSRC / "abi_checks.h"]
-    else:
-        deps = [f for f in sorted(CSRC.glob("*.h")) if f.name != "fp8_prep_args.h"]
-        deps += sorted((CSRC / "bwd").glob("*.h")) if src.name.startswith("stubs") else []
-    for f in deps + [src]:
-        h.update(f.name.encode())
+    root = CSRC.resolve()
+    for f in project_headers(src) + [src.resolve()]:
+        h.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
