@@ -1,6 +1,7 @@
 """Block lists over packed documents for checking the varlen kernels (tests/test_sm90.py,
-tests/test_sm90_bwd.py, scripts/check_sm90.py, scripts/check_sm90_bwd.py): documents of awkward lengths (one row, a tile plus one, longer than a tile)
-in one local problem, and zigzag ring steps over documents (blocks whose rows and keys differ)."""
+tests/test_sm90_bwd.py, scripts/check_sm90.py, scripts/check_sm90_bwd.py): documents of awkward
+lengths (one row, a tile plus one, longer than a tile) in one local problem, and zigzag ring steps over
+documents (blocks whose rows and keys differ)."""
 from __future__ import annotations
 
 import math
