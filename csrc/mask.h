@@ -6,10 +6,6 @@
 #include <cute/tensor.hpp>
 #include "acc_layout.h"
 
-#ifndef RINGFA3_MASK_INTERVAL   // A/B knob (--define): BlockMask::apply by per-row key intervals
-#define RINGFA3_MASK_INTERVAL 0
-#endif
-
 namespace ringfa3 {
 
 template <int kBlockM, int kBlockN>
@@ -37,7 +33,6 @@ struct BlockMask {
   template <class Frag>
   __device__ void apply(Frag& s, int n, int rows_base, AccCoord const& c) const {
     int r0 = row_lo + rows_base + c.row0;
-#if RINGFA3_MASK_INTERVAL
     // Each of the thread's two rows sees keys [lo, hi); taken relative to the thread's first column
     // of the block, the bounds meet each value's constant column offset: two compares against an
     // immediate and a select per value, the row arithmetic done twice per block instead of per value.
@@ -53,15 +48,6 @@ struct BlockMask {
       int k = AccCoord::col_offset(i), h = AccCoord::row_half(i);
       if (k < lo[h] || k >= hi[h]) s(i) = -INFINITY;
     }
-#else
-#pragma unroll
-    for (int i = 0; i < int(cute::size(s)); ++i) {
-      int row = r0 + 8 * AccCoord::row_half(i);
-      int key = n * kBlockN + c.col(i);
-      bool ok = key < s_k && key <= row + off + right && key >= row + off - left;
-      if (!ok) s(i) = -INFINITY;
-    }
-#endif
   }
 };
 

@@ -441,11 +441,14 @@ def part_ncu_target(which="ours", causal=False, seq=16384):
 
 
 def ncu_profile(kernel, target_cmd, out_txt, out_csv, sections, keep_pattern):
-    """ncu of the third launch of `kernel` (regex) in `target_cmd` (launches 0-1 are warm-up): the
-    sections' details page into out_txt and warp-stall samples per SASS instruction into out_csv (for
-    reading on the CPU machine); returns the details lines matching keep_pattern."""
+    """ncu of the third launch of `kernel` (a regex of function names; "mangled:REGEX" of mangled ones)
+    in `target_cmd` (launches 0-1 are warm-up): the sections' details page into out_txt and warp-stall
+    samples per SASS instruction into out_csv (for reading on the CPU machine); returns the details
+    lines matching keep_pattern."""
     rep = Path("/tmp") / Path(out_txt).stem   # the report stays there; its text pages come back
-    cmd = ["ncu", "--kernel-name", f"regex:{kernel}", "--launch-skip", "2", "--launch-count", "1", "-f", "-o", str(rep)]
+    base, kernel = kernel.split(":", 1) if kernel.startswith("mangled:") else ("function", kernel)
+    cmd = ["ncu", "--kernel-name-base", base, "--kernel-name", f"regex:{kernel}", "--launch-skip", "2",
+           "--launch-count", "1", "-f", "-o", str(rep)]
     for sec in sections:
         cmd += ["--section", sec]
     r = subprocess.run(cmd + target_cmd, capture_output=True, text=True)

@@ -7,8 +7,8 @@ inputs, then timing of ours (default unordered and deterministic dQ) next to cuD
 The forward's out and lse fed to every backward come from the float64 reference (rounded to the input
 dtype / fp32), so a backward is checked on its own. Each part runs in its own subprocess with a timeout.
 Writes $OUT/sm90_bwd_check.json, sm90_bwd_bench.json, sm90_bwd_fa3.json, sm90_bwd_sass.json.
-`--part ncu` (not in `all`) profiles the main kernel with unordered and deterministic dQ:
-sm90_bwd_ncu_{default,deterministic}.txt and their per-instruction stall CSVs.
+`--part ncu --seqs S [--causal] [--ncu-which default,deterministic,fa3]` (not in `all`) profiles the
+main kernel of each at S rows: sm90_bwd_ncu_<which>_<S>[_causal].txt and per-instruction stall CSVs.
 """
 import argparse
 import json
@@ -148,7 +148,7 @@ def part_check(out_dir):
     (out_dir / "sm90_bwd_check.json").write_text(json.dumps(results, indent=1))
 
 
-def part_bench(out_dir, seqs):
+def part_bench(out_dir, seqs, hd64=True):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -158,7 +158,7 @@ def part_bench(out_dir, seqs):
     info = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cudnn=torch.backends.cudnn.version())
     print(json.dumps(info), flush=True)
     rows = []
-    for hd, seq_list in ((128, seqs), (64, [4096, 16384])):
+    for hd, seq_list in ((128, seqs), (64, [4096, 16384] if hd64 else [])):
         for s in seq_list:
             b, h = 16384 // s, 2048 // hd
             for causal in (False, True):
@@ -209,30 +209,77 @@ def part_sass(out_dir):
         print("cuobjdump failed:", r.stderr[:300])
 
 
-def part_ncu_target(deterministic):
-    """One warm backward at hd128 16k causal for ncu to profile (launches 0-1 are warm-up)."""
+def part_ncu_target(which, seq, causal):
+    """Three backwards at hd128, `seq` rows per sequence (16k tokens in all), for ncu to profile the
+    third: ours (default or deterministic dQ), or FA3's (flash-attn3-jax, fwd+bwd under jax.grad)."""
+    b, h, d = 16384 // seq, 16, 128
+    if which == "fa3":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        import jax
+        import jax.numpy as jnp
+        from flash_attn3_jax import flash_mha
+        q, k, v = (jax.random.normal(x, (b, seq, h, d), dtype=jnp.bfloat16)
+                   for x in jax.random.split(jax.random.PRNGKey(0), 3))
+        loss = lambda q, k, v: (flash_mha(q, k, v, is_causal=causal).astype(jnp.float32) ** 2).sum()   # noqa: E731
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        for _ in range(3):
+            jax.block_until_ready(grad(q, k, v))
+        return
     import torch
     be = load_backend()
-    q, k, v, dout = (torch.randn(1, 16384, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    out, lse = be.forward(q, k, v, True, None, (-1, -1), False)
+    q, k, v, dout = (torch.randn(b, seq, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    out, lse = be.forward(q, k, v, causal, None, (-1, -1), False)
     for _ in range(3):
-        be.backward(dout, q, k, v, out, lse, True, 128 ** -0.5, (-1, -1), False, deterministic)
+        be.backward(dout, q, k, v, out, lse, causal, d ** -0.5, (-1, -1), False, which == "deterministic")
     torch.cuda.synchronize()
 
 
-def part_ncu(out_dir):
-    """ncu of the backward main kernel at hd128 16k causal, unordered and deterministic dQ: the summary
-    sections and warp-stall samples per SASS instruction (CSV), to see what the ordered adds cost."""
+def part_ncu(out_dir, which, seq, causal):
+    """ncu of a backward main kernel at hd128: ours with unordered (default) or deterministic dQ, or FA3's
+    (its main kernel by mangled name). ncu locks the clocks at base, so durations compare work per clock.
+    Writes the summary sections and the warp-stall samples per SASS instruction (CSV)."""
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis",
                 "SourceCounters"]
-    for mode in ("default", "deterministic"):
-        target = [sys.executable, __file__, "--part", "ncu_target"]
-        target += ["--deterministic"] if mode == "deterministic" else []
-        keep = ncu_profile("bwd_kernel", target, out_dir / f"sm90_bwd_ncu_{mode}.txt",
-                           out_dir / f"sm90_bwd_ncu_source_{mode}.csv", sections,
-                           r"Duration|Throughput|Pipe|Issue|Eligible|Executed Ipc|Hit Rate|L2|DRAM")
-        print(f"--- {mode}")
+    for mode in which:
+        target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", mode, "--seqs", str(seq)]
+        target += ["--causal"] if causal else []
+        kernel = "mangled:BwdSm90" if mode == "fa3" else "bwd_kernel"
+        tag = f"{mode}_{seq}{'_causal' if causal else ''}"
+        keep = ncu_profile(kernel, target, out_dir / f"sm90_bwd_ncu_{tag}.txt",
+                           out_dir / f"sm90_bwd_ncu_source_{tag}.csv", sections,
+                           r"Duration|Throughput|Pipe|Issue|Eligible|Executed Ipc|Hit Rate|L2|DRAM|Registers")
+        print(f"--- {tag}")
         print("\n".join(keep[:40]))
+
+
+def part_profile(out_dir, seqs):
+    """Per-kernel device time of one backward call (torch.profiler), hd128 full and causal at each
+    length: how much the preprocess, the dQ conversion and the zeroing take beside the main kernel."""
+    import torch
+    from torch.profiler import profile, ProfilerActivity
+    be = load_backend()
+    rows = []
+    for s in seqs:
+        b, h, d = 16384 // s, 16, 128
+        for causal in (False, True):
+            q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+            out, lse = be.forward(q, k, v, causal, None, (-1, -1), False)
+            call = lambda: be.backward(dout, q, k, v, out, lse, causal, d ** -0.5, (-1, -1), False, False)  # noqa: E731,B023
+            for _ in range(3):
+                call()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    call()
+                torch.cuda.synchronize()
+            kernels = {}
+            for e in prof.key_averages():
+                if e.device_type.name == "CUDA" and e.count:
+                    kernels[e.key[:90]] = round(e.device_time_total / 10, 1)   # us per call
+            row = dict(seq=s, causal=causal, us_per_call=kernels, total_us=round(sum(kernels.values()), 1))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    (out_dir / "sm90_bwd_profile.json").write_text(json.dumps(rows, indent=1))
 
 
 def part_fa3(out_dir, limit):
@@ -281,10 +328,13 @@ def table(out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/sm90_bwd")
-    ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3", "ncu", "ncu_target"])
-    ap.add_argument("--deterministic", action="store_true", help="--part ncu_target: the ordered dQ mode")
+    ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3", "ncu", "ncu_target", "profile"])
+    ap.add_argument("--ncu-which", default="default,deterministic",
+                    help="--part ncu: backwards profiled, of default, deterministic, fa3")
+    ap.add_argument("--causal", action="store_true", help="--part ncu: the causal mask")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--fa3", action="store_true", help="also run the FA3 (JAX) anchor subprocess")
+    ap.add_argument("--no-hd64", action="store_true", help="--part bench: head dim 128 only (an hd128-only build)")
     ap.add_argument("--budget", type=float, default=600, help="seconds for all parts together")
     args = ap.parse_args()
     out_dir = Path(args.out)
@@ -292,15 +342,18 @@ def main():
     if args.part == "check":
         return part_check(out_dir)
     if args.part == "bench":
-        return part_bench(out_dir, [int(x) for x in args.seqs.split(",")])
+        return part_bench(out_dir, [int(x) for x in args.seqs.split(",")], not args.no_hd64)
     if args.part == "sass":
         return part_sass(out_dir)
+    if args.part == "profile":
+        return part_profile(out_dir, [int(x) for x in args.seqs.split(",")])
     if args.part == "fa3":
         return part_fa3(out_dir, args.budget)
+    seq0 = int(args.seqs.split(",")[0])
     if args.part == "ncu":
-        return part_ncu(out_dir)
+        return part_ncu(out_dir, args.ncu_which.split(","), seq0, args.causal)
     if args.part == "ncu_target":
-        return part_ncu_target(args.deterministic)
+        return part_ncu_target(args.ncu_which, seq0, args.causal)
     # Shares of the budget (a cold machine spends ~60 s of the check on first launches); the FA3 anchor
     # gets what is left.
     parts = [("check", 0.3), ("bench", 0.4), ("sass", 0.05)] + ([("fa3", 0)] if args.fa3 else [])

@@ -41,16 +41,6 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   using T = typename Tr::T;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   constexpr bool kSplitD = Tr::kSplitD;
-  // A/B (RINGFA3_BWD_DQ_FIRST, bwd_traits.h): issue dQ = dS K before dK += dS^T Q and hand
-  // the dQ partial over while dK runs, as FA3 orders them. Default: dK first, the hand-over after both
-  // (run 10's ncu: the wait for both GEMMs and the hand-over are ~15% of the consumers' samples).
-  constexpr bool kDqFirst = RINGFA3_BWD_DQ_FIRST;
-  // A/B (RINGFA3_BWD_LEAN): fewer instructions and waits per block. P by ex2.approx.ftz as the
-  // forward's softmax, instead of exp2f, whose subnormal fix-up costs FSETP and two predicated FMULs
-  // per score (P below 2^-126 becomes 0); the 16-bit dS for the stmatrix taken from the dK operand,
-  // which holds the same values already packed in pairs, instead of a second conversion (32 F2FP +
-  // 16 PRMT); lse and delta read from smem before the GEMM waits.
-  constexpr bool kLean = RINGFA3_BWD_LEAN;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
   BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -114,58 +104,48 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
     int head = hk * p.group + g;
     for (int m = mb; m < me; ++m) {
       FullBarrier::wait(&ss.q_full[st.index], st.phase);
-      issue_gemm<true, false>(mma_sdp, tSrK, tSrQ(_, _, _, st.index), tSrS);
-      issue_gemm<true, false>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tSrdP);
+      // lse is read before the GEMMs are issued: read after them, the loads queued behind 16 WGMMAs
+      // and lse's first use was 11% of the consumers' stall samples (run 22's ncu). delta waits until
+      // after dV's issue (read before the GEMMs as well, it spilled and was slower: run 23).
       float const* lse = ss.lse[st.index];
       float const* delta = ss.delta[st.index];
-      // lean: lse and delta read while S^T / dP^T are still on the tensor cores, not after they land
       float lse_i[size(tSrS)], delta_i[size(tSrS)];
-      if constexpr (kLean) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(tSrS); ++i) lse_i[i] = lse[get<1>(tScS(i))];
-      }
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) lse_i[i] = lse[get<1>(tScS(i))];
+      issue_gemm<true, false>(mma_sdp, tSrK, tSrQ(_, _, _, st.index), tSrS);
+      issue_gemm<true, false>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tSrdP);
       warpgroup_wait<1>();   // S^T landed
       if (mask.partial(m)) mask.apply(tSrS, tScS, m);
+      // P by ex2.approx.ftz, as the forward's softmax: exp2f's subnormal fix-up costs three
+      // instructions per score, and a P below 2^-126 is 0 either way after the 16-bit conversion
       CUTE_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        float x = tSrS(i) * p.scale_log2 - (kLean ? lse_i[i] : lse[get<1>(tScS(i))]);
-        tSrS(i) = kLean ? fast_exp2(x) : exp2f(x);
-      }
+      for (int i = 0; i < size(tSrS); ++i) tSrS(i) = fast_exp2(tSrS(i) * p.scale_log2 - lse_i[i]);
       Tensor tdVrP = bwd_to_a_operand<T, kM>(tSrS);
       issue_gemm<false, true>(mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), tdVrdV);
-      if constexpr (kLean) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(tSrS); ++i) delta_i[i] = delta[get<1>(tScS(i))];
-      }
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) delta_i[i] = delta[get<1>(tScS(i))];
       warpgroup_wait<1>();   // dP^T landed (dV may still run)
       CUTE_UNROLL
-      for (int i = 0; i < size(tSrdP); ++i)
-        tSrdP(i) = tSrS(i) * (tSrdP(i) - (kLean ? delta_i[i] : delta[get<1>(tScS(i))]));
+      for (int i = 0; i < size(tSrdP); ++i) tSrdP(i) = tSrS(i) * (tSrdP(i) - delta_i[i]);
       Tensor tdKrdS = bwd_to_a_operand<T, kM>(tSrdP);
-      if constexpr (!kDqFirst) issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
-      // dS (16 bit) into smem for dQ = dS K; made visible to the tensor cores (async proxy).
-      // Transposing stmatrix: 8 keys (16 bytes) of one query per row, four 8x8 tiles per instruction,
-      // instead of one 16-bit store per value.
-      Tensor tdSrdS = make_tensor_like<T>(tSrdP);
+      // dS (16 bit, the dK operand's packed values) into smem for dQ = dS K; made visible to the
+      // tensor cores (async proxy). Transposing stmatrix: 8 keys (16 bytes) of one query per row,
+      // four 8x8 tiles per instruction, instead of one 16-bit store per value.
+      Tensor tdSrdS = make_tensor_like<T>(tSrdP);   // the same values in the accumulator's layout
       CUTE_UNROLL
-      for (int i = 0; i < size(tSrdP); ++i) tdSrdS(i) = kLean ? tdKrdS(i) : static_cast<T>(tSrdP(i));
+      for (int i = 0; i < size(tSrdP); ++i) tdSrdS(i) = tdKrdS(i);
       cute::copy(ds_copy, ds_thr.retile_S(tdSrdS), ds_thr.partition_D(sdSt(_, _, buf)));
       cutlass::arch::fence_view_async_shared();
       if constexpr (kSplitD) named_sync(1, 256);
       else named_sync(2 + wg, 128);
-      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kM>, Int<kSplitD ? kD : kD>>{});
+      // dQ before dK (as FA3 orders them): the dQ partial goes to the writer's slot while dK runs
+      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kM>, Int<kD>>{});
       issue_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
-      if constexpr (kDqFirst) {   // dK after dQ: the dQ partial goes to its slot while dK runs
-        issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
-        warpgroup_wait<1>();
-        hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);
-        warpgroup_wait<0>();
-        warp_release(&ss.q_empty[st.index]);
-      } else {
-        warpgroup_wait<0>();
-        warp_release(&ss.q_empty[st.index]);
-        hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);
-      }
+      issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
+      warpgroup_wait<1>();
+      hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);
+      warpgroup_wait<0>();
+      warp_release(&ss.q_empty[st.index]);
       st.advance();
       if constexpr (kSplitD) buf ^= 1;
     }

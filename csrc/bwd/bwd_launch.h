@@ -65,8 +65,7 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  constexpr int kRows = RowChunk<kD>::kRows;
-  dim3 grid(((kVarlen ? ws_rows : a.s_q) + kRows - 1) / kRows, a.h, kVarlen ? 1 : a.b);
+  dim3 grid(((kVarlen ? ws_rows : a.s_q) + kM - 1) / kM, a.h, kVarlen ? 1 : a.b);   // one CTA per tile
   if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   else bwd_convert_dq_kernel<T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   return cudaGetLastError();

@@ -5,7 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cute/tensor.hpp>
-#include "../mask.h"   // RINGFA3_MASK_INTERVAL, AccCoord
+#include "../mask.h"   // AccCoord
 
 namespace ringfa3 {
 
@@ -39,7 +39,6 @@ struct BwdMask {
   // Hidden entries of a transposed score fragment set to -inf; coords (key, query) inside the tile.
   template <class Frag, class Coords>
   __device__ void apply(Frag& s, Coords const& c, int m) const {
-#if RINGFA3_MASK_INTERVAL
     // The WGMMA accumulator layout (acc_layout.h) with keys as rows: each of the thread's two keys
     // sees the queries [lo, hi] of the block; relative to the thread's first column the bounds meet
     // each value's constant column offset (the forward's BlockMask::apply does the same).
@@ -56,15 +55,6 @@ struct BwdMask {
       int k = AccCoord::col_offset(i), h = AccCoord::row_half(i);
       if (k < lo[h] || k > hi[h]) s(i) = -INFINITY;
     }
-#else
-#pragma unroll
-    for (int i = 0; i < int(cute::size(s)); ++i) {
-      int key = key_lo + int(cute::get<0>(c(i)));
-      int row = m * kBlockM + int(cute::get<1>(c(i)));
-      bool ok = key < s_k && key <= row + off + right && key >= row + off - left;
-      if (!ok) s(i) = -INFINITY;
-    }
-#endif
   }
 };
 

@@ -17,13 +17,6 @@
 #include <cutlass/numeric_types.h>
 #include "../reg_budget.h"
 
-#ifndef RINGFA3_BWD_DQ_FIRST   // A/B knobs of the consumers (bwd_consumer.h), for --define builds
-#define RINGFA3_BWD_DQ_FIRST 0
-#endif
-#ifndef RINGFA3_BWD_LEAN
-#define RINGFA3_BWD_LEAN 0
-#endif
-
 namespace ringfa3 {
 using namespace cute;
 
