@@ -116,6 +116,19 @@ def doc_bounds(dist: str, tokens: int, world: int, layout: str):
     return padded_bounds(cu, world, layout)
 
 
+def kernel_times(fn) -> dict:
+    """Device microseconds per kernel name (summed over launches) of one call of fn, after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [(e.key[:100], round(e.device_time_total, 1), e.count) for e in prof.key_averages()
+            if e.device_type.name == "CUDA" and e.count]
+    return {name: [us, n] for name, us, n in sorted(rows, key=lambda r: -r[1])}
+
+
 def grad_fn(fn, q, k, v, dout):
     return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), dout)
 
@@ -170,6 +183,8 @@ def run(args) -> dict:
     if not args.fwd_only:
         res["ring_fwdbwd_ms"] = time_ms(grad_fn(ring_out, q, k, v, dout))
         res["ring_fwdbwd"] = 3.5 * f_rank / res["ring_fwdbwd_ms"] / 1e9
+    if args.trace and not real:   # per-kernel device time of one fwd+bwd of the virtual rank
+        res["kernels_us"] = kernel_times(grad_fn(ring_out, q, k, v, dout))
     if args.trace and real:
         mine = trace_overlap(grad_fn(ring_out, q, k, v, dout), f"{args.trace}.rank{rank}.json", 2 * n)
         res["overlap_fwdbwd"] = [None] * n
@@ -287,7 +302,8 @@ def main():
                     help="monolithic anchor on the whole sequence, or on T/sqrt(N) tokens (the rank's work)")
     ap.add_argument("--warmup", type=int, default=2, help="real ring: untimed calls per measurement")
     ap.add_argument("--iters", type=int, default=5, help="real ring: timed calls per measurement")
-    ap.add_argument("--trace", help="real ring: profile one fwd+bwd into TRACE.rankR.json, report the overlap")
+    ap.add_argument("--trace", help="real ring: profile one fwd+bwd into TRACE.rankR.json, report the overlap; "
+                    "virtual: device time per kernel of one fwd+bwd (in the JSON)")
     ap.add_argument("--torch-cp", action="store_true", help="real ring: time torch's context_parallel SDPA too")
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -148,6 +148,33 @@ def test_batched_entry_equals_per_block_loop(case):
         assert _err(batched[name], loop[name]) <= 1e-5, name
 
 
+class _AddsDq:
+    """The reference backend with the sm90 backend's dq_acc entry (dQ added into a given view), to check
+    that loop_backward hands each block its own rows."""
+    accumulates_dq = True
+
+    def __init__(self):
+        self.views = []
+        self.forward = reference.forward
+
+    def backward(self, *args, dq_acc=None):
+        dq, dk, dv = reference.backward(*args)
+        self.views.append((dq_acc.data_ptr(), tuple(dq_acc.shape)))
+        return dq_acc.add_(dq), dk, dv
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=lambda c: f"w{c[0]}r{c[1]}s{c[2]}-{c[3]}")
+def test_loop_backward_lets_the_backend_add_dq_into_the_block_rows(case):
+    blocks, (q, k, v, dout) = _problem(case)
+    ref = _expected(blocks, q, k, v, dout)
+    plain = _run(loop_forward, loop_backward, BACKENDS["reference"], blocks, q, k, v, dout, ref["out"], ref["lse"])
+    impl = _AddsDq()
+    into = _run(loop_forward, loop_backward, impl, blocks, q, k, v, dout, ref["out"], ref["lse"])
+    assert len(impl.views) == len(blocks)
+    for name in ("dq", "dk", "dv"):
+        assert torch.allclose(into[name], plain[name], rtol=1e-6, atol=1e-6), name
+
+
 class _Sm90OnCpu(Sm90Backend):
     """The sm90 backend's forward_blocks with its two launches (varlen_merge, forward_merge) done by
     the reference backend, so its routing and per-batch packing run on CPU (the kernels: test_sm90.py)."""
@@ -252,7 +279,11 @@ def test_sm90_backward_blocks_routes_documents_to_one_varlen_launch(deterministi
     monkeypatch.setattr(sm90_module, "fa2_varlen_bwd", lambda *a: launches.append("fa2") or emulated_bwd(*a))
     monkeypatch.setattr(impl, "varlen_backward", lambda *a, deterministic: launches.append(("ours", deterministic))
                         or emulated_bwd(*a))
-    monkeypatch.setattr(impl, "backward", lambda *a: launches.append("dense") or reference.backward(*a))
+    def dense(*a, dq_acc):   # the sm90 backend's dq_acc entry: dQ added into the block's rows
+        launches.append("dense")
+        dq, dk, dv = reference.backward(*a)
+        return dq_acc.add_(dq), dk, dv
+    monkeypatch.setattr(impl, "backward", dense)
     docs = (Block(0, 40, 0, 40, causal=True), Block(40, 70, 40, 70, causal=True), Block(70, 120, 70, 120, causal=True))
     dense = (Block(0, 1024, 0, 1024, causal=True), Block(1024, 2048, 0, 2048, causal=True))   # a zigzag step
     want_docs = [("ours", deterministic)] if ours else ["dense"] * 3 if deterministic else ["fa2"]

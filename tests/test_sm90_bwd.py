@@ -81,6 +81,29 @@ def test_sm90_backward_fp32_grads_and_fp32_out():
         assert _err(x, r) <= _err(y, r) + 1e-3
 
 
+@pytest.mark.parametrize("deterministic", (False, True))
+def test_sm90_backward_adds_dq_into_a_running_view(deterministic):
+    """dq_acc: the kernel's conversion adds dQ into a float32 view (rows of a larger tensor, as the ring's
+    blocks are) and leaves the other rows alone; dK / dV as without it. A view whose base is not 16-byte
+    aligned takes the fallback (a fresh dq, then an add) to the same sum."""
+    b, s, h, h_kv, d = 2, 300, 4, 2, 128
+    q, k, v, dout = (torch.randn(b, s, hh, d, device="cuda", dtype=torch.bfloat16) for hh in (h, h_kv, h_kv, h))
+    out64, lse, _ = _reference(q, k, v, dout, True, (-1, -1), d ** -0.5)
+    out = out64.to(q.dtype)
+    plain = BACKEND.backward(dout, q, k, v, out, lse, True, d ** -0.5, (-1, -1), True, deterministic)
+    for shift in (0, 1):   # floats past row 40: 1 leaves the base 4 bytes off 16
+        acc = torch.randn(b, s + 100, h, d, device="cuda", dtype=torch.float32)
+        expect = acc.clone()
+        rows = lambda t: t.as_strided((b, s, h, d), t.stride(), 40 * h * d + shift)   # noqa: E731
+        got = BACKEND.backward(dout, q, k, v, out, lse, True, d ** -0.5, (-1, -1), True, deterministic,
+                               dq_acc=rows(acc))
+        assert got[0].data_ptr() == rows(acc).data_ptr()
+        rows(expect).add_(plain[0])
+        torch.testing.assert_close(acc, expect, rtol=1e-5, atol=1e-5)
+        for x, y in zip(got[1:], plain[1:]):
+            assert torch.equal(x, y)
+
+
 def test_sm90_backward_refuses_head_dim_256():
     q = torch.randn(1, 64, 2, 256, device="cuda", dtype=torch.bfloat16)
     assert "head_dim" in BACKEND.backward_unsupported(q, q, q, False, (-1, -1))

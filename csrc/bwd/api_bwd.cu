@@ -13,7 +13,7 @@ thread_local char g_bwd_error[512] = "";
 int fail(int code, const char* msg) { return ringfa3::record_error(g_bwd_error, code, msg); }
 }  // namespace
 
-extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 4; }
+extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 5; }
 extern "C" int ringfa3_sm90_bwd_block_m(void) { return ringfa3::kBwdBlockM; }
 extern "C" int ringfa3_sm90_bwd_block_n(void) { return ringfa3::kBwdBlockN; }
 extern "C" const char* ringfa3_sm90_bwd_last_error(void) { return g_bwd_error; }
@@ -33,7 +33,8 @@ extern "C" int ringfa3_sm90_bwd(const RingFa3BwdArgs* args) {
   for (int64_t const* s : strides)
     if (!strides8(s)) return fail(3, "tensor strides must be multiples of 8 elements (16-byte rows for TMA and vector loads)");
   if (a.window_left < -1 || a.window_right < -1) return fail(2, "window sides must be >= -1");
-  if (a.reserved != 0) return fail(2, "reserved must be 0");
+  if (a.dq_accumulate != 0 && (a.dq_accumulate != 1 || !a.grads_fp32))
+    return fail(2, "dq_accumulate must be 0, or 1 with grads_fp32 (dq is float32 then)");
   bool varlen = a.cu_seqlens_q != nullptr;
   if (varlen != (a.cu_seqlens_k != nullptr)) return fail(4, "varlen needs both cu_seqlens_q and cu_seqlens_k");
   if (varlen && (a.varlen_tiles == nullptr || a.n_varlen_tiles <= 0))

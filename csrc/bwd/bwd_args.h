@@ -15,7 +15,7 @@ typedef struct RingFa3BwdArgs {
   const void* out;      // (b, s_q, h, d)     input dtype, or fp32 when out_fp32 (a merged ring output)
   const void* dout;     // (b, s_q, h, d)     input dtype
   const float* lse;     // (b, h, s_q)        natural log, as the forward wrote it (-inf: row sees no key)
-  void* dq;             // (b, s_q, h, d)     input dtype, or fp32 when grads_fp32
+  void* dq;             // (b, s_q, h, d)     input dtype, or fp32 when grads_fp32 (dq_accumulate: += )
   void* dk;             // (b, s_k, h_kv, d)  likewise
   void* dv;             // (b, s_k, h_kv, d)  likewise
   // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m)
@@ -40,8 +40,8 @@ typedef struct RingFa3BwdArgs {
   int32_t out_fp32;        // `out` is fp32
   int32_t grads_fp32;      // write dq, dk, dv as fp32
   int32_t deterministic;   // dQ partial sums added in a fixed order (key block ascending)
-  int32_t reserved;        // must be 0 (was an A/B dQ-path selector until the third 2026-11-25
-                           // session; kept so the layout and the ABI version do not change)
+  int32_t dq_accumulate;   // ABI 5 (the int was reserved before): 1 adds the gradient into dq instead
+                           // of writing it; grads_fp32 only (a ring's running float32 dQ)
   float softmax_scale;
   void* stream;            // cudaStream_t
   // Varlen (ABI 2): b packed segments. Segment i is rows [cu_seqlens_q[i], cu_seqlens_q[i + 1]) of

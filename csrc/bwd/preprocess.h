@@ -144,10 +144,13 @@ __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, i
     TQ* dst = static_cast<TQ*>(a.dq) + (kVarlen ? 0 : w.bi) * a.dq_stride[0] + (w.q0 + row) * a.dq_stride[1] +
               hi * a.dq_stride[2] + chunk * 8;
     if constexpr (sizeof(TQ) == 4) {
-      reinterpret_cast<float4*>(dst)[0] = make_float4(x[0] * a.softmax_scale, x[1] * a.softmax_scale,
-                                                       x[2] * a.softmax_scale, x[3] * a.softmax_scale);
-      reinterpret_cast<float4*>(dst)[1] = make_float4(x[4] * a.softmax_scale, x[5] * a.softmax_scale,
-                                                       x[6] * a.softmax_scale, x[7] * a.softmax_scale);
+      float4* d4 = reinterpret_cast<float4*>(dst);
+      float4 lo = a.dq_accumulate ? d4[0] : make_float4(0.f, 0.f, 0.f, 0.f);   // a ring's running dQ
+      float4 hi = a.dq_accumulate ? d4[1] : make_float4(0.f, 0.f, 0.f, 0.f);
+      d4[0] = make_float4(lo.x + x[0] * a.softmax_scale, lo.y + x[1] * a.softmax_scale,
+                          lo.z + x[2] * a.softmax_scale, lo.w + x[3] * a.softmax_scale);
+      d4[1] = make_float4(hi.x + x[4] * a.softmax_scale, hi.y + x[5] * a.softmax_scale,
+                          hi.z + x[6] * a.softmax_scale, hi.w + x[7] * a.softmax_scale);
     } else {
       uint4 raw;
       TQ* e = reinterpret_cast<TQ*>(&raw);

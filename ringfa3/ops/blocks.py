@@ -60,13 +60,19 @@ def loop_forward(impl, q: Tensor, k: Tensor, v: Tensor, blocks, scale: float, ou
 
 def loop_backward(impl, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks,
                   scale: float, dq_acc: Tensor, deterministic: bool = False) -> list:
-    """One local backward per block: dq added into dq_acc (b, s_q, h, d) float32; the key pieces returned."""
+    """One local backward per block: dq added into dq_acc (b, s_q, h, d) float32 (by the backend itself
+    where it can: `accumulates_dq`, one pass over dQ fewer); the key pieces returned."""
+    into = getattr(impl, "accumulates_dq", False)
     pieces = []
     for blk in blocks:
         rows, keys = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
-        dqb, dkb, dvb = impl.backward(dout[:, rows], q[:, rows], k[:, keys], v[:, keys], out[:, rows],
-                                      lse[:, :, rows], blk.causal, scale, blk.window, True, deterministic)
-        dq_acc[:, rows] += dqb
+        args = (dout[:, rows], q[:, rows], k[:, keys], v[:, keys], out[:, rows], lse[:, :, rows], blk.causal,
+                scale, blk.window, True, deterministic)
+        if into:
+            _, dkb, dvb = impl.backward(*args, dq_acc=dq_acc[:, rows])
+        else:
+            dqb, dkb, dvb = impl.backward(*args)
+            dq_acc[:, rows] += dqb
         pieces.append((blk.k0, blk.k1, dkb, dvb))
     return pieces
 

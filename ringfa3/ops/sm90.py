@@ -69,7 +69,7 @@ class _BwdArgs(ctypes.Structure):
         ("h", ctypes.c_int32), ("h_kv", ctypes.c_int32), ("d", ctypes.c_int32),
         ("dtype", ctypes.c_int32), ("window_left", ctypes.c_int32), ("window_right", ctypes.c_int32),
         ("out_fp32", ctypes.c_int32), ("grads_fp32", ctypes.c_int32), ("deterministic", ctypes.c_int32),
-        ("reserved", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
+        ("dq_accumulate", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
         ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
         ("varlen_tiles", ctypes.c_void_p), ("n_varlen_tiles", ctypes.c_int32),
     ]
@@ -95,7 +95,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 4
+_BWD_ABI_VERSION = 5
 _BWD_HEAD_DIMS = (64, 128)
 
 
@@ -201,6 +201,11 @@ def _tiles_on(device, make, *args):
     return torch.tensor(tiles, dtype=torch.int32, device=device).reshape(len(tiles), 2)
 
 
+def _rows16(t) -> bool:
+    """The kernels' row access: contiguous last dim, 16-byte base, strides of 8 elements."""
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(x % 8 == 0 for x in t.stride()[:3])
+
+
 class Sm90Backend:
     name = "sm90"
     # Forward: no atomics in any reduction. Backward: dQ partial sums in a fixed order when the call
@@ -217,6 +222,8 @@ class Sm90Backend:
     # on an H200, bench/NOTES-bwd.md run 12: document rings 14.0 / 16.7 ms fwd+bwd against FA2's varlen
     # backward's 17.2 / 29.2); False hands documents to FA2's varlen backward.
     varlen_backward_blocks = True
+    # backward(dq_acc=...) adds dQ into a running float32 tensor in its conversion pass (ops.blocks)
+    accumulates_dq = True
 
     def __init__(self, lib):
         self._lib = lib
@@ -361,17 +368,29 @@ class Sm90Backend:
         return None
 
     def backward(self, dout, q, k, v, out, lse, causal, softmax_scale, window, grads_fp32=False,
-                 deterministic=False):
+                 deterministic=False, dq_acc=None):
         """(dq, dk, dv) from the global out (q's dtype or fp32) and lse (b, h, s_q); dK/dV are summed
         over the query heads of each kv head. grads_fp32: all three in fp32 (the ring accumulates them).
-        deterministic: dQ partial sums added in a fixed order, bitwise repeatable (slower)."""
+        deterministic: dQ partial sums added in a fixed order, bitwise repeatable (slower).
+        dq_acc: a float32 tensor shaped like q (a view is fine) that dQ is added into by the kernel's
+        last pass, instead of a new dq and a separate add (the ring's running dQ); returned as dq, and
+        grads_fp32 is implied."""
         why = self.backward_unsupported(q, k, v, causal, window)
         if why:
             raise ValueError(why)
+        if dq_acc is not None:
+            if dq_acc.dtype != torch.float32 or dq_acc.shape != q.shape or dq_acc.device != q.device:
+                raise ValueError(f"dq_acc must be float32 of q's shape {tuple(q.shape)} on {q.device}, got "
+                                 f"{dq_acc.dtype} {tuple(dq_acc.shape)} on {dq_acc.device}")
+            if not _rows16(dq_acc):   # the kernel's stores need 16-byte rows: add a fresh dq instead
+                dq, dk, dv = self.backward(dout, q, k, v, out, lse, causal, softmax_scale, window, True,
+                                           deterministic)
+                return dq_acc.add_(dq), dk, dv
+            grads_fp32 = True
         b, s_q, h, d = q.shape
         s_k, h_kv = k.shape[1], k.shape[2]
         dt = torch.float32 if grads_fp32 else q.dtype
-        dq = torch.empty(b, s_q, h, d, device=q.device, dtype=dt)           # (b, s_q, h, d)
+        dq = torch.empty(b, s_q, h, d, device=q.device, dtype=dt) if dq_acc is None else dq_acc   # (b, s_q, h, d)
         dk = torch.empty(b, s_k, h_kv, d, device=q.device, dtype=dt)        # (b, s_k, h_kv, d)
         dv = torch.empty(b, s_k, h_kv, d, device=q.device, dtype=dt)
         if b == 0 or s_q == 0:
@@ -381,7 +400,7 @@ class Sm90Backend:
         if lse.stride(-1) != 1:
             lse = lse.contiguous()
         self._backward_call(dout, q, k, v, out, lse, dq, dk, dv, left, right, softmax_scale, grads_fp32,
-                            deterministic)
+                            deterministic, dq_accumulate=dq_acc is not None)
         return dq, dk, dv
 
     def varlen_backward(self, dout, q, k, v, out, lse, call, softmax_scale, deterministic=False):
@@ -399,16 +418,13 @@ class Sm90Backend:
         return dq, dk, dv
 
     def _backward_call(self, dout, q, k, v, out, lse, dq, dk, dv, left, right, softmax_scale, grads_fp32,
-                       deterministic, varlen=None):
+                       deterministic, varlen=None, dq_accumulate=False):
         """One call of the library's backward into dq, dk, dv ((b, s, heads, d) views; lse (b, h, s_q)).
         varlen: a segments.VarlenCall whose segments are the packed rows of batch entry 0 (lse (h, s_q))."""
         b, s_q, h, d = q.shape
         s_k, h_kv = k.shape[1], k.shape[2]
 
-        def rows16(t):   # contiguous last dim, 16-byte base and 8-element strides, else a copy
-            ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(x % 8 == 0 for x in t.stride()[:3])
-            return t if ok else t.contiguous()
-
+        rows16 = lambda t: t if _rows16(t) else t.contiguous()   # noqa: E731
         dout = rows16(dout.to(q.dtype))
         out = rows16(out if out.dtype in (q.dtype, torch.float32) else out.to(q.dtype))
         bm = self._lib.ringfa3_sm90_bwd_block_m()
@@ -440,6 +456,7 @@ class Sm90Backend:
         a.dtype = _DTYPES[q.dtype]
         a.window_left, a.window_right = int(left), int(right)
         a.out_fp32, a.grads_fp32, a.deterministic = int(out.dtype == torch.float32), int(grads_fp32), int(det)
+        a.dq_accumulate = int(dq_accumulate)
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
         a.stream = torch.cuda.current_stream(q.device).cuda_stream
         with torch.cuda.device(q.device):
