@@ -230,17 +230,19 @@ def test_sm90_varlen_tile_list_covers_the_rows_that_see_keys(block_m):
             assert set(tiles) == want, case
 
 
+@pytest.mark.parametrize("deterministic", (False, True))
 @pytest.mark.parametrize("block_m,block_n", ((64, 128), (64, 64)))
-def test_sm90_varlen_backward_tile_list_orders_every_key_block(block_m, block_n):
+def test_sm90_varlen_backward_tile_list_orders_every_key_block(block_m, block_n, deterministic):
     """Over the varlen calls of every case: the backward's list holds each key block of each segment
-    once, a segment's blocks ascending (the deterministic order), and sorts by the most query blocks
-    (the hull of the query blocks that see a key of the block) of a block and those after it, so the
-    longest CTA starts first."""
+    once, a segment's blocks ascending (deterministic: descending, the dQ order), and sorts by the most
+    query blocks (the hull of the query blocks that see a key of the block) of a block and those of its
+    segment launched after it, so the longest CTA starts first."""
     for case in CASES:
         blocks, (q, *_) = _problem(case)
         s = q.shape[1]
         for call in varlen_calls(blocks, 1, s, s, "cpu"):
-            tiles = varlen_bwd_tiles(call.bounds_q, call.bounds_k, call.left, call.right, block_m, block_n)
+            tiles = varlen_bwd_tiles(call.bounds_q, call.bounds_k, call.left, call.right, block_m, block_n,
+                                     deterministic)
             segs, window = call_segments(call)
             assert sorted(tiles) == [(i, n) for i, (_, _, c, d) in enumerate(segs) for n in range(-(-(d - c) // block_n))]
             steps = {}
@@ -250,10 +252,13 @@ def test_sm90_varlen_backward_tile_list_orders_every_key_block(block_m, block_n)
                     ms = [m for m in range(-(-(b - a) // block_m))
                           if sees[m * block_m:(m + 1) * block_m, n * block_n:(n + 1) * block_n].any()]
                     steps[i, n] = ms[-1] - ms[0] + 1 if ms else 0
-            most = [max(steps[i, m] for m in range(n, -(-(segs[i][3] - segs[i][2]) // block_n))) for i, n in tiles]
+            n_blocks = lambda i: -(-(segs[i][3] - segs[i][2]) // block_n)   # noqa: E731
+            later = lambda i, n: range(n + 1) if deterministic else range(n, n_blocks(i))   # noqa: E731
+            most = [max(steps[i, m] for m in later(i, n)) for i, n in tiles]
             assert most == sorted(most, reverse=True), case
+            ahead = 1 if deterministic else -1   # the neighbour that must be launched earlier
             for i, n in tiles:
-                assert (i, n - 1) not in tiles[tiles.index((i, n)):], case
+                assert (i, n + ahead) not in tiles[tiles.index((i, n)):], case
 
 
 def test_sm90_forward_blocks_keeps_dense_steps_on_the_dense_kernel():

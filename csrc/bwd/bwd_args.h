@@ -39,7 +39,7 @@ typedef struct RingFa3BwdArgs {
   int32_t window_right;
   int32_t out_fp32;        // `out` is fp32
   int32_t grads_fp32;      // write dq, dk, dv as fp32
-  int32_t deterministic;   // dQ partial sums added in a fixed order (key block ascending)
+  int32_t deterministic;   // dQ partial sums added in a fixed order (key block descending)
   int32_t dq_accumulate;   // ABI 5 (the int was reserved before): 1 adds the gradient into dq instead
                            // of writing it; grads_fp32 only (a ring's running float32 dQ)
   float softmax_scale;
@@ -52,9 +52,9 @@ typedef struct RingFa3BwdArgs {
   const int32_t* cu_seqlens_k;
   // Varlen (ABI 4; ABI 2-3 also took the longest segment's lengths, which nothing sizes by since the
   // grids run over the tile list and the packed workspace): the CTAs to run, in launch order, as (segment, key block) pairs of
-  // ringfa3_sm90_bwd_block_n keys; each of the kv heads runs every pair. A segment's key blocks must
-  // come in ascending order (the deterministic dQ order waits only on CTAs launched earlier); key
-  // blocks left out are not written. Like cu_seqlens, the list lives on the device and is not
+  // ringfa3_sm90_bwd_block_n keys; each of the kv heads runs every pair. In deterministic mode a
+  // segment's key blocks must come highest first (ABI 6; ascending before): the dQ order takes them
+  // so and waits only on CTAs launched earlier. Key blocks left out are not written. Like cu_seqlens, the list lives on the device and is not
   // checked here: ringfa3/ops/sm90.py (varlen_bwd_tiles) builds it.
   const int32_t* varlen_tiles;   // (n_varlen_tiles, 2) on the device
   int32_t n_varlen_tiles;

@@ -1,7 +1,7 @@
 // The dQ writers: one elected thread per consumer warpgroup, in the producer warpgroup's warps 1-2.
 // For every (query head, query block) the CTA visits, a writer takes its warpgroup's dQ partial from
 // the smem slot and reduce-adds it into the fp32 workspace with one cp.reduce.async.bulk.
-// Deterministic mode adds in a fixed order (key block ascending; per warpgroup's half of the head dim,
+// Deterministic mode adds in a fixed order (key block descending, BwdMask::rank_in; per warpgroup's half of the head dim,
 // or warpgroup 0 before 1 where both cover it): before its add the writer spins on the query block's
 // counter until the adds ahead of this one have landed, and bumps it after. Only the writers wait; the
 // consumers run ahead by the kDqBufs slots. One writer per warpgroup, so that one warpgroup's wait

@@ -1,19 +1,21 @@
 // The backward main kernel: one CTA per (key block, kv head, batch entry or varlen segment); warpgroup
 // 0 holds the TMA producer (warp 0) and one dQ writer per consumer warpgroup (warps 1-2), registers
 // given away; warpgroups 1-2 are the consumers (registers taken for dK, dV, S, dP).
-// Block order (1-D grid): either way a lower key block of a head has a lower index, so it starts
-// first (the deterministic dQ order waits only on CTAs launched earlier) and under a causal mask the
-// longest CTAs start first.
-//   atomic dQ:        key block fastest: the resident CTAs share one head's Q/dO in L2.
-//   deterministic dQ: key blocks in groups of 4, (kv head, batch) next, key block fastest inside a
-//                     group. With key block fastest, resident CTA n could add to a query block only
-//                     after CTA n-1 had, a chain as long as the head's key blocks (run 1: 0.66x full,
+// Block order (1-D grid):
+//   atomic dQ:        key block fastest, lowest first: the resident CTAs share one head's Q/dO in L2,
+//                     and under a causal mask the longest CTAs start first.
+//   deterministic dQ: the dQ order takes a query block's key blocks highest first (BwdMask::rank_in)
+//                     and waits only on CTAs launched earlier, so key blocks are launched highest
+//                     first: in groups of 4, (kv head, batch) next, key block fastest inside a group.
+//                     With key block fastest, resident CTA n could add to a query block only after
+//                     its neighbour had, a chain as long as the head's key blocks (run 1: 0.66x full,
 //                     0.40x causal of the atomic speed); groups keep the chain to 4 links, and give
 //                     4 CTAs of a head per wave, where (kv head, batch) fastest gave ~2 at 4k
 //                     (run 13, 4k full: 357 -> 460 TF/s, 0.71 -> 0.92 of the atomic speed).
-//   varlen:           the host's tile list (longest first, a segment's key blocks ascending), kv head
-//                     fastest: with segments in the grid's slowest place, a long last segment ran
-//                     alone after all others (long-tail document ring, runs 10 -> 11: 34.3 -> 29.1 ms).
+//   varlen:           the host's tile list (longest first; in deterministic mode a segment's key
+//                     blocks highest first), kv head fastest: with segments in the grid's slowest
+//                     place, a long last segment ran alone after all others (long-tail document
+//                     ring, runs 10 -> 11: 34.3 -> 29.1 ms).
 #pragma once
 #include <cutlass/arch/reg_reconfig.h>
 #include <cute/arch/cluster_sm90.hpp>
@@ -35,9 +37,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     n_block = tile[1];
     hk = lin % p.a.h_kv;
   } else if (p.a.deterministic) {   // groups of kDetGroup key blocks; (kv head, batch), then key block
-    constexpr int kDetGroup = 4;
+    constexpr int kDetGroup = 4;     // all counted from the highest key block down
     int g = lin / (hb * kDetGroup), r = lin - g * kDetGroup * hb, size = min(kDetGroup, p.n_n_blocks - g * kDetGroup);
-    n_block = g * kDetGroup + r % size;
+    n_block = p.n_n_blocks - 1 - (g * kDetGroup + r % size);
     hk = r / size % p.a.h_kv;
     bi = r / size / p.a.h_kv;
   } else {

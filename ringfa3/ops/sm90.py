@@ -95,7 +95,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 5
+_BWD_ABI_VERSION = 6
 _BWD_HEAD_DIMS = (64, 128)
 
 
@@ -170,11 +170,13 @@ def varlen_tiles(bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_
     return [(seg, m) for _, seg, m in tiles]
 
 
-def varlen_bwd_tiles(bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_m: int, block_n: int) -> list:
+def varlen_bwd_tiles(bounds_q: tuple, bounds_k: tuple, left: int, right: int, block_m: int, block_n: int,
+                     deterministic: bool = False) -> list:
     """The varlen backward's CTA list for one call: (segment, key block) of every key block, longest
-    first (a CTA's time is its count of query blocks, csrc/bwd/bwd_mask.h), each segment's key blocks in
-    ascending order (the deterministic dQ order waits only on CTAs launched earlier): a block sorts by
-    the most work of itself and the segment's blocks after it."""
+    first (a CTA's time is its count of query blocks, csrc/bwd/bwd_mask.h). Deterministic: each
+    segment's key blocks highest first (the dQ order takes them so and waits only on CTAs launched
+    earlier), else lowest first; a block sorts by the most work of itself and the segment's blocks
+    launched after it."""
     far = 1 << 30
     left, right = (far if left < 0 else left), (far if right < 0 else right)
     keyed = []
@@ -187,11 +189,11 @@ def varlen_bwd_tiles(bounds_q: tuple, bounds_k: tuple, left: int, right: int, bl
             last = min(n_q - 1, hi - off + left)   # the last query that sees a key of the block
             steps.append(max(0, (last // block_m + 1 if last >= 0 else 0) - max(0, lo - off - right) // block_m))
         most = 0
-        for n in reversed(range(len(steps))):
+        for n in (range(len(steps)) if deterministic else reversed(range(len(steps)))):
             most = max(most, steps[n])
-            keyed.append((-most, seg, n))
+            keyed.append((-most, seg, -n if deterministic else n))
     keyed.sort()
-    return [(seg, n) for _, seg, n in keyed]
+    return [(seg, -n if deterministic else n) for _, seg, n in keyed]
 
 
 @functools.lru_cache(maxsize=256)
@@ -451,7 +453,7 @@ class Sm90Backend:
             a.b = varlen.n_segments
             a.cu_seqlens_q, a.cu_seqlens_k = varlen.cu_q.data_ptr(), varlen.cu_k.data_ptr()
             tiles = _tiles_on(q.device, varlen_bwd_tiles, varlen.bounds_q, varlen.bounds_k, left, right, bm,
-                              self._lib.ringfa3_sm90_bwd_block_n())   # (n, 2)
+                              self._lib.ringfa3_sm90_bwd_block_n(), det)   # (n, 2)
             a.varlen_tiles, a.n_varlen_tiles = tiles.data_ptr(), tiles.shape[0]
         a.dtype = _DTYPES[q.dtype]
         a.window_left, a.window_right = int(left), int(right)
