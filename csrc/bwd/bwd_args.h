@@ -51,11 +51,12 @@ typedef struct RingFa3BwdArgs {
   const int32_t* cu_seqlens_q;   // (b + 1,) on the device, or NULL: dense
   const int32_t* cu_seqlens_k;
   // Varlen (ABI 4; ABI 2-3 also took the longest segment's lengths, which nothing sizes by since the
-  // grids run over the tile list and the packed workspace): the CTAs to run, in launch order, as (segment, key block) pairs of
-  // ringfa3_sm90_bwd_block_n keys; each of the kv heads runs every pair. In deterministic mode a
-  // segment's key blocks must come highest first (ABI 6; ascending before): the dQ order takes them
-  // so and waits only on CTAs launched earlier. Key blocks left out are not written. Like cu_seqlens, the list lives on the device and is not
-  // checked here: ringfa3/ops/sm90.py (varlen_bwd_tiles) builds it.
+  // grids run over the tile list and the packed workspace): the CTAs to run, in launch order, as
+  // (segment, key block) pairs of ringfa3_sm90_bwd_block_n keys; each of the kv heads runs every
+  // pair. In deterministic mode a segment's key blocks must come highest first (ABI 6; ascending
+  // before): the dQ order takes them so and waits only on CTAs launched earlier. Key blocks left out
+  // are not written. Like cu_seqlens, the list lives on the device and is not checked here:
+  // ringfa3/ops/sm90.py (varlen_bwd_tiles) builds it.
   const int32_t* varlen_tiles;   // (n_varlen_tiles, 2) on the device
   int32_t n_varlen_tiles;
 } RingFa3BwdArgs;

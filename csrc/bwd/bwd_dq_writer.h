@@ -1,9 +1,10 @@
 // The dQ writers: one elected thread per consumer warpgroup, in the producer warpgroup's warps 1-2.
 // For every (query head, query block) the CTA visits, a writer takes its warpgroup's dQ partial from
 // the smem slot and reduce-adds it into the fp32 workspace with one cp.reduce.async.bulk.
-// Deterministic mode adds in a fixed order (key block descending, BwdMask::rank_in; per warpgroup's half of the head dim,
-// or warpgroup 0 before 1 where both cover it): before its add the writer spins on the query block's
-// counter until the adds ahead of this one have landed, and bumps it after. Only the writers wait; the
+// Deterministic mode adds in a fixed order (key blocks highest first, BwdMask::rank_in; per
+// warpgroup's half of the head dim, or warpgroup 0 before 1 where both cover it): before its add the
+// writer spins on the query block's counter until the adds ahead of this one have landed, and bumps
+// it after. Only the writers wait; the
 // consumers run ahead by the kDqBufs slots. One writer per warpgroup, so that one warpgroup's wait
 // does not hold the other's slots (run 10's ncu: a single writer was busy 84% of the deterministic
 // kernel's time and the consumers waited on its slots in 39% of their samples).

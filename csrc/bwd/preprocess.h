@@ -26,7 +26,7 @@ __device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
   x[0] = lo.x; x[1] = lo.y; x[2] = lo.z; x[3] = lo.w; x[4] = hi.x; x[5] = hi.y; x[6] = hi.z; x[7] = hi.w;
 }
 
-// This thread's place in both kernels' grid: (row blocks, h, b) blocks of 256 threads; varlen: the
+// This thread's place in the preprocess grid: (row blocks, h, b) blocks of 256 threads; varlen: the
 // row blocks cover a head's whole packed workspace (b = 1), not the longest segment once per segment
 // (run 12: with 191 documents of up to ~16k rows that grid held millions of empty blocks).
 template <int kHeadDim>
