@@ -20,7 +20,6 @@ namespace ringfa3 {
 // barrier 1 + w (0 is __syncthreads) counts warpgroup w's sync and its predecessor's arrive. The last
 // warpgroup opens with an arrive so warpgroup 0 goes first; warpgroup 0 absorbs the last dangling
 // arrive at the end.
-__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 template <class Tr> __device__ __forceinline__ void pingpong_wait(int wg) { named_sync(1 + wg, 256); }
 template <class Tr> __device__ __forceinline__ void pingpong_signal(int wg) {
   named_arrive(1 + (wg + 1) % Tr::kConsumerWG, 256);

@@ -25,7 +25,9 @@ __device__ __forceinline__ void issue_gemm(Mma& mma, TA const& a, TB const& b, T
   if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(a));
 }
 
-// Named barrier `id` (0 is __syncthreads) over `n` threads.
+// Named barrier `id` (0 is __syncthreads) over `n` threads: wait for all of them, or only arrive (the
+// side that hands data over; its earlier stores are ordered before the waiters' later loads).
 __device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 
 }  // namespace ringfa3

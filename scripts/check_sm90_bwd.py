@@ -45,6 +45,14 @@ CASES = [
     dict(name="hd64_fp16_window", shape=(1, 1100, 1100, 4, 2, 64), window=(200, 0), dtype="fp16"),
     dict(name="hd64_atomic", shape=(2, 1000, 1000, 8, 4, 64), causal=True, atomic=True),
     dict(name="long_causal", shape=(1, 4096, 4096, 4, 4, 128), causal=True),
+    # Head dim 256 (bwd_traits_d256.h): the library has it, the backend does not route to it until these
+    # pass (sm90._BWD_HEAD_DIMS; load_backend widens it for this script).
+    dict(name="hd256_full", shape=(2, 512, 512, 4, 4, 256)),
+    dict(name="hd256_causal_gqa_odd", shape=(1, 777, 777, 4, 2, 256), causal=True),
+    dict(name="hd256_sq<sk_window", shape=(1, 300, 650, 4, 4, 256), window=(100, 20)),
+    dict(name="hd256_sq>sk_causal", shape=(1, 650, 300, 4, 1, 256), causal=True),
+    dict(name="hd256_fp16_grads_fp32", shape=(1, 513, 513, 4, 2, 256), causal=True, dtype="fp16", grads_fp32=True),
+    dict(name="hd256_atomic", shape=(2, 1000, 1000, 4, 4, 256), causal=True, atomic=True),
 ]
 
 
@@ -52,6 +60,7 @@ def load_backend():
     from ringfa3.ops import sm90 as mod
     if mod.BACKEND is None:
         sys.exit(f"sm90 backend unavailable (library at {LIB} missing or no CUDA)")
+    mod._BWD_HEAD_DIMS = (64, 128, 256)   # head dim 256 is checked and timed here before the backend takes it
     return mod.BACKEND
 
 
@@ -148,7 +157,7 @@ def part_check(out_dir):
     (out_dir / "sm90_bwd_check.json").write_text(json.dumps(results, indent=1))
 
 
-def part_bench(out_dir, seqs, hd64=True):
+def part_bench(out_dir, seqs, hd64=True, hd256=False):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -158,7 +167,7 @@ def part_bench(out_dir, seqs, hd64=True):
     info = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cudnn=torch.backends.cudnn.version())
     print(json.dumps(info), flush=True)
     rows = []
-    for hd, seq_list in ((128, seqs), (64, [4096, 16384] if hd64 else [])):
+    for hd, seq_list in ((128, seqs), (64, [4096, 16384] if hd64 else []), (256, [4096, 16384] if hd256 else [])):
         for s in seq_list:
             b, h = 16384 // s, 2048 // hd
             for causal in (False, True):
@@ -335,6 +344,7 @@ def main():
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--fa3", action="store_true", help="also run the FA3 (JAX) anchor subprocess")
     ap.add_argument("--no-hd64", action="store_true", help="--part bench: head dim 128 only (an hd128-only build)")
+    ap.add_argument("--hd256", action="store_true", help="--part bench: head dim 256 rows too")
     ap.add_argument("--budget", type=float, default=600, help="seconds for all parts together")
     args = ap.parse_args()
     out_dir = Path(args.out)
@@ -342,7 +352,7 @@ def main():
     if args.part == "check":
         return part_check(out_dir)
     if args.part == "bench":
-        return part_bench(out_dir, [int(x) for x in args.seqs.split(",")], not args.no_hd64)
+        return part_bench(out_dir, [int(x) for x in args.seqs.split(",")], not args.no_hd64, args.hd256)
     if args.part == "sass":
         return part_sass(out_dir)
     if args.part == "profile":

@@ -1,6 +1,6 @@
 // Tile shapes per head dim of the backward, and the (dtype, head_dim) dispatch over the generated
-// csrc/generated/bwd_*.cu files (head dims 64 and 128; 256 needs a different warpgroup split and
-// is not written yet).
+// csrc/generated/bwd_*.cu files (head dims 64 and 128: BwdTraits; 256: BwdTraitsD256, 64 keys per
+// CTA, dense only).
 #pragma once
 #include <cuda_runtime.h>
 #include "bwd_args.h"
@@ -18,6 +18,8 @@ cudaError_t run_bwd_bf16_hd64(RingFa3BwdArgs const& a);
 cudaError_t run_bwd_bf16_hd128(RingFa3BwdArgs const& a);
 cudaError_t run_bwd_fp16_hd64(RingFa3BwdArgs const& a);
 cudaError_t run_bwd_fp16_hd128(RingFa3BwdArgs const& a);
+cudaError_t run_bwd_bf16_hd256(RingFa3BwdArgs const& a);
+cudaError_t run_bwd_fp16_hd256(RingFa3BwdArgs const& a);
 
 inline cudaError_t dispatch_bwd(RingFa3BwdArgs const& a) {
   bool bf16 = a.dtype == 0;
@@ -25,6 +27,7 @@ inline cudaError_t dispatch_bwd(RingFa3BwdArgs const& a) {
   switch (a.d) {
     case 64:  return bf16 ? run_bwd_bf16_hd64(a) : run_bwd_fp16_hd64(a);
     case 128: return bf16 ? run_bwd_bf16_hd128(a) : run_bwd_fp16_hd128(a);
+    case 256: return bf16 ? run_bwd_bf16_hd256(a) : run_bwd_fp16_hd256(a);
     default:  return cudaErrorNotSupported;
   }
 }

@@ -20,6 +20,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cute/arch/cluster_sm90.hpp>
 #include "bwd_consumer.h"
+#include "bwd_consumer_d256.h"
 #include "bwd_dq_writer.h"
 #include "bwd_producer.h"
 
@@ -78,7 +79,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
+    if constexpr (Tr::kRoleSplit) bwd_consume_d256<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
+    else bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
   }
 }
 

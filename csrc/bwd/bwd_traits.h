@@ -27,6 +27,7 @@ using namespace cute;
 template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false>
 struct BwdTraits {
   static constexpr bool kVarlen = kVarlen_;   // packed segments (cu_seqlens): bwd_args.h
+  static constexpr bool kRoleSplit = false;   // the warpgroups split keys (bwd_traits_d256.h: roles)
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per pipeline stage

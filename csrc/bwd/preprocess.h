@@ -105,44 +105,21 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, i
   }
 }
 
-// dq[b, i, h, :] = softmax_scale * dq_accum[b, h, i, :], in the input dtype or fp32. One CTA per
-// (kBlockM x d) workspace tile, which holds the main kernel's order (add_dq_bulk): per warpgroup region
-// (d split in two halves, or one full-width region), float4 q = (c / 8) * 128 + t holds the values
-// (r, c), (r, c + 1), (r + 8, c), (r + 8, c + 1) of accumulator thread t,
-//   r = (t / 32) * 16 + (t % 32) / 4,   c = (c / 8) * 8 + (t % 4) * 2.
-// The tile is read in that order (each warp 512 contiguous bytes), turned into rows in smem, and
-// written row by row (16 / 32 contiguous bytes per thread). Reading the rows straight from the
-// workspace left most of each sector to a later instruction (run 24: 77 us for 201 MB).
-template <class TQ, int kHeadDim, int kBlockM, bool kVarlen>
-__global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int ws_rows) {
-  constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
-  constexpr int kPitch = kHeadDim + 8;   // floats per smem row: 8 rows of a float2 store use 2 wavefronts
-  __shared__ __align__(16) float rows_s[kBlockM * kPitch];
-  int hi = blockIdx.y;
-  WsRows<kBlockM, kVarlen> w(a, blockIdx.z, hi, blockIdx.x * kBlockM, ws_rows);
-  if (w.row >= w.s_q) return;   // padding tile, or a varlen gap between segments
-  const float4* tile = reinterpret_cast<const float4*>(a.dq_accum + (w.ws0 + w.row) * kHeadDim);
-#pragma unroll
-  for (int j = 0; j < kBlockM * kHeadDim / 4 / 256; ++j) {
-    int q = j * 256 + threadIdx.x;
-    int region = q / (kBlockM * kCols / 4), in = q % (kBlockM * kCols / 4);
-    int t = in % 128, c = (in / 128) * 8 + (t % 4) * 2 + region * kCols;
-    int r = (t / 32) * 16 + (t % 32) / 4;
-    float4 v = tile[q];
-    *reinterpret_cast<float2*>(&rows_s[r * kPitch + c]) = make_float2(v.x, v.y);
-    *reinterpret_cast<float2*>(&rows_s[(r + 8) * kPitch + c]) = make_float2(v.z, v.w);
-  }
-  __syncthreads();
-  constexpr int kChunks = kHeadDim / 8, kRowsPerPass = 256 / kChunks;
+// Rows [row0, s_q) of a staged pass (kCols columns per row, pitch kPitch floats from column col0),
+// scaled, to dq row q0 + row of batch entry bi and head hi: 16 or 32 contiguous bytes per thread.
+template <class TQ, int kCols, int kBlockM, int kPitch>
+__device__ __forceinline__ void convert_rows(RingFa3BwdArgs const& a, const float* rows_s, int row0, int s_q,
+                                             int bi, int q0, int hi, int col0) {
+  constexpr int kChunks = kCols / 8, kRowsPerPass = 256 / kChunks;
   int chunk = threadIdx.x % kChunks;
 #pragma unroll
   for (int r = threadIdx.x / kChunks; r < kBlockM; r += kRowsPerPass) {
-    int row = w.row + r;
-    if (row >= w.s_q) break;
+    int row = row0 + r;
+    if (row >= s_q) break;
     float x[8];
     load8(&rows_s[r * kPitch + chunk * 8], x);
-    TQ* dst = static_cast<TQ*>(a.dq) + (kVarlen ? 0 : w.bi) * a.dq_stride[0] + (w.q0 + row) * a.dq_stride[1] +
-              hi * a.dq_stride[2] + chunk * 8;
+    TQ* dst = static_cast<TQ*>(a.dq) + bi * a.dq_stride[0] + (q0 + row) * a.dq_stride[1] + hi * a.dq_stride[2] +
+              col0 + chunk * 8;
     if constexpr (sizeof(TQ) == 4) {
       float4* d4 = reinterpret_cast<float4*>(dst);
       float4 lo = a.dq_accumulate ? d4[0] : make_float4(0.f, 0.f, 0.f, 0.f);   // a ring's running dQ
@@ -158,6 +135,44 @@ __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, i
       for (int i = 0; i < 8; ++i) e[i] = TQ(x[i] * a.softmax_scale);
       *reinterpret_cast<uint4*>(dst) = raw;
     }
+  }
+}
+
+// dq[b, i, h, :] = softmax_scale * dq_accum[b, h, i, :], in the input dtype or fp32. One CTA per
+// (kBlockM x d) workspace tile, which holds the main kernel's order (add_dq_bulk): per warpgroup region
+// (d split in two halves, or one full-width region), float4 q = (c / 8) * 128 + t holds the values
+// (r, c), (r, c + 1), (r + 8, c), (r + 8, c + 1) of accumulator thread t,
+//   r = (t / 32) * 16 + (t % 32) / 4,   c = (c / 8) * 8 + (t % 4) * 2.
+// The tile is read in that order (each warp 512 contiguous bytes), turned into rows in smem, and
+// written row by row (16 / 32 contiguous bytes per thread). Reading the rows straight from the
+// workspace left most of each sector to a later instruction (run 24: 77 us for 201 MB).
+template <class TQ, int kHeadDim, int kBlockM, bool kVarlen>
+__global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, int ws_rows) {
+  constexpr int kCols = kHeadDim >= 128 ? kHeadDim / 2 : kHeadDim;   // columns per region
+  // Columns staged per pass: the whole tile up to d = 128; one region at d = 256 (static smem).
+  constexpr int kPassCols = kHeadDim > 128 ? kCols : kHeadDim;
+  constexpr int kPitch = kPassCols + 8;   // floats per smem row: 8 rows of a float2 store use 2 wavefronts
+  __shared__ __align__(16) float rows_s[kBlockM * kPitch];
+  int hi = blockIdx.y;
+  WsRows<kBlockM, kVarlen> w(a, blockIdx.z, hi, blockIdx.x * kBlockM, ws_rows);
+  if (w.row >= w.s_q) return;   // padding tile, or a varlen gap between segments
+  const float4* tile = reinterpret_cast<const float4*>(a.dq_accum + (w.ws0 + w.row) * kHeadDim);
+#pragma unroll
+  for (int pass = 0; pass < kHeadDim / kPassCols; ++pass) {
+    if (pass > 0) __syncthreads();   // the previous pass's rows are written out
+#pragma unroll
+    for (int j = 0; j < kBlockM * kPassCols / 4 / 256; ++j) {
+      int q = pass * (kBlockM * kPassCols / 4) + j * 256 + threadIdx.x;
+      int region = q / (kBlockM * kCols / 4), in = q % (kBlockM * kCols / 4);
+      int t = in % 128, c = (in / 128) * 8 + (t % 4) * 2 + region * kCols - pass * kPassCols;
+      int r = (t / 32) * 16 + (t % 32) / 4;
+      float4 v = tile[q];
+      *reinterpret_cast<float2*>(&rows_s[r * kPitch + c]) = make_float2(v.x, v.y);
+      *reinterpret_cast<float2*>(&rows_s[(r + 8) * kPitch + c]) = make_float2(v.z, v.w);
+    }
+    __syncthreads();
+    convert_rows<TQ, kPassCols, kBlockM, kPitch>(a, rows_s, w.row, w.s_q, kVarlen ? 0 : w.bi, w.q0, hi,
+                                                 pass * kPassCols);
   }
 }
 
