@@ -272,14 +272,17 @@ def test_sm90_forward_blocks_keeps_dense_steps_on_the_dense_kernel():
     assert _err(out, want) <= 1e-5
 
 
+@pytest.mark.parametrize("d", (16, 256))
 @pytest.mark.parametrize("ours", (False, True))
 @pytest.mark.parametrize("deterministic", (False, True))
-def test_sm90_backward_blocks_routes_documents_to_one_varlen_launch(deterministic, ours, monkeypatch):
+def test_sm90_backward_blocks_routes_documents_to_one_varlen_launch(deterministic, ours, d, monkeypatch):
     """Packed documents: one varlen backward launch, ours when varlen_backward_blocks is on (emulated
-    here), else FA2's (emulated) unless the call asks for deterministic results; a dense step: our
-    kernel per block. Gradients equal float64's either way."""
+    here) and the head dim's kernel has a varlen form (not 256), else FA2's (emulated) unless the call
+    asks for deterministic results; a dense step: our kernel per block. Gradients equal float64's
+    either way."""
     impl = _Sm90OnCpu()
     impl.varlen_backward_blocks = ours
+    ours = ours and d != 256
     launches = []
     monkeypatch.setattr(sm90_module, "fa2_varlen_bwd", lambda *a: launches.append("fa2") or emulated_bwd(*a))
     monkeypatch.setattr(impl, "varlen_backward", lambda *a, deterministic: launches.append(("ours", deterministic))
@@ -295,12 +298,12 @@ def test_sm90_backward_blocks_routes_documents_to_one_varlen_launch(deterministi
     for blocks, want in ((docs, want_docs), (dense, ["dense"] * 2)):
         s = blocks[-1].q1
         g = torch.Generator().manual_seed(s)
-        q, k, v, dout = (torch.randn(1, s, 2, 16, generator=g, dtype=torch.float64) for _ in range(4))
+        q, k, v, dout = (torch.randn(1, s, 2, d, generator=g, dtype=torch.float64) for _ in range(4))
         ref = _expected(blocks, q, k, v, dout)
         launches.clear()
         dq = torch.zeros(q.shape, dtype=torch.float64)
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)
-        for k0, k1, dkb, dvb in backward_blocks(impl, dout, q, k, v, ref["out"], ref["lse"], blocks, 0.25, dq,
+        for k0, k1, dkb, dvb in backward_blocks(impl, dout, q, k, v, ref["out"], ref["lse"], blocks, d ** -0.5, dq,
                                                 deterministic):
             dk[:, k0:k1] += dkb
             dv[:, k0:k1] += dvb

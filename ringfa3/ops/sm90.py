@@ -99,6 +99,7 @@ _BWD_ABI_VERSION = 6
 # Head dim 256 has a kernel in the library (csrc/bwd/bwd_traits_d256.h, dense only) that has not run on
 # a GPU yet: not routed to until scripts/check_sm90_bwd.py passes it.
 _BWD_HEAD_DIMS = (64, 128)
+_BWD_DENSE_ONLY_HEAD_DIMS = (256,)   # no varlen form (its CTAs take 64 keys, the tile lists 128)
 
 
 def _load(path=_LIB_PATH):
@@ -336,10 +337,10 @@ class Sm90Backend:
         Measured (bench/NOTES-ring.md): a launch per document is 6x slower than FA2's one launch; a
         zigzag window ring (diagonal steps of 4 blocks of 4k rows) takes 16% less time per block on our
         dense kernel."""
-        if few_large(blocks, max_blocks=8, min_rows=1024) or (deterministic and not self.varlen_backward_blocks):
+        ours = self.varlen_backward_blocks and q.shape[-1] not in _BWD_DENSE_ONLY_HEAD_DIMS
+        if few_large(blocks, max_blocks=8, min_rows=1024) or (deterministic and not ours):
             return loop_backward(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
-        kernel = (functools.partial(self.varlen_backward, deterministic=deterministic) if self.varlen_backward_blocks
-                  else fa2_varlen_bwd)
+        kernel = functools.partial(self.varlen_backward, deterministic=deterministic) if ours else fa2_varlen_bwd
         return varlen_backward(kernel, dout, q, k, v, out, lse, blocks, scale, dq_acc)
 
     def varlen_merge(self, q, k, v, call, softmax_scale, out_acc, lse_acc):
