@@ -29,6 +29,21 @@ def median_ms(fn, warmup_ms: int = 25, rep_ms: int = 200, min_runs: int = 7) -> 
     return do_bench(fn, warmup=max(warmup_ms, 2 * est), rep=max(rep_ms, min_runs * est), return_mode="median")
 
 
+def kernel_times(fn, calls: int = 1) -> dict:
+    """{kernel name: [device microseconds per call of fn, launches per call]}, longest first, over
+    `calls` calls under torch.profiler after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(e.key[:100], round(e.device_time_total / calls, 1), e.count // calls) for e in prof.key_averages()
+            if e.device_type.name == "CUDA" and e.count]
+    return {name: [us, n] for name, us, n in sorted(rows, key=lambda r: -r[1])}
+
+
 def environment() -> dict:
     env = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                command=" ".join(sys.argv), python=platform.python_version(), torch=torch.__version__)

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import attn_flops, environment, median_ms, write_json  # noqa: E402
+from bench_common import attn_flops, environment, kernel_times, median_ms, write_json  # noqa: E402
 from ring_overlap import trace_overlap  # noqa: E402
 from torch_cp_anchor import torch_cp_times  # noqa: E402
 
@@ -114,19 +114,6 @@ def doc_bounds(dist: str, tokens: int, world: int, layout: str):
     for n in lengths(dist, tokens, random.Random(0)):
         cu.append(cu[-1] + n)
     return padded_bounds(cu, world, layout)
-
-
-def kernel_times(fn) -> dict:
-    """Device microseconds per kernel name (summed over launches) of one call of fn, after a warm-up."""
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    rows = [(e.key[:100], round(e.device_time_total, 1), e.count) for e in prof.key_averages()
-            if e.device_type.name == "CUDA" and e.count]
-    return {name: [us, n] for name, us, n in sorted(rows, key=lambda r: -r[1])}
 
 
 def grad_fn(fn, q, k, v, dout):

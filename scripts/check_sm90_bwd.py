@@ -265,7 +265,7 @@ def part_profile(out_dir, seqs):
     """Per-kernel device time of one backward call (torch.profiler), hd128 full and causal at each
     length: how much the preprocess, the dQ conversion and the zeroing take beside the main kernel."""
     import torch
-    from torch.profiler import profile, ProfilerActivity
+    from bench_common import kernel_times
     be = load_backend()
     rows = []
     for s in seqs:
@@ -274,18 +274,8 @@ def part_profile(out_dir, seqs):
             q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
             out, lse = be.forward(q, k, v, causal, None, (-1, -1), False)
             call = lambda: be.backward(dout, q, k, v, out, lse, causal, d ** -0.5, (-1, -1), False, False)  # noqa: E731,B023
-            for _ in range(3):
-                call()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(10):
-                    call()
-                torch.cuda.synchronize()
-            kernels = {}
-            for e in prof.key_averages():
-                if e.device_type.name == "CUDA" and e.count:
-                    kernels[e.key[:90]] = round(e.device_time_total / 10, 1)   # us per call
-            row = dict(seq=s, causal=causal, us_per_call=kernels, total_us=round(sum(kernels.values()), 1))
+            kernels = kernel_times(call, calls=10)   # name -> [us per call, launches per call]
+            row = dict(seq=s, causal=causal, us_per_call=kernels, total_us=round(sum(us for us, _ in kernels.values()), 1))
             rows.append(row)
             print(json.dumps(row), flush=True)
     (out_dir / "sm90_bwd_profile.json").write_text(json.dumps(rows, indent=1))
