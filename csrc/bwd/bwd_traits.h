@@ -24,6 +24,20 @@
 namespace ringfa3 {
 using namespace cute;
 
+// TMA copies of the four inputs from their global views (seq, d, head, batch), d contiguous: Q and dO
+// into one stage of SmemLayoutQ (kBlockM, d, stage), K and V into SmemLayoutK (kBlockN, d).
+template <class T, class SmemLayoutQ, class SmemLayoutK, int kBlockM, int kBlockN, int kHeadDim>
+struct BwdTma {
+  using ShapeG = Shape<int32_t, int32_t, int32_t, int32_t>;
+  using StrideG = Stride<int64_t, _1, int64_t, int64_t>;
+  using Q = decltype(make_tma_copy(SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideG{}),
+      take<0, 2>(SmemLayoutQ{}), Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  using K = decltype(make_tma_copy(SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideG{}),
+      SmemLayoutK{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+};
+
 template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false>
 struct BwdTraits {
   static constexpr bool kVarlen = kVarlen_;   // packed segments (cu_seqlens): bwd_args.h
@@ -78,15 +92,9 @@ struct BwdTraits {
                            GMMA::Major::K, GMMA::Major::MN>(),
       Layout<Shape<_1, Int<kSplitD ? kConsumerWG : 1>, _1>>{}));
 
-  // Global views handed to TMA: (seq, d, head, batch), d contiguous, for all four inputs.
-  using ShapeG = Shape<int32_t, int32_t, int32_t, int32_t>;
-  using StrideG = Stride<int64_t, _1, int64_t, int64_t>;
-  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{},
-      make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideG{}),
-      take<0, 2>(SmemLayoutQ{}), Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
-  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{},
-      make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideG{}),
-      SmemLayoutK{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  using Tma = BwdTma<T, SmemLayoutQ, SmemLayoutK, kBlockM, kBlockN, kHeadDim>;
+  using TmaQ = typename Tma::Q;
+  using TmaK = typename Tma::K;
 
   static constexpr int kDqPerWG = kBlockM * (kSplitD ? kHeadDim / 2 : kHeadDim);   // floats
   // dQ partial buffers per warpgroup: a consumer fills one while the writer warp drains the other,

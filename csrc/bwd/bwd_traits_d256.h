@@ -15,6 +15,7 @@
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cutlass/numeric_types.h>
 #include "../reg_budget.h"
+#include "bwd_traits.h"   // BwdTma
 
 namespace ringfa3 {
 using namespace cute;
@@ -62,14 +63,9 @@ struct BwdTraitsD256 {
                            GMMA::Major::K, GMMA::Major::MN>(),
       Layout<Shape<_1, _2, _1>>{}));
 
-  using ShapeG = Shape<int32_t, int32_t, int32_t, int32_t>;
-  using StrideG = Stride<int64_t, _1, int64_t, int64_t>;
-  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{},
-      make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideG{}),
-      take<0, 2>(SmemLayoutQ{}), Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
-  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{},
-      make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideG{}),
-      SmemLayoutK{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  using Tma = BwdTma<T, SmemLayoutQ, SmemLayoutK, kBlockM, kBlockN, kHeadDim>;
+  using TmaQ = typename Tma::Q;
+  using TmaK = typename Tma::K;
 
   // dQ: each warpgroup's d half of the partial, as with the d split of bwd_traits.h.
   static constexpr bool kSplitD = true;
