@@ -43,7 +43,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   constexpr bool kSplitD = Tr::kSplitD;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
-  BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
+  auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
   // Broadcast from lane 0: warp-uniform to the compiler, so the smem-operand fragments (WGMMA
   // descriptors, which depend only on the warpgroup) live in uniform registers.

@@ -35,7 +35,7 @@ __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStor
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
-  BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
+  auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
   int wg = __shfl_sync(0xffffffff, ct / 128, 0);   // warp-uniform: smem descriptors in uniform registers
   int t = ct % 128;

@@ -4,10 +4,10 @@
 // Deterministic mode adds in a fixed order (key blocks highest first, BwdMask::rank_in; per
 // warpgroup's half of the head dim, or warpgroup 0 before 1 where both cover it): before its add the
 // writer spins on the query block's counter until the adds ahead of this one have landed, and bumps
-// it after. Only the writers wait; the
-// consumers run ahead by the kDqBufs slots. One writer per warpgroup, so that one warpgroup's wait
-// does not hold the other's slots (run 10's ncu: a single writer was busy 84% of the deterministic
-// kernel's time and the consumers waited on its slots in 39% of their samples).
+// it after. Only the writers wait; the consumers run ahead by the kDqBufs slots. One writer per
+// warpgroup, so that one warpgroup's wait does not hold the other's slots (run 10's ncu: a single
+// writer was busy 84% of the deterministic kernel's time and the consumers waited on its slots in 39%
+// of their samples).
 #pragma once
 #include <cutlass/arch/barrier.h>
 #include "../pipeline.h"
@@ -29,7 +29,7 @@ __device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage&
   constexpr int kM = Tr::kBlockM, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
-  BwdMask<kM, Tr::kBlockN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
+  auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
   PipeState<Tr::kDqBufs> slot;
   for (int g = 0; g < p.group; ++g) {

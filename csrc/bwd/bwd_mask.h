@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cute/tensor.hpp>
 #include "../mask.h"   // AccCoord
+#include "bwd_params.h"
 
 namespace ringfa3 {
 
@@ -61,5 +62,12 @@ struct BwdMask {
     }
   }
 };
+
+// The mask of key block n_block of batch entry (varlen: segment) e, as every role of the kernel sees it.
+template <class Tr>
+__device__ __forceinline__ BwdMask<Tr::kBlockM, Tr::kBlockN> bwd_block_mask(BwdParams<Tr> const& p, Extent const& e,
+                                                                             int n_block) {
+  return BwdMask<Tr::kBlockM, Tr::kBlockN>(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
+}
 
 }  // namespace ringfa3

@@ -18,7 +18,7 @@ __device__ void bwd_produce(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
-  BwdMask<kM, kN> mask(n_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
+  auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
   if (me <= mb) return;   // nothing visible: the consumers write zero dK, dV without loads
 

@@ -122,12 +122,12 @@ __device__ __forceinline__ void convert_rows(RingFa3BwdArgs const& a, const floa
               col0 + chunk * 8;
     if constexpr (sizeof(TQ) == 4) {
       float4* d4 = reinterpret_cast<float4*>(dst);
-      float4 lo = a.dq_accumulate ? d4[0] : make_float4(0.f, 0.f, 0.f, 0.f);   // a ring's running dQ
-      float4 hi = a.dq_accumulate ? d4[1] : make_float4(0.f, 0.f, 0.f, 0.f);
-      d4[0] = make_float4(lo.x + x[0] * a.softmax_scale, lo.y + x[1] * a.softmax_scale,
-                          lo.z + x[2] * a.softmax_scale, lo.w + x[3] * a.softmax_scale);
-      d4[1] = make_float4(hi.x + x[4] * a.softmax_scale, hi.y + x[5] * a.softmax_scale,
-                          hi.z + x[6] * a.softmax_scale, hi.w + x[7] * a.softmax_scale);
+      float4 run0 = a.dq_accumulate ? d4[0] : make_float4(0.f, 0.f, 0.f, 0.f);   // a ring's running dQ
+      float4 run1 = a.dq_accumulate ? d4[1] : make_float4(0.f, 0.f, 0.f, 0.f);
+      d4[0] = make_float4(run0.x + x[0] * a.softmax_scale, run0.y + x[1] * a.softmax_scale,
+                          run0.z + x[2] * a.softmax_scale, run0.w + x[3] * a.softmax_scale);
+      d4[1] = make_float4(run1.x + x[4] * a.softmax_scale, run1.y + x[5] * a.softmax_scale,
+                          run1.z + x[6] * a.softmax_scale, run1.w + x[7] * a.softmax_scale);
     } else {
       uint4 raw;
       TQ* e = reinterpret_cast<TQ*>(&raw);
