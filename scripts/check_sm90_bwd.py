@@ -36,6 +36,8 @@ CASES = [
     dict(name="window_256_0", shape=(1, 1500, 1500, 4, 4, 128), window=(256, 0)),
     dict(name="window_100_50_sq<sk", shape=(1, 900, 1300, 4, 2, 128), window=(100, 50)),
     dict(name="mqa_scale", shape=(1, 513, 700, 4, 1, 128), scale=0.05),
+    dict(name="full_sq>sk_gqa", shape=(1, 1000, 300, 8, 2, 128)),
+    dict(name="full_groups_8_3", shape=(1, 1500, 1300, 4, 2, 128)),  # deterministic launch groups of 8 and 3
     dict(name="grads_fp32_gqa", shape=(2, 1000, 1000, 8, 2, 128), causal=True, grads_fp32=True),
     dict(name="out_fp32", shape=(1, 777, 777, 4, 4, 128), causal=True, out_fp32=True),
     dict(name="fp16_causal", shape=(2, 1024, 1024, 8, 8, 128), causal=True, dtype="fp16"),
@@ -45,8 +47,7 @@ CASES = [
     dict(name="hd64_fp16_window", shape=(1, 1100, 1100, 4, 2, 64), window=(200, 0), dtype="fp16"),
     dict(name="hd64_atomic", shape=(2, 1000, 1000, 8, 4, 64), causal=True, atomic=True),
     dict(name="long_causal", shape=(1, 4096, 4096, 4, 4, 128), causal=True),
-    # Head dim 256 (bwd_traits_d256.h): the library has it, the backend does not route to it until these
-    # pass (sm90._BWD_HEAD_DIMS; load_backend widens it for this script).
+    # Head dim 256 (bwd_traits_d256.h: 64 keys per CTA, the warpgroups split d).
     dict(name="hd256_full", shape=(2, 512, 512, 4, 4, 256)),
     dict(name="hd256_causal_gqa_odd", shape=(1, 777, 777, 4, 2, 256), causal=True),
     dict(name="hd256_sq<sk_window", shape=(1, 300, 650, 4, 4, 256), window=(100, 20)),
@@ -60,7 +61,6 @@ def load_backend():
     from ringfa3.ops import sm90 as mod
     if mod.BACKEND is None:
         sys.exit(f"sm90 backend unavailable (library at {LIB} missing or no CUDA)")
-    mod._BWD_HEAD_DIMS = (64, 128, 256)   # head dim 256 is checked and timed here before the backend takes it
     return mod.BACKEND
 
 
@@ -218,10 +218,10 @@ def part_sass(out_dir):
         print("cuobjdump failed:", r.stderr[:300])
 
 
-def part_ncu_target(which, seq, causal):
-    """Three backwards at hd128, `seq` rows per sequence (16k tokens in all), for ncu to profile the
+def part_ncu_target(which, seq, causal, d=128):
+    """Three backwards at head dim d, `seq` rows per sequence (16k tokens in all), for ncu to profile the
     third: ours (default or deterministic dQ), or FA3's (flash-attn3-jax, fwd+bwd under jax.grad)."""
-    b, h, d = 16384 // seq, 16, 128
+    b, h = 16384 // seq, 16
     if which == "fa3":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         import jax
@@ -243,17 +243,17 @@ def part_ncu_target(which, seq, causal):
     torch.cuda.synchronize()
 
 
-def part_ncu(out_dir, which, seq, causal):
-    """ncu of a backward main kernel at hd128: ours with unordered (default) or deterministic dQ, or FA3's
+def part_ncu(out_dir, which, seq, causal, d=128):
+    """ncu of a backward main kernel at head dim d: ours with unordered (default) or deterministic dQ, or FA3's
     (its main kernel by mangled name). ncu locks the clocks at base, so durations compare work per clock.
     Writes the summary sections and the warp-stall samples per SASS instruction (CSV)."""
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "MemoryWorkloadAnalysis",
                 "SourceCounters"]
     for mode in which:
-        target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", mode, "--seqs", str(seq)]
+        target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", mode, "--seqs", str(seq), "--hd", str(d)]
         target += ["--causal"] if causal else []
         kernel = "mangled:BwdSm90" if mode == "fa3" else "bwd_kernel"
-        tag = f"{mode}_{seq}{'_causal' if causal else ''}"
+        tag = f"{mode}_{seq}{'_causal' if causal else ''}{'' if d == 128 else f'_hd{d}'}"
         keep = ncu_profile(kernel, target, out_dir / f"sm90_bwd_ncu_{tag}.txt",
                            out_dir / f"sm90_bwd_ncu_source_{tag}.csv", sections,
                            r"Duration|Throughput|Pipe|Issue|Eligible|Executed Ipc|Hit Rate|L2|DRAM|Registers")
@@ -331,6 +331,7 @@ def main():
     ap.add_argument("--ncu-which", default="default,deterministic",
                     help="--part ncu: backwards profiled, of default, deterministic, fa3")
     ap.add_argument("--causal", action="store_true", help="--part ncu: the causal mask")
+    ap.add_argument("--hd", type=int, default=128, choices=[64, 128, 256], help="--part ncu: the head dim")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--fa3", action="store_true", help="also run the FA3 (JAX) anchor subprocess")
     ap.add_argument("--no-hd64", action="store_true", help="--part bench: head dim 128 only (an hd128-only build)")
@@ -342,7 +343,7 @@ def main():
     if args.part == "check":
         return part_check(out_dir)
     if args.part == "bench":
-        return part_bench(out_dir, [int(x) for x in args.seqs.split(",")], not args.no_hd64, args.hd256)
+        return part_bench(out_dir, [int(x) for x in args.seqs.split(",") if x], not args.no_hd64, args.hd256)
     if args.part == "sass":
         return part_sass(out_dir)
     if args.part == "profile":
@@ -351,9 +352,9 @@ def main():
         return part_fa3(out_dir, args.budget)
     seq0 = int(args.seqs.split(",")[0])
     if args.part == "ncu":
-        return part_ncu(out_dir, args.ncu_which.split(","), seq0, args.causal)
+        return part_ncu(out_dir, args.ncu_which.split(","), seq0, args.causal, args.hd)
     if args.part == "ncu_target":
-        return part_ncu_target(args.ncu_which, seq0, args.causal)
+        return part_ncu_target(args.ncu_which, seq0, args.causal, args.hd)
     # Shares of the budget (a cold machine spends ~60 s of the check on first launches); the FA3 anchor
     # gets what is left.
     parts = [("check", 0.3), ("bench", 0.4), ("sass", 0.05)] + ([("fa3", 0)] if args.fa3 else [])

@@ -43,7 +43,7 @@ CASES = [
     ((1, 500, 500, 2, 2, 128), torch.float16, False, (64, 16)),
     ((2, 300, 300, 4, 2, 64), torch.bfloat16, True, (-1, -1)),
     ((1, 300, 400, 4, 4, 64), torch.float16, False, (100, 0)),
-    ((1, 333, 333, 4, 2, 256), torch.bfloat16, True, (-1, -1)),     # run once _BWD_HEAD_DIMS takes 256
+    ((1, 333, 333, 4, 2, 256), torch.bfloat16, True, (-1, -1)),
     ((1, 300, 500, 2, 2, 256), torch.float16, False, (64, 16)),
 ]
 
@@ -52,10 +52,7 @@ CASES = [
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_sm90_backward_matches_float64(shape, dtype, causal, window, deterministic):
     from ringfa3.ops import reference as reference_backend
-    from ringfa3.ops import sm90 as mod
     b, s_q, s_k, h, h_kv, d = shape
-    if d not in mod._BWD_HEAD_DIMS:
-        pytest.skip(f"head dim {d}: the backend does not route to its backward yet")
     gen = torch.Generator(device="cuda").manual_seed(sum(shape))
     q = torch.randn(b, s_q, h, d, device="cuda", dtype=dtype, generator=gen)
     k = torch.randn(b, s_k, h_kv, d, device="cuda", dtype=dtype, generator=gen)
@@ -107,14 +104,6 @@ def test_sm90_backward_adds_dq_into_a_running_view(deterministic):
         torch.testing.assert_close(acc, expect, rtol=1e-5, atol=1e-5)
         for x, y in zip(got[1:], plain[1:]):
             assert torch.equal(x, y)
-
-
-def test_sm90_backward_refuses_head_dim_256_until_checked():
-    """The library's head-dim-256 backward has not run on a GPU yet (csrc/bwd/bwd_traits_d256.h); the
-    backend routes elsewhere until scripts/check_sm90_bwd.py passes it and _BWD_HEAD_DIMS takes 256."""
-    from ringfa3.ops import sm90 as mod
-    q = torch.randn(1, 64, 2, 256, device="cuda", dtype=torch.bfloat16)
-    assert ("head_dim" in BACKEND.backward_unsupported(q, q, q, False, (-1, -1))) == (256 not in mod._BWD_HEAD_DIMS)
 
 
 @pytest.mark.parametrize("deterministic", (False, True))

@@ -39,7 +39,7 @@ typedef struct RingFa3BwdArgs {
   int32_t window_right;
   int32_t out_fp32;        // `out` is fp32
   int32_t grads_fp32;      // write dq, dk, dv as fp32
-  int32_t deterministic;   // dQ partial sums added in a fixed order (key block descending)
+  int32_t deterministic;   // dQ partial sums added in a fixed order (BwdMask::rank_in)
   int32_t dq_accumulate;   // ABI 5 (the int was reserved before): 1 adds the gradient into dq instead
                            // of writing it; grads_fp32 only (a ring's running float32 dQ)
   float softmax_scale;

@@ -151,10 +151,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
     }
   }
   auto coords = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{}));   // (key, d)
-  if constexpr (RINGFA3_BWD_SMEM_EPILOGUE)
-    store_dkdv_staged<Tr>(a, tdKrdK, tdVrdV, coords, ss, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
-  else
-    store_dkdv<Tr>(a, tdKrdK, tdVrdV, coords, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
+  store_dkdv<Tr>(a, tdKrdK, tdVrdV, coords, ss, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
 }
 
 }  // namespace ringfa3

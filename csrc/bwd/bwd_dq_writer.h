@@ -1,7 +1,7 @@
 // The dQ writers: one elected thread per consumer warpgroup, in the producer warpgroup's warps 1-2.
 // For every (query head, query block) the CTA visits, a writer takes its warpgroup's dQ partial from
 // the smem slot and reduce-adds it into the fp32 workspace with one cp.reduce.async.bulk.
-// Deterministic mode adds in a fixed order (key blocks highest first, BwdMask::rank_in; per
+// Deterministic mode adds in a fixed order (of the key blocks, BwdMask::rank_in; per
 // warpgroup's half of the head dim, or warpgroup 0 before 1 where both cover it): before its add the
 // writer spins on the query block's counter until the adds ahead of this one have landed, and bumps
 // it after. Only the writers wait; the consumers run ahead by the kDqBufs slots. One writer per
@@ -42,7 +42,8 @@ __device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage&
       if (a.deterministic) {
         // Plain spin: a bounded one with __nanosleep and __trap cost the hd128 consumers register
         // spills when it lived in their code.
-        int turn = Tr::kSplitD ? mask.rank_in(m) : 2 * mask.rank_in(m) + wg;
+        int rank = mask.rank_in(m, p.det_high_first);
+        int turn = Tr::kSplitD ? rank : 2 * rank + wg;
         while (ld_acquire(sem) != turn) {}
         asm volatile("fence.proxy.async.global;" ::: "memory");
       }

@@ -4,14 +4,16 @@
 // Block order (1-D grid):
 //   atomic dQ:        key block fastest, lowest first: the resident CTAs share one head's Q/dO in L2,
 //                     and under a causal mask the longest CTAs start first.
-//   deterministic dQ: the dQ order takes a query block's key blocks highest first (BwdMask::rank_in)
-//                     and waits only on CTAs launched earlier, so key blocks are launched highest
-//                     first: in groups of 4, (kv head, batch) next, key block fastest inside a group.
-//                     With key block fastest, resident CTA n could add to a query block only after
-//                     its neighbour had, a chain as long as the head's key blocks (run 1: 0.66x full,
-//                     0.40x causal of the atomic speed); groups keep the chain to 4 links, and give
-//                     4 CTAs of a head per wave, where (kv head, batch) fastest gave ~2 at 4k
-//                     (run 13, 4k full: 357 -> 460 TF/s, 0.71 -> 0.92 of the atomic speed).
+//   deterministic dQ: key blocks in the first-to-last order of the dQ order (BwdMask::rank_in), so
+//                     that a CTA waits only on CTAs launched earlier: in groups of kBwdDetGroup,
+//                     (kv head, batch) next, key block fastest inside a group. With key block
+//                     fastest, resident CTA n could add to a query block only after its neighbour
+//                     had, a chain as long as the head's key blocks (run 1: 0.66x full, 0.40x causal
+//                     of the atomic speed); groups keep the chain short and give a head several CTAs
+//                     per wave, where (kv head, batch) fastest gave ~2 at 4k (run 13, 4k full: 357 ->
+//                     460 TF/s, 0.71 -> 0.92 of the atomic speed). Groups of 8 against 4 (run 32):
+//                     4k causal 0.89 -> 0.92, 8k causal 0.89 -> 0.93 of the atomic speed; groups of
+//                     2 were slower.
 //   varlen:           the host's tile list (longest first; in deterministic mode a segment's key
 //                     blocks highest first), kv head fastest: with segments in the grid's slowest
 //                     place, a long last segment ran alone after all others (long-tail document
@@ -37,10 +39,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     bi = tile[0];
     n_block = tile[1];
     hk = lin % p.a.h_kv;
-  } else if (p.a.deterministic) {   // groups of kDetGroup key blocks; (kv head, batch), then key block
-    constexpr int kDetGroup = 4;     // all counted from the highest key block down
-    int g = lin / (hb * kDetGroup), r = lin - g * kDetGroup * hb, size = min(kDetGroup, p.n_n_blocks - g * kDetGroup);
-    n_block = p.n_n_blocks - 1 - (g * kDetGroup + r % size);
+  } else if (p.a.deterministic) {   // groups of kBwdDetGroup key blocks; (kv head, batch), then key block
+    int g = lin / (hb * kBwdDetGroup), r = lin - g * kBwdDetGroup * hb;
+    int size = min(kBwdDetGroup, p.n_n_blocks - g * kBwdDetGroup);
+    n_block = g * kBwdDetGroup + r % size;   // counted from the first key block of the dQ order
+    if (p.det_high_first) n_block = p.n_n_blocks - 1 - n_block;
     hk = r / size % p.a.h_kv;
     bi = r / size / p.a.h_kv;
   } else {

@@ -51,7 +51,11 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
       /*diag_offset=*/a.s_k - a.s_q,
       /*win_left=*/a.window_left < 0 ? kBwdUnbounded : a.window_left,
       /*win_right=*/a.window_right < 0 ? kBwdUnbounded : a.window_right,
-      /*scale_log2=*/a.softmax_scale * float(M_LOG2E)};
+      /*scale_log2=*/a.softmax_scale * float(M_LOG2E),
+      // Highest first: short heads (run 28, causal: 1k 231 -> 274 TF/s, 4k 398 -> 416; 8k even) and
+      // varlen documents. Lowest first at 16k keys and up: the CTAs launched last are then the
+      // shortest (16k causal: 508 against 472 highest first, whose last wave is the longest CTAs).
+      /*det_high_first=*/kVarlen || n_n <= 64};
 
   auto kernel = bwd_kernel<Tr>;
   int dev = 0;

@@ -27,14 +27,17 @@ struct BwdMask {
     return last < 0 ? 0 : last / kBlockM + 1;
   }
   // Place of this key block in query block m's deterministic dQ order: the key blocks that m visits,
-  // highest first (the forward's n_end - 1 down). A band mask (causal, windows) starts a higher key
-  // block's CTA at a later query block, so with the CTAs launched highest first, the block ahead in
-  // the order has passed m by the time this one reaches it: no wait. Lowest first made a wavefront
-  // (run 25: deterministic 1k causal at 0.77 of the atomic speed).
-  __device__ int rank_in(int m) const {
-    int row_hi = min(m * kBlockM + kBlockM, s_q) - 1;
-    int last = min(s_k - 1, row_hi + off + right);   // last key query block m sees
-    return last / kBlockN - key_lo / kBlockN;
+  // from the forward's n_end - 1 down (high_first) or its n_begin up. A band mask (causal, windows)
+  // starts a higher key block's CTA at a later query block; with the CTAs launched highest first,
+  // the block ahead in the order has passed m by the time this one reaches it, where lowest first
+  // makes a wavefront of waits (run 25: deterministic 1k causal at 0.77 of the atomic speed). The CTA
+  // launch order must match (bwd_kernel.h).
+  __device__ int rank_in(int m, bool high_first) const {
+    if (high_first) {
+      int row_hi = min(m * kBlockM + kBlockM, s_q) - 1;
+      return min(s_k - 1, row_hi + off + right) / kBlockN - key_lo / kBlockN;   // from m's last key
+    }
+    return key_lo / kBlockN - max(0, m * kBlockM + off - left) / kBlockN;      // from m's first key
   }
   // True when some (query, key) pair of (query block m, this key block) is hidden.
   __device__ bool partial(int m) const {

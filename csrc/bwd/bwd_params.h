@@ -8,6 +8,8 @@
 namespace ringfa3 {
 
 constexpr int kBwdUnbounded = 1 << 29;   // stands for an unbounded window side
+// Key blocks of a head launched together in deterministic mode (bwd_kernel.h).
+constexpr int kBwdDetGroup = 8;
 
 template <class Tr>
 struct BwdParams {
@@ -23,6 +25,7 @@ struct BwdParams {
   int diag_offset;    // s_k - s_q
   int win_left, win_right;   // finite
   float scale_log2;   // softmax_scale * log2(e)
+  bool det_high_first;   // deterministic dQ order: key blocks highest first (BwdMask::rank_in)
 };
 
 // Batch entry bi's rows (varlen: segment bi's), as the forward finds a tile's (seq_slice.h).

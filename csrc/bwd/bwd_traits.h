@@ -17,10 +17,6 @@
 #include <cutlass/numeric_types.h>
 #include "../reg_budget.h"
 
-#ifndef RINGFA3_BWD_SMEM_EPILOGUE   // A/B knob (--define): dK / dV stored through smem (bwd_epilogue.h)
-#define RINGFA3_BWD_SMEM_EPILOGUE 0
-#endif
-
 namespace ringfa3 {
 using namespace cute;
 

@@ -96,9 +96,7 @@ class _Fp8VArgs(ctypes.Structure):
 
 
 _BWD_ABI_VERSION = 6
-# Head dim 256 has a kernel in the library (csrc/bwd/bwd_traits_d256.h, dense only) that has not run on
-# a GPU yet: not routed to until scripts/check_sm90_bwd.py passes it.
-_BWD_HEAD_DIMS = (64, 128)
+_BWD_HEAD_DIMS = (64, 128, 256)
 _BWD_DENSE_ONLY_HEAD_DIMS = (256,)   # no varlen form (its CTAs take 64 keys, the tile lists 128)
 
 
