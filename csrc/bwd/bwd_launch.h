@@ -53,8 +53,9 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
       /*win_right=*/a.window_right < 0 ? kBwdUnbounded : a.window_right,
       /*scale_log2=*/a.softmax_scale * float(M_LOG2E),
       // Highest first: short heads (run 28, causal: 1k 231 -> 274 TF/s, 4k 398 -> 416; 8k even) and
-      // varlen documents. Lowest first at 16k keys and up: the CTAs launched last are then the
-      // shortest (16k causal: 508 against 472 highest first, whose last wave is the longest CTAs).
+      // varlen documents. Lowest first above 64 key blocks (16k keys and up at hd128): the CTAs
+      // launched last are then the shortest (16k causal: 508 against 472 highest first, whose last
+      // wave is the longest CTAs).
       /*det_high_first=*/kVarlen || n_n <= 64};
 
   auto kernel = bwd_kernel<Tr>;
