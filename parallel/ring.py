@@ -27,7 +27,7 @@ from .plan import NO_WINDOW, last_step, ring_blocks
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, ring, impl, mask, deterministic):
+    def forward(ctx, q, k, v, scale, ring, impl, mask, deterministic, auto_backward):
         layout, causal, window, docs = mask
         world, rank, s = ring.world, ring.rank, q.shape[1]
         last = last_step(s, world, layout, causal, window, docs)
@@ -45,17 +45,17 @@ class _RingAttention(torch.autograd.Function):
                 kv = comm.wait()
         out = out_acc.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse_acc)
-        ctx.cfg = (scale, ring, impl, mask, deterministic)
+        ctx.cfg = (scale, ring, impl, mask, deterministic, auto_backward)
         ctx.mark_non_differentiable(lse_acc)
         return out, lse_acc
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        scale, ring, impl, (layout, causal, window, docs), deterministic = ctx.cfg
+        scale, ring, impl, (layout, causal, window, docs), deterministic, auto_backward = ctx.cfg
         world, rank, s = ring.world, ring.rank, q.shape[1]
         last = last_step(s, world, layout, causal, window, docs)
-        impl = resolve_backward(impl, q, k, v, causal, window, deterministic)
+        impl = resolve_backward(impl, q, k, v, causal, window, deterministic, auto_backward)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         kv = torch.stack([k, v])
         kv_comm = ring.exchange(1) if last > 0 else None
@@ -79,20 +79,22 @@ class _RingAttention(torch.autograd.Function):
             home = ring.exchange(3, shift=-last)
             home.start(dkv)
             dkv = home.wait()
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None, None
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None, None, None
 
 
 def ring_attention(q, k, v, causal: bool, scale: float, ring, layout: str, impl, window=NO_WINDOW, doc_bounds=None,
-                   deterministic: bool = False):
+                   deterministic: bool = False, auto_backward: bool = False):
     """The engine without argument checks: `ring` is a Ring (or a VirtualRing), `impl` a backend;
     q, k, v (b, s_local, h(_kv), d). doc_bounds: global document starts plus the end (packed batches).
-    deterministic: the local backward takes its fixed-order mode where it has one."""
+    deterministic: the local backward takes its fixed-order mode where it has one. auto_backward: `impl`
+    was backend='auto', and the backward picks its own (backends.resolve_backward)."""
     if ring.world == 1 and doc_bounds is None and BACKENDS.get(impl.name) is impl:
         # Every layout is the identity on one rank: the registered local op alone, without float32
         # accumulators or merges.
-        return attention(q, k, v, causal, scale, tuple(window), backend=impl.name,
+        return attention(q, k, v, causal, scale, tuple(window), backend="auto" if auto_backward else impl.name,
                          precision=getattr(impl, "precision", "native"), deterministic=deterministic)
-    return _RingAttention.apply(q, k, v, scale, ring, impl, (layout, causal, tuple(window), doc_bounds), deterministic)
+    return _RingAttention.apply(q, k, v, scale, ring, impl, (layout, causal, tuple(window), doc_bounds), deterministic,
+                                auto_backward)
 
 
 def check_ring_inputs(q, k, v, causal, layout, window, group):
@@ -120,5 +122,6 @@ def ring_flash_attn_func(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, s
     ring, window = check_ring_inputs(q, k, v, causal, layout, window, group)
     scale = resolve_scale(softmax_scale, q.shape[-1])
     impl = resolve_backend(backend, q, k, v, causal, window, deterministic=deterministic, precision=precision)
-    out, lse = ring_attention(q, k, v, causal, scale, ring, layout, impl, window, deterministic=deterministic)
+    out, lse = ring_attention(q, k, v, causal, scale, ring, layout, impl, window, deterministic=deterministic,
+                              auto_backward=backend == "auto")
     return (out, lse) if return_lse else out

@@ -80,5 +80,5 @@ def ring_flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens, cau
     scale = resolve_scale(softmax_scale, q.shape[-1])
     impl = resolve_backend(backend, q[None], k[None], v[None], causal, window, deterministic=deterministic)
     out, lse = ring_attention(q[None], k[None], v[None], causal, scale, ring, layout, impl, window, bounds,
-                              deterministic)
+                              deterministic, auto_backward=backend == "auto")
     return (out[0], lse[0]) if return_lse else out[0]

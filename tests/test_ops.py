@@ -117,7 +117,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
 def test_custom_ops_pass_opcheck():
     q, k, v = torch.randn(1, 40, 4, 16), torch.randn(1, 40, 2, 16), torch.randn(1, 40, 2, 16)
-    torch.library.opcheck(torch.ops.ringfa3.attn_fwd.default, (q, k, v, True, 0.25, -1, -1, "reference", False, False))
+    torch.library.opcheck(torch.ops.ringfa3.attn_fwd.default, (q, k, v, True, 0.25, -1, -1, "reference", False, False, False))
     out, lse = attention(q, k, v, causal=True)
     torch.library.opcheck(torch.ops.ringfa3.attn_bwd.default,
                           (torch.randn_like(out), q, k, v, out, lse, True, 0.25, -1, -1, "reference", False, False))
@@ -176,3 +176,45 @@ def test_auto_prefers_sm90_from_long_keys(s_k, want, monkeypatch):
     q = torch.empty(1, 8, 2, 16, device="meta")
     k = torch.empty(1, s_k, 2, 16, device="meta")
     assert backends.resolve("auto", q, k, k, True, (-1, -1)).name == want
+
+
+@pytest.mark.parametrize("d, want_bwd", ((128, "sm90"), (256, "sm90"), (64, "cudnn")))
+def test_auto_picks_the_backward_on_its_own(d, want_bwd, monkeypatch):
+    """auto: below LONG_KEYS keys cuDNN runs the forward, and the backward takes its own order (sm90
+    first at head dims 128 and 256, cuDNN first at 64), through the op and the ring alike; a backend
+    asked for by name keeps both directions."""
+    from ringfa3.ops import backends
+    from ringfa3.parallel.ring import ring_attention
+    from ringfa3.parallel.virtual import VirtualRing
+
+    class Recording(_RecordingBackend):
+        def __init__(self, name):
+            super().__init__()
+            self.name, self.calls = name, []
+
+        def forward(self, *a):
+            self.calls.append("fwd")
+            return super().forward(*a)
+
+        def backward(self, *a, **kw):
+            self.calls.append("bwd")
+            return super().backward(*a, **kw)
+
+    rec = {name: Recording(name) for name in ("sm90", "cudnn")}
+    for name, impl in rec.items():
+        monkeypatch.setitem(backends.BACKENDS, name, impl)
+    q, k, v = (torch.randn(1, 32, 2, d, requires_grad=True) for _ in range(3))
+    attention(q, k, v, causal=True)[0].sum().backward()
+    assert rec["cudnn"].calls[0] == "fwd" and rec[want_bwd].calls[-1] == "bwd"
+    kv = [torch.stack([k.detach(), v.detach()])] * 2
+    for impl in rec.values():
+        impl.calls.clear()
+    out, _ = ring_attention(q, k, v, True, d ** -0.5, VirtualRing(2, 0, kv), "contiguous", rec["cudnn"],
+                            auto_backward=True)
+    out.sum().backward()
+    assert rec["cudnn"].calls[0] == "fwd" and "bwd" in rec[want_bwd].calls
+    assert "bwd" not in rec["cudnn" if want_bwd == "sm90" else "sm90"].calls
+    for impl in rec.values():
+        impl.calls.clear()
+    attention(q, k, v, causal=True, backend="cudnn")[0].sum().backward()
+    assert rec["cudnn"].calls == ["fwd", "bwd"] and rec["sm90"].calls == []

@@ -82,10 +82,10 @@ if _sm90 is not None:
 NAMES = ("auto", "sm90", "cudnn", "flash", "reference", "sm90_fp8", "reference_fp8")
 # precision: 'native' computes in the inputs' dtype; 'fp8' quantizes Q, K, V and P to e4m3 (ops/fp8.py).
 PRECISIONS = ("native", "fp8")
-# Fastest first, as measured on an H200 (bench/NOTES.md run 13, NOTES-bwd.md run 8, NOTES-ring.md
-# 2026-12-01): below LONG_KEYS keys cuDNN is ahead of sm90 (forward 0.77-0.98x, backward 0.84-0.96x at
-# 1k-8k); from 16k keys sm90 is level or ahead (forward 1.02-1.05x, fwd+bwd 0.98-1.03x, a monolithic
-# 131k causal call 1.13x / 1.03x, and a ring step's fused merge and packed documents in one launch).
+# The forward's order, fastest first, as measured on an H200 (bench/NOTES.md run 13, NOTES-ring.md
+# 2026-12-01): below LONG_KEYS keys cuDNN is ahead of sm90 (0.77-0.98x at 1k-8k); from 16k keys sm90 is
+# level or ahead (1.02-1.05x, a monolithic 131k causal call 1.13x, and a ring step's fused merge and
+# packed documents in one launch).
 # sm90 also serves what cuDNN cannot (sliding windows, causal with s_q != s_k); torch's FA2 is slower
 # than both.
 AUTO_ORDER = ("cudnn", "sm90", "flash", "reference")
@@ -94,6 +94,12 @@ LONG_KEYS = 16384
 # sm90_fp8 passed scripts/check_sm90_fp8.py on an H200 (bench/NOTES-fp8.md); the torch reference serves
 # the rest (other head dims, CPU).
 FP8_AUTO_ORDER = ("sm90_fp8", "reference_fp8")
+# Under `auto` the backward is picked on its own (the directions share out and lse, so the forward's
+# backend need not be the backward's): sm90's backward is ahead of cuDNN's at every length measured
+# at head dims 128 (1.04-1.14x) and 256 (1.09-1.18x), behind at 64 (0.93-0.98x) (H200,
+# bench/NOTES-bwd.md run 38).
+AUTO_BWD_ORDER = ("sm90", "cudnn", "flash", "reference")
+AUTO_BWD_ORDER_HD64 = AUTO_ORDER
 _auto_logged: set = set()
 
 
@@ -148,14 +154,17 @@ def _backward_why_not(impl, q, k, v, causal, window, deterministic):
     return check(q, k, v, causal, window) if check is not None else None
 
 
-def resolve_backward(impl, q, k, v, causal: bool, window, deterministic: bool = False):
-    """`impl` if its backward serves these inputs, else the first `auto` backend whose does (an FP8
-    forward has no backward to fall back to: RuntimeError)."""
+def resolve_backward(impl, q, k, v, causal: bool, window, deterministic: bool = False, auto: bool = False):
+    """The backend whose backward serves these inputs. auto (the forward was asked for with
+    backend='auto'): the first of the backward's own order (AUTO_BWD_ORDER) that serves them; otherwise
+    `impl` if its backward serves them, else the first `auto` backend whose does. An FP8 forward has no
+    backward to fall back to: RuntimeError."""
     if getattr(impl, "backward_error", None):
         raise RuntimeError(impl.backward_error)
-    if _backward_why_not(impl, q, k, v, causal, window, deterministic) is None:
+    if not auto and _backward_why_not(impl, q, k, v, causal, window, deterministic) is None:
         return impl
-    for name in AUTO_ORDER:
+    order = (AUTO_BWD_ORDER_HD64 if q.shape[-1] == 64 else AUTO_BWD_ORDER) if auto else AUTO_ORDER
+    for name in order:
         cand = BACKENDS.get(name)
         if cand is not None and _backward_why_not(cand, q, k, v, causal, window, deterministic) is None and \
                 _why_not(cand, q, k, v, causal, window, deterministic) is None:

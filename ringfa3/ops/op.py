@@ -11,14 +11,16 @@ from .checks import check_qkv, check_window, resolve_scale
 
 @torch.library.custom_op("ringfa3::attn_fwd", mutates_args=())
 def _attn_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float, window_left: int,
-              window_right: int, backend: str, out_fp32: bool, deterministic: bool) -> tuple[Tensor, Tensor]:
-    # deterministic: kept for the backward (forward kernels are repeatable either way)
+              window_right: int, backend: str, out_fp32: bool, deterministic: bool,
+              auto_backward: bool) -> tuple[Tensor, Tensor]:
+    # deterministic, auto_backward: kept for the backward (forward kernels are repeatable either way;
+    # auto_backward: the backward picks its own backend, backends.resolve_backward)
     out, lse = BACKENDS[backend].forward(q, k, v, causal, softmax_scale, (window_left, window_right), out_fp32)
     return out.to(torch.float32 if out_fp32 else q.dtype).contiguous(), lse.contiguous()
 
 
 @_attn_fwd.register_fake
-def _(q, k, v, causal, softmax_scale, window_left, window_right, backend, out_fp32, deterministic):
+def _(q, k, v, causal, softmax_scale, window_left, window_right, backend, out_fp32, deterministic, auto_backward):
     b, s, h, _ = q.shape
     out = q.new_empty(q.shape, dtype=torch.float32 if out_fp32 else q.dtype)
     return out, q.new_empty((b, h, s), dtype=torch.float32)
@@ -42,19 +44,19 @@ def _(dout, q, k, v, out, lse, causal, softmax_scale, window_left, window_right,
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, causal, scale, wl, wr, backend, _, deterministic = inputs
+    q, k, v, causal, scale, wl, wr, backend, _, deterministic, auto_backward = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
-    ctx.args = (causal, scale, wl, wr, backend, deterministic)
+    ctx.args = (causal, scale, wl, wr, backend, deterministic, auto_backward)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    causal, scale, wl, wr, backend, deterministic = ctx.args
-    backend = resolve_backward(BACKENDS[backend], q, k, v, causal, (wl, wr), deterministic).name
+    causal, scale, wl, wr, backend, deterministic, auto_backward = ctx.args
+    backend = resolve_backward(BACKENDS[backend], q, k, v, causal, (wl, wr), deterministic, auto_backward).name
     dq, dk, dv = _attn_bwd(dout, q, k, v, out, lse, causal, scale, wl, wr, backend, False, deterministic)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 _attn_fwd.register_autograd(_backward, setup_context=_setup)
@@ -77,7 +79,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, softmax_sca
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     scale = resolve_scale(softmax_scale, q.shape[-1])
     impl = resolve(backend, q, k, v, causal, window, deterministic, precision=precision)
-    return _attn_fwd(q, k, v, causal, scale, window[0], window[1], impl.name, False, deterministic)
+    return _attn_fwd(q, k, v, causal, scale, window[0], window[1], impl.name, False, deterministic,
+                     backend == "auto")
 
 
 def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
@@ -92,6 +95,6 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
         raise ValueError(f"lse must be (batch, nheads, seqlen_q) = {(q.shape[0], q.shape[2], q.shape[1])}, got {tuple(lse.shape)}")
     scale = resolve_scale(softmax_scale, q.shape[-1])
     impl = resolve_backward(resolve(backend, q, k, v, causal, window, deterministic), q, k, v, causal, window,
-                            deterministic)
+                            deterministic, auto=backend == "auto")
     return _attn_bwd(dout, q, k, v, out, lse, causal, scale, window[0], window[1], impl.name, False,
                      deterministic)
