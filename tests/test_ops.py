@@ -218,3 +218,25 @@ def test_auto_picks_the_backward_on_its_own(d, want_bwd, monkeypatch):
         impl.calls.clear()
     attention(q, k, v, causal=True, backend="cudnn")[0].sum().backward()
     assert rec["cudnn"].calls == ["fwd", "bwd"] and rec["sm90"].calls == []
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", (64, 128, 256))
+@pytest.mark.parametrize("causal", (False, True))
+def test_auto_forward_and_backward_pair_matches_float64(d, causal):
+    """Under auto the forward's and the backward's backends may differ (cuDNN's forward with sm90's
+    backward below 16k keys): the pair's gradients against float64, at the same-dtype tolerance."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    dtype = torch.bfloat16
+    q, k, v, dout = (torch.randn(2, 333, 4, d, device="cuda").to(dtype) for _ in range(4))
+    k, v = k[:, :, :2].contiguous(), v[:, :, :2].contiguous()   # GQA 4 / 2
+    ref = reference64(q, k, v, dout, causal, None, (-1, -1))
+    base = naive_errors(q, k, v, dout, causal, (-1, -1), ref)
+    qs, ks, vs = (x.clone().requires_grad_() for x in (q, k, v))
+    out, lse = attention(qs, ks, vs, causal=causal)
+    out.backward(dout)
+    got = dict(out=out, lse=lse, dq=qs.grad, dk=ks.grad, dv=vs.grad)
+    for name in ref:
+        err, tol = rel_err(got[name], ref[name]), tolerance(base[name], dtype)
+        assert err <= tol, f"{name}: rel err {err:.3g} > {tol:.3g} (naive {dtype} {base[name]:.3g})"
