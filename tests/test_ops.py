@@ -180,9 +180,9 @@ def test_auto_prefers_sm90_from_long_keys(s_k, want, monkeypatch):
 
 @pytest.mark.parametrize("d, want_bwd", ((128, "sm90"), (256, "sm90"), (64, "cudnn")))
 def test_auto_picks_the_backward_on_its_own(d, want_bwd, monkeypatch):
-    """auto: below LONG_KEYS keys cuDNN runs the forward, and the backward takes its own order (sm90
-    first at head dims 128 and 256, cuDNN first at 64), through the op and the ring alike; a backend
-    asked for by name keeps both directions."""
+    """auto: below LONG_KEYS keys cuDNN runs the forward, and the backward takes its own order at head
+    dims 128 and 256 (sm90 first) and stays with the forward's backend at 64, through the op and the
+    ring alike; a backend asked for by name keeps both directions."""
     from ringfa3.ops import backends
     from ringfa3.parallel.ring import ring_attention
     from ringfa3.parallel.virtual import VirtualRing

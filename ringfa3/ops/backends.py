@@ -94,12 +94,13 @@ LONG_KEYS = 16384
 # sm90_fp8 passed scripts/check_sm90_fp8.py on an H200 (bench/NOTES-fp8.md); the torch reference serves
 # the rest (other head dims, CPU).
 FP8_AUTO_ORDER = ("sm90_fp8", "reference_fp8")
-# Under `auto` the backward is picked on its own (the directions share out and lse, so the forward's
-# backend need not be the backward's): sm90's backward is ahead of cuDNN's at every length measured
-# at head dims 128 (1.04-1.14x) and 256 (1.09-1.18x), behind at 64 (0.93-0.98x) (H200,
-# bench/NOTES-bwd.md run 38).
+# Under `auto` at AUTO_BWD_HEAD_DIMS the backward takes its own order, whatever ran the forward (the
+# directions share out and lse): sm90's backward is ahead of cuDNN's at every length measured at head
+# dims 128 (1.04-1.14x) and 256 (1.09-1.18x) (H200, bench/NOTES-bwd.md run 38). At 64 it is behind
+# cuDNN's (0.93-0.98x) but ahead of FA2's varlen on packed documents, so there the backward stays with
+# the forward's backend.
 AUTO_BWD_ORDER = ("sm90", "cudnn", "flash", "reference")
-AUTO_BWD_ORDER_HD64 = AUTO_ORDER
+AUTO_BWD_HEAD_DIMS = (128, 256)
 _auto_logged: set = set()
 
 
@@ -156,15 +157,15 @@ def _backward_why_not(impl, q, k, v, causal, window, deterministic):
 
 def resolve_backward(impl, q, k, v, causal: bool, window, deterministic: bool = False, auto: bool = False):
     """The backend whose backward serves these inputs. auto (the forward was asked for with
-    backend='auto'): the first of the backward's own order (AUTO_BWD_ORDER) that serves them; otherwise
+    backend='auto') at AUTO_BWD_HEAD_DIMS: the first of AUTO_BWD_ORDER that serves them; otherwise
     `impl` if its backward serves them, else the first `auto` backend whose does. An FP8 forward has no
     backward to fall back to: RuntimeError."""
     if getattr(impl, "backward_error", None):
         raise RuntimeError(impl.backward_error)
-    if not auto and _backward_why_not(impl, q, k, v, causal, window, deterministic) is None:
+    own_order = auto and q.shape[-1] in AUTO_BWD_HEAD_DIMS
+    if not own_order and _backward_why_not(impl, q, k, v, causal, window, deterministic) is None:
         return impl
-    order = (AUTO_BWD_ORDER_HD64 if q.shape[-1] == 64 else AUTO_BWD_ORDER) if auto else AUTO_ORDER
-    for name in order:
+    for name in AUTO_BWD_ORDER if own_order else AUTO_ORDER:
         cand = BACKENDS.get(name)
         if cand is not None and _backward_why_not(cand, q, k, v, causal, window, deterministic) is None and \
                 _why_not(cand, q, k, v, causal, window, deterministic) is None:
