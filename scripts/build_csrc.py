@@ -46,6 +46,9 @@ namespace ringfa3 {{
 cudaError_t run_bwd_{dt}_hd{hd}(RingFa3BwdArgs const& a) {{
   using Cfg = BwdTileConfig<{hd}>;
   if (a.cu_seqlens_q != nullptr) return launch_bwd<BwdTraits<{ctype}, {hd}, Cfg::kM, Cfg::kN, Cfg::kStages, true>>(a);
+  if constexpr (Cfg::kMFull != Cfg::kM)
+    if (bwd_dense_block_m({hd}, a.window_left, a.window_right) == Cfg::kMFull)
+      return launch_bwd<BwdTraits<{ctype}, {hd}, Cfg::kMFull, Cfg::kN, Cfg::kStages>>(a);
   return launch_bwd<BwdTraits<{ctype}, {hd}, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);
 }}
 }}  // namespace ringfa3

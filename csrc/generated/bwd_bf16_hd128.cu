@@ -6,6 +6,9 @@ namespace ringfa3 {
 cudaError_t run_bwd_bf16_hd128(RingFa3BwdArgs const& a) {
   using Cfg = BwdTileConfig<128>;
   if (a.cu_seqlens_q != nullptr) return launch_bwd<BwdTraits<cutlass::bfloat16_t, 128, Cfg::kM, Cfg::kN, Cfg::kStages, true>>(a);
+  if constexpr (Cfg::kMFull != Cfg::kM)
+    if (bwd_dense_block_m(128, a.window_left, a.window_right) == Cfg::kMFull)
+      return launch_bwd<BwdTraits<cutlass::bfloat16_t, 128, Cfg::kMFull, Cfg::kN, Cfg::kStages>>(a);
   return launch_bwd<BwdTraits<cutlass::bfloat16_t, 128, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);
 }
 }  // namespace ringfa3

@@ -6,6 +6,9 @@ namespace ringfa3 {
 cudaError_t run_bwd_fp16_hd64(RingFa3BwdArgs const& a) {
   using Cfg = BwdTileConfig<64>;
   if (a.cu_seqlens_q != nullptr) return launch_bwd<BwdTraits<cutlass::half_t, 64, Cfg::kM, Cfg::kN, Cfg::kStages, true>>(a);
+  if constexpr (Cfg::kMFull != Cfg::kM)
+    if (bwd_dense_block_m(64, a.window_left, a.window_right) == Cfg::kMFull)
+      return launch_bwd<BwdTraits<cutlass::half_t, 64, Cfg::kMFull, Cfg::kN, Cfg::kStages>>(a);
   return launch_bwd<BwdTraits<cutlass::half_t, 64, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);
 }
 }  // namespace ringfa3
