@@ -340,21 +340,21 @@ def main():
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    seqs = [int(x) for x in args.seqs.split(",") if x]   # empty: no hd128 rows (--part bench)
     if args.part == "check":
         return part_check(out_dir)
     if args.part == "bench":
-        return part_bench(out_dir, [int(x) for x in args.seqs.split(",") if x], not args.no_hd64, args.hd256)
+        return part_bench(out_dir, seqs, not args.no_hd64, args.hd256)
     if args.part == "sass":
         return part_sass(out_dir)
     if args.part == "profile":
-        return part_profile(out_dir, [int(x) for x in args.seqs.split(",")])
+        return part_profile(out_dir, seqs)
     if args.part == "fa3":
         return part_fa3(out_dir, args.budget)
-    seq0 = int(args.seqs.split(",")[0])
     if args.part == "ncu":
-        return part_ncu(out_dir, args.ncu_which.split(","), seq0, args.causal, args.hd)
+        return part_ncu(out_dir, args.ncu_which.split(","), seqs[0], args.causal, args.hd)
     if args.part == "ncu_target":
-        return part_ncu_target(args.ncu_which, seq0, args.causal, args.hd)
+        return part_ncu_target(args.ncu_which, seqs[0], args.causal, args.hd)
     # Shares of the budget (a cold machine spends ~60 s of the check on first launches); the FA3 anchor
     # gets what is left.
     parts = [("check", 0.3), ("bench", 0.4), ("sass", 0.05)] + ([("fa3", 0)] if args.fa3 else [])

@@ -36,7 +36,7 @@ __device__ void bwd_produce(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   Tensor gV = local_tile(seq_slice<Tr, 0>(mV, hk, bi, e.k0), Shape<Int<kN>, Int<kD>>{}, make_coord(n_block, _0{}));
   auto tK = tma_partition(p.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto tV = tma_partition(p.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
-  FullBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * Tr::kBytesK);
+  FullBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * Tr::Tma::kBytesK);
   copy(p.tma_k.with(ss.kv_full), get<0>(tK), get<1>(tK));
   copy(p.tma_v.with(ss.kv_full), get<0>(tV), get<1>(tV));
 
@@ -50,11 +50,11 @@ __device__ void bwd_produce(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
     size_t row0 = ws_tile(p, e, bi, head, 0) * kM;
     for (int m = mb; m < me; ++m) {
       EmptyBarrier::wait(&ss.q_empty[st.index], st.phase ^ 1);
-      FullBarrier::arrive_and_expect_tx(&ss.q_full[st.index], 2 * Tr::kBytesQ + 2 * Tr::kBytesRow);
+      FullBarrier::arrive_and_expect_tx(&ss.q_full[st.index], 2 * Tr::Tma::kBytesQ + 2 * Tr::Tma::kBytesRow);
       copy(p.tma_q.with(ss.q_full[st.index]), get<0>(tQ)(_, m), get<1>(tQ)(_, st.index));
       copy(p.tma_do.with(ss.q_full[st.index]), get<0>(tdO)(_, m), get<1>(tdO)(_, st.index));
-      SM90_BULK_COPY_G2S::copy(a.lse_log2 + row0 + m * kM, &ss.q_full[st.index], ss.lse[st.index], Tr::kBytesRow);
-      SM90_BULK_COPY_G2S::copy(a.delta + row0 + m * kM, &ss.q_full[st.index], ss.delta[st.index], Tr::kBytesRow);
+      SM90_BULK_COPY_G2S::copy(a.lse_log2 + row0 + m * kM, &ss.q_full[st.index], ss.lse[st.index], Tr::Tma::kBytesRow);
+      SM90_BULK_COPY_G2S::copy(a.delta + row0 + m * kM, &ss.q_full[st.index], ss.delta[st.index], Tr::Tma::kBytesRow);
       st.advance();
     }
   }

@@ -22,9 +22,13 @@ namespace ringfa3 {
 using namespace cute;
 
 // TMA copies of the four inputs from their global views (seq, d, head, batch), d contiguous: Q and dO
-// into one stage of SmemLayoutQ (kBlockM, d, stage), K and V into SmemLayoutK (kBlockN, d).
+// into one stage of SmemLayoutQ (kBlockM, d, stage), K and V into SmemLayoutK (kBlockN, d); and the
+// bytes the producer's loads bring (a Q or dO tile, a K or V tile, a stage's lse or delta rows).
 template <class T, class SmemLayoutQ, class SmemLayoutK, int kBlockM, int kBlockN, int kHeadDim>
 struct BwdTma {
+  static constexpr uint32_t kBytesQ = kBlockM * kHeadDim * sizeof(T);
+  static constexpr uint32_t kBytesK = kBlockN * kHeadDim * sizeof(T);
+  static constexpr uint32_t kBytesRow = kBlockM * sizeof(float);
   using ShapeG = Shape<int32_t, int32_t, int32_t, int32_t>;
   using StrideG = Stride<int64_t, _1, int64_t, int64_t>;
   using Q = decltype(make_tma_copy(SM90_TMA_LOAD{},
@@ -105,10 +109,6 @@ struct BwdTraits {
   // dQ partial buffers per warpgroup: a consumer fills one while the writer warp drains the other,
   // so a deterministic-order wait stalls the writer, not the tensor cores (for a block).
   static constexpr int kDqBufs = kDqT ? 1 : 2;   // one at 80 rows: two do not fit shared memory
-
-  static constexpr uint32_t kBytesQ = kBlockM * kHeadDim * sizeof(T);
-  static constexpr uint32_t kBytesK = kBlockN * kHeadDim * sizeof(T);
-  static constexpr uint32_t kBytesRow = kBlockM * sizeof(float);   // lse or delta of one stage
 
   struct SharedStorage {
     alignas(1024) T k[cosize_v<SmemLayoutK>];

@@ -73,10 +73,6 @@ struct BwdTraitsD256 {
   static constexpr int kDqBufs = 1;
   static constexpr int kScoreValues = kBlockN * kBlockM / 128;   // fp32 per thread of a score tile
 
-  static constexpr uint32_t kBytesQ = kBlockM * kHeadDim * sizeof(T);
-  static constexpr uint32_t kBytesK = kBlockN * kHeadDim * sizeof(T);
-  static constexpr uint32_t kBytesRow = kBlockM * sizeof(float);
-
   struct SharedStorage {
     alignas(1024) T k[cosize_v<SmemLayoutK>];
     alignas(1024) T v[cosize_v<SmemLayoutK>];
