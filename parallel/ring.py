@@ -23,6 +23,7 @@ from .checks import check_cp_inputs
 from .comm import Ring
 from .layout import check_seqlen
 from .plan import NO_WINDOW, last_step, ring_blocks
+from .side_stream import SideStream
 
 
 class _RingAttention(torch.autograd.Function):
@@ -60,6 +61,7 @@ class _RingAttention(torch.autograd.Function):
         kv = torch.stack([k, v])
         kv_comm = ring.exchange(1) if last > 0 else None
         dkv_comm = ring.exchange(2) if last > 0 else None
+        lane = SideStream(q.device)  # the dK/dV partials' adds and transfers run beside the kernels
         for step in range(last + 1):
             if step < last:
                 kv_comm.start(kv)
@@ -68,17 +70,21 @@ class _RingAttention(torch.autograd.Function):
             grads = backward_blocks(impl, dout, q, kv[0], kv[1], out, lse, blocks, scale, dq, deterministic)
             # The float32 dK/dV of this shard so far, from the ranks before us; waiting only after our
             # compute keeps its transfer hidden. Our part is added on the rows we touched, then it moves on.
-            dkv = dkv_comm.wait() if step > 0 else torch.zeros(kv.shape, dtype=torch.float32, device=q.device)
-            for k0, k1, dkb, dvb in grads:
-                dkv[0][:, k0:k1] += dkb
-                dkv[1][:, k0:k1] += dvb
+            with lane.after_main(*(t for g in grads for t in g[2:])):
+                dkv = dkv_comm.wait() if step > 0 else torch.zeros(kv.shape, dtype=torch.float32, device=q.device)
+                for k0, k1, dkb, dvb in grads:
+                    dkv[0][:, k0:k1] += dkb
+                    dkv[1][:, k0:k1] += dvb
+                if step < last:
+                    dkv_comm.start(dkv)
             if step < last:
-                dkv_comm.start(dkv)
                 kv = kv_comm.wait()
         if last > 0:  # we hold the finished dK/dV of rank - last: send it home, receive ours
-            home = ring.exchange(3, shift=-last)
-            home.start(dkv)
-            dkv = home.wait()
+            with lane.after_main():
+                home = ring.exchange(3, shift=-last)
+                home.start(dkv)
+                dkv = home.wait()
+        lane.join(dkv)
         return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None, None, None
 
 

@@ -18,12 +18,12 @@ typedef struct RingFa3BwdArgs {
   void* dq;             // (b, s_q, h, d)     input dtype, or fp32 when grads_fp32 (dq_accumulate: += )
   void* dk;             // (b, s_k, h_kv, d)  likewise
   void* dv;             // (b, s_k, h_kv, d)  likewise
-  // Workspace, contiguous, s_pad = ringfa3_sm90_bwd_ws_rows (s_q rounded up to the call's query block;
-  // varlen: one batch entry of (s_q / block_m + b) * block_m rows, block_m = ringfa3_sm90_bwd_block_m):
+  // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m)
+  // (varlen: one batch entry of (s_q / block_m + b) * block_m rows):
   float* dq_accum;      // (b, h, s_pad, d)   fp32, zeroed by the preprocess kernel
   float* lse_log2;      // (b, h, s_pad)      lse * log2(e); +inf for dead and padding rows
   float* delta;         // (b, h, s_pad)      rowsum(dout * out)
-  int* semaphore;       // (b, h, s_pad / 64, 2) deterministic mode only (else may be NULL)
+  int* semaphore;       // (b, h, s_pad / block_m, 2) deterministic mode only (else may be NULL)
   int64_t q_stride[3];  // element strides of (batch, seq, head); the head-dim stride must be 1
   int64_t k_stride[3];
   int64_t v_stride[3];
@@ -65,14 +65,11 @@ typedef struct RingFa3BwdArgs {
 // ringfa3_sm90_bwd_last_error().
 int ringfa3_sm90_bwd(const RingFa3BwdArgs* args);
 const char* ringfa3_sm90_bwd_last_error(void);
-// Query rows per block of the varlen main kernel: the padding unit of a varlen workspace.
+// Query rows per block of the main kernel: the workspace padding unit.
 int ringfa3_sm90_bwd_block_m(void);
-// Workspace rows per (batch entry, head) of a dense call: s_q padded to its query block (ABI 7).
-int ringfa3_sm90_bwd_ws_rows(int s_q, int head_dim, int window_left, int window_right);
 // Keys per CTA of the main kernel: the key block of varlen_tiles.
 int ringfa3_sm90_bwd_block_n(void);
-// Bumped when RingFa3BwdArgs or these entry points change; Python refuses a library whose version
-// differs.
+// Bumped when RingFa3BwdArgs changes; Python refuses a library whose version differs.
 int ringfa3_sm90_bwd_abi_version(void);
 
 #ifdef __cplusplus

@@ -75,21 +75,16 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   Tensor tdVrdO = frag_dkv.partition_fragment_B(sdOt);   // (MMA, 1, kM/16, stage)
   Tensor tdKrQ = frag_dkv.partition_fragment_B(sQt);
   // dQ operands: split over d -> all keys, this warpgroup's d half (the tiled MMA picks it);
-  // split over keys -> this warpgroup's 64 keys, all of d; transposed (kDqT) -> A = K^T, B = dS.
+  // split over keys -> this warpgroup's 64 keys, all of d.
   auto dq_a = [&](int buf) {
-    if constexpr (Tr::kDqT) return thr_dq.partition_fragment_A(sKt);
-    else if constexpr (kSplitD) return thr_dq.partition_fragment_A(sdS(_, _, buf));
+    if constexpr (kSplitD) return thr_dq.partition_fragment_A(sdS(_, _, buf));
     else return thr_dq.partition_fragment_A(local_tile(sdS(_, _, buf), Shape<Int<kM>, _64>{}, make_coord(0, wg)));
   };
-  auto dq_b = [&](int buf) {
-    if constexpr (Tr::kDqT) return thr_dq.partition_fragment_B(sdS(_, _, buf));
-    else if constexpr (kSplitD) return thr_dq.partition_fragment_B(sKt);
+  auto dq_b = [&]() {
+    if constexpr (kSplitD) return thr_dq.partition_fragment_B(sKt);
     else return thr_dq.partition_fragment_B(local_tile(sKt, Shape<Int<kD>, _64>{}, make_coord(0, wg)));
   };
-  auto tdQrK = [&]() {   // the operand that does not change with the dS buffer
-    if constexpr (Tr::kDqT) return dq_a(0);
-    else return dq_b(0);
-  }();
+  auto tdQrK = dq_b();
 
   Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kN>, Int<kD>>{});   // (MMA, 1, 1) fp32
   Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kN>, Int<kD>>{});
@@ -144,9 +139,8 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       if constexpr (kSplitD) named_sync(1, 256);
       else named_sync(2 + wg, 128);
       // dQ before dK (as FA3 orders them): the dQ partial goes to the writer's slot while dK runs
-      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<Tr::kDqT ? kD : kM>, Int<Tr::kDqT ? kM : kD>>{});
-      if constexpr (Tr::kDqT) issue_gemm<true, false>(mma_dq, tdQrK, dq_b(buf), tdQrdQ);
-      else issue_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
+      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kM>, Int<kD>>{});
+      issue_gemm<true, false>(mma_dq, dq_a(buf), tdQrK, tdQrdQ);
       issue_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), tdKrdK);
       warpgroup_wait<1>();
       hand_dq<Tr>(tdQrdQ, ss, wg, dq_slot);

@@ -8,24 +8,11 @@
 namespace ringfa3 {
 
 // (kBlockM, kBlockN, kStages): 128 keys per CTA (64 per consumer warpgroup, dK + dV in registers),
-// 64-row query blocks, Q/dO double-buffered. kMFull: the query block of dense calls without a mask
-// (A/B knob RINGFA3_BWD_HD128_FULL_M: FA3 takes 80 rows there, run 39's ncu).
+// 64-row query blocks, Q/dO double-buffered.
 constexpr int kBwdBlockM = 64, kBwdBlockN = 128;
-#ifndef RINGFA3_BWD_HD128_FULL_M
-#define RINGFA3_BWD_HD128_FULL_M 64
-#endif
 template <int kHeadDim> struct BwdTileConfig;
-template <> struct BwdTileConfig<64>  { static constexpr int kM = kBwdBlockM, kMFull = kM, kN = kBwdBlockN, kStages = 2; };
-template <> struct BwdTileConfig<128> {
-  static constexpr int kM = kBwdBlockM, kMFull = RINGFA3_BWD_HD128_FULL_M, kN = kBwdBlockN, kStages = 2;
-};
-
-// The query block of a dense call (the workspace is padded to it: ringfa3_sm90_bwd_ws_rows).
-inline int bwd_dense_block_m(int head_dim, int window_left, int window_right) {
-  bool unmasked = window_left < 0 && window_right < 0;
-  if (head_dim == 128 && unmasked) return BwdTileConfig<128>::kMFull;
-  return kBwdBlockM;
-}
+template <> struct BwdTileConfig<64>  { static constexpr int kM = kBwdBlockM, kN = kBwdBlockN, kStages = 2; };
+template <> struct BwdTileConfig<128> { static constexpr int kM = kBwdBlockM, kN = kBwdBlockN, kStages = 2; };
 
 cudaError_t run_bwd_bf16_hd64(RingFa3BwdArgs const& a);
 cudaError_t run_bwd_bf16_hd128(RingFa3BwdArgs const& a);

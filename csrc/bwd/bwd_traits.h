@@ -11,7 +11,6 @@
 // so P^T and dS^T never leave registers for dV/dK, and only dS goes through smem (for dQ).
 // The d-major ("transposed") views of Q, dO, K are compositions of their TMA layouts, not copies.
 #pragma once
-#include <type_traits>
 #include <cute/tensor.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
@@ -55,7 +54,7 @@ struct BwdTraits {
   static constexpr int kProducerRegs = 24;    // setmaxnreg budgets, within the launch pool
   static constexpr int kConsumerRegs = 240;
   static_assert(reg_split_fits(kProducerRegs, kConsumerRegs, kConsumerWG), "register budget");
-  static_assert(kHeadDim % 64 == 0 && kBlockM % 16 == 0, "128-byte swizzle tiles");
+  static_assert(kHeadDim % 64 == 0 && kBlockM % 64 == 0, "128-byte swizzle tiles");
 
   // K-major (head dim contiguous) tiles, as TMA writes them.
   using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{},
@@ -87,19 +86,11 @@ struct BwdTraits {
   // all kBlockN keys). Head dim 64: split over keys (each warpgroup multiplies its own 64 keys, a
   // full-width partial); a 32-column half would start inside a 128-byte swizzle atom.
   static constexpr bool kSplitD = kHeadDim >= 128;
-  // A query block that is not a multiple of 64 rows (WGMMA's M per warpgroup) takes dQ transposed:
-  // dQ^T = K^T dS^T, the warpgroups stacked along d (M), the queries as N.
-  static constexpr bool kDqT = kBlockM % 64 != 0;
-  static_assert(!kDqT || kSplitD, "transposed dQ splits the head dim");
-  using MmadQ = std::conditional_t<kDqT,
-      decltype(make_tiled_mma(GMMA::ss_op_selector<T, T, float, Shape<_64, Int<kBlockM>, Int<kBlockN>>,
-                                                   GMMA::Major::MN, GMMA::Major::K>(),
-                              Layout<Shape<Int<kConsumerWG>, _1, _1>>{})),
-      decltype(make_tiled_mma(
-          GMMA::ss_op_selector<T, T, float,
-                               Shape<_64, Int<kSplitD ? kHeadDim / 2 : kHeadDim>, Int<kSplitD ? kBlockN : 64>>,
-                               GMMA::Major::K, GMMA::Major::MN>(),
-          Layout<Shape<_1, Int<kSplitD ? kConsumerWG : 1>, _1>>{}))>;
+  using MmadQ = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<T, T, float,
+                           Shape<_64, Int<kSplitD ? kHeadDim / 2 : kHeadDim>, Int<kSplitD ? kBlockN : 64>>,
+                           GMMA::Major::K, GMMA::Major::MN>(),
+      Layout<Shape<_1, Int<kSplitD ? kConsumerWG : 1>, _1>>{}));
 
   using Tma = BwdTma<T, SmemLayoutQ, SmemLayoutK, kBlockM, kBlockN, kHeadDim>;
   using TmaQ = typename Tma::Q;
@@ -108,7 +99,7 @@ struct BwdTraits {
   static constexpr int kDqPerWG = kBlockM * (kSplitD ? kHeadDim / 2 : kHeadDim);   // floats
   // dQ partial buffers per warpgroup: a consumer fills one while the writer warp drains the other,
   // so a deterministic-order wait stalls the writer, not the tensor cores (for a block).
-  static constexpr int kDqBufs = kDqT ? 1 : 2;   // one at 80 rows: two do not fit shared memory
+  static constexpr int kDqBufs = 2;
 
   struct SharedStorage {
     alignas(1024) T k[cosize_v<SmemLayoutK>];

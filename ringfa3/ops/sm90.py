@@ -95,7 +95,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 7
+_BWD_ABI_VERSION = 6
 _BWD_HEAD_DIMS = (64, 128, 256)
 _BWD_DENSE_ONLY_HEAD_DIMS = (256,)   # no varlen form (its CTAs take 64 keys, the tile lists 128)
 
@@ -121,8 +121,6 @@ def _load(path=_LIB_PATH):
         lib.has_bwd = lib.ringfa3_sm90_bwd_abi_version() == _BWD_ABI_VERSION
         if lib.has_bwd:
             lib.ringfa3_sm90_bwd_block_m.restype = ctypes.c_int
-            lib.ringfa3_sm90_bwd_ws_rows.argtypes = [ctypes.c_int] * 4
-            lib.ringfa3_sm90_bwd_ws_rows.restype = ctypes.c_int
             lib.ringfa3_sm90_bwd_block_n.restype = ctypes.c_int
     lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows")   # absent from builds before it
     if lib.has_fp8_prep:
@@ -433,10 +431,9 @@ class Sm90Backend:
         dout = rows16(dout.to(q.dtype))
         out = rows16(out if out.dtype in (q.dtype, torch.float32) else out.to(q.dtype))
         bm = self._lib.ringfa3_sm90_bwd_block_m()
-        # Workspace rows: per (batch entry, head) s_q rounded up to the call's query block; varlen: per
-        # head, each segment from a block-aligned row (csrc/bwd/bwd_args.h).
-        entries, ws_rows = (1, (s_q // bm + varlen.n_segments) * bm) if varlen else \
-            (b, self._lib.ringfa3_sm90_bwd_ws_rows(s_q, d, int(left), int(right)))
+        # Workspace rows: per (batch entry, head) s_q rounded up to the block; varlen: per head, each
+        # segment from a block-aligned row (csrc/bwd/bwd_args.h).
+        entries, ws_rows = (1, (s_q // bm + varlen.n_segments) * bm) if varlen else (b, -(-s_q // bm) * bm)
         dq_accum = torch.empty(entries, h, ws_rows, d, device=q.device, dtype=torch.float32)   # (b, h, ws_rows, d)
         lse_log2 = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)      # (b, h, ws_rows)
         delta = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)
