@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ringfa3.ops import BACKENDS, attention, resolve_backend
 from ringfa3.ops.backends import resolve_backward
-from ringfa3.ops.blocks import backward_blocks, forward_blocks
+from ringfa3.ops.blocks import backward_rows, forward_blocks
 from ringfa3.ops.checks import resolve_scale
 
 from .checks import check_cp_inputs
@@ -35,7 +35,7 @@ class _RingAttention(torch.autograd.Function):
         b, _, h, d = q.shape
         out_acc = torch.zeros(b, s, h, d, dtype=torch.float32, device=q.device)
         lse_acc = torch.full((b, h, s), float("-inf"), dtype=torch.float32, device=q.device)
-        kv = torch.stack([k, v])  # (2, b, s, h_kv, d): one message per step
+        kv = own_kv = torch.stack([k, v])  # (2, b, s, h_kv, d): one message per step, kept for the backward
         comm = ring.exchange(0) if last > 0 else None
         for step in range(last + 1):
             if step < last:
@@ -45,20 +45,19 @@ class _RingAttention(torch.autograd.Function):
             if step < last:
                 kv = comm.wait()
         out = out_acc.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse_acc)
+        ctx.save_for_backward(q, own_kv, out, lse_acc)
         ctx.cfg = (scale, ring, impl, mask, deterministic, auto_backward)
         ctx.mark_non_differentiable(lse_acc)
         return out, lse_acc
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, kv, out, lse = ctx.saved_tensors
         scale, ring, impl, (layout, causal, window, docs), deterministic, auto_backward = ctx.cfg
         world, rank, s = ring.world, ring.rank, q.shape[1]
         last = last_step(s, world, layout, causal, window, docs)
-        impl = resolve_backward(impl, q, k, v, causal, window, deterministic, auto_backward)
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        kv = torch.stack([k, v])
+        impl = resolve_backward(impl, q, kv[0], kv[1], causal, window, deterministic, auto_backward)
+        rows = backward_rows(impl, dout, q, out, lse, scale, deterministic)   # dQ summed over the steps
         kv_comm = ring.exchange(1) if last > 0 else None
         dkv_comm = ring.exchange(2) if last > 0 else None
         lane = SideStream(q.device)  # the dK/dV partials' adds and transfers run beside the kernels
@@ -66,8 +65,8 @@ class _RingAttention(torch.autograd.Function):
             if step < last:
                 kv_comm.start(kv)
             blocks = ring_blocks(s, world, rank, (rank - step) % world, layout, causal, window, docs)
-            # dq accumulates in place; (k0, k1, dk, dv) pieces of the visiting shard from our queries
-            grads = backward_blocks(impl, dout, q, kv[0], kv[1], out, lse, blocks, scale, dq, deterministic)
+            # (k0, k1, dk, dv) pieces of the visiting shard from our queries
+            grads = rows.add(kv[0], kv[1], blocks)
             # The float32 dK/dV of this shard so far, from the ranks before us; waiting only after our
             # compute keeps its transfer hidden. Our part is added on the rows we touched, then it moves on.
             with lane.after_main(*(t for g in grads for t in g[2:])):
@@ -85,7 +84,8 @@ class _RingAttention(torch.autograd.Function):
                 home.start(dkv)
                 dkv = home.wait()
         lane.join(dkv)
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None, None, None
+        dkv = dkv.to(kv.dtype)
+        return rows.finish(q.dtype), dkv[0], dkv[1], None, None, None, None, None, None
 
 
 def ring_attention(q, k, v, causal: bool, scale: float, ring, layout: str, impl, window=NO_WINDOW, doc_bounds=None,

@@ -367,3 +367,62 @@ def test_gpu_batched_entry_matches_float64(backend, case):
         base = _err(loop[name], ref[name])
         err, tol = _err(batched[name], ref[name]), tolerance(base, torch.bfloat16)
         assert err <= tol, f"{name}: rel err {err:.3g} > {tol:.3g} (per-block {backend} {base:.3g}, seed {SEED})"
+
+
+# ---------------------------------------------------------------- BackwardRows: a ring's key sets
+ROW_SETS = {   # (keys, blocks) per key set against 2200 query rows
+    "aligned": [(1100, [Block(0, 2200, 0, 1100)]), (1500, [Block(1088, 2200, 0, 1500, causal=True)])],
+    "mixed": [(1100, [Block(0, 2200, 0, 1100)]), (1500, [Block(1088, 2200, 0, 1500, causal=True)]),
+              (1100, [Block(100, 1200, 0, 1100, window=(300, 0))]),                     # rows off the block grid
+              (1200, [Block(0, 600, 0, 600), Block(600, 1200, 600, 1200, causal=True)])],  # small: varlen launch
+}
+
+
+def _rows_run(rows, ks, vs, sets):
+    """Each key set's blocks through `rows`; (dq, dk, dv) with the key sets' gradients concatenated."""
+    dks, dvs = [], []
+    for k, v, (_, blocks) in zip(ks, vs, sets):
+        dk, dv = (torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(2))
+        for k0, k1, dkb, dvb in rows.add(k, v, blocks):
+            dk[:, k0:k1] += dkb
+            dv[:, k0:k1] += dvb
+        dks.append(dk)
+        dvs.append(dv)
+    return dict(dq=rows.finish(torch.bfloat16), dk=torch.cat(dks, 1), dv=torch.cat(dvs, 1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sets", ROW_SETS)
+@pytest.mark.parametrize("deterministic", (False, True), ids=("atomic", "deterministic"))
+@pytest.mark.parametrize("d", (64, 128, 256))
+def test_sm90_backward_rows_share_one_workspace_and_match_float64(d, deterministic, sets):
+    """The sm90 BackwardRows (one workspace, preprocess and dQ conversion once) against float64 and
+    against the generic BackwardRows (a workspace per block, dQ summed in float32), whose error
+    sets the tolerance; deterministic mode is bitwise repeatable."""
+    from ringfa3.ops.blocks import BackwardRows
+    be = sm90_module.BACKEND
+    if be is None or not getattr(be._lib, "has_bwd", False):
+        pytest.skip("no sm90 backward library")
+    g = torch.Generator().manual_seed(SEED)
+    sets = ROW_SETS[sets]
+    q, dout = (torch.randn(2, 2200, 4, d, generator=g) for _ in range(2))
+    ks, vs = ([torch.randn(2, n, 2, d, generator=g) for n, _ in sets] for _ in range(2))
+    mask = torch.cat([blocks_mask(blocks, 2200, n) for n, blocks in sets], 1)   # every key set side by side
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, torch.cat(ks, 1), torch.cat(vs, 1)))
+    out64, lse64 = attention64(q64, k64, v64, mask=mask)
+    ref = {name: g.cuda() for name, g in zip(("dq", "dk", "dv"), torch.autograd.grad(out64, (q64, k64, v64),
+                                                                                      dout.double()))}
+    q, dout, out = (x.cuda().bfloat16() for x in (q, dout, out64.detach()))
+    ks, vs = ([x.cuda().bfloat16() for x in xs] for xs in (ks, vs))
+    args = (dout, q, out, lse64.detach().float().cuda(), d ** -0.5, deterministic)
+    rows = be.backward_rows(*args)
+    ours = _rows_run(rows, ks, vs, sets)
+    assert rows.ws is not None and (rows._dq is None) == (len(sets) == 2)   # the paths the sets should take
+    generic = _rows_run(BackwardRows(be, *args), ks, vs, sets)
+    for name in ref:
+        base = _err(generic[name], ref[name])
+        err, tol = _err(ours[name], ref[name]), tolerance(base, torch.bfloat16)
+        assert err <= tol, f"{name}: rel err {err:.3g} > {tol:.3g} (per-block workspaces {base:.3g}, seed {SEED})"
+    if deterministic:
+        again = _rows_run(be.backward_rows(*args), ks, vs, sets)
+        assert all(torch.equal(again[name], ours[name]) for name in ours)

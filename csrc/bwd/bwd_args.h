@@ -18,12 +18,14 @@ typedef struct RingFa3BwdArgs {
   void* dq;             // (b, s_q, h, d)     input dtype, or fp32 when grads_fp32 (dq_accumulate: += )
   void* dk;             // (b, s_k, h_kv, d)  likewise
   void* dv;             // (b, s_k, h_kv, d)  likewise
-  // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m)
+  // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m),
+  // or ws_rows (ABI 8, below)
   // (varlen: one batch entry of (s_q / block_m + b) * block_m rows):
   float* dq_accum;      // (b, h, s_pad, d)   fp32, zeroed by the preprocess kernel
   float* lse_log2;      // (b, h, s_pad)      lse * log2(e); +inf for dead and padding rows
   float* delta;         // (b, h, s_pad)      rowsum(dout * out)
-  int* semaphore;       // (b, h, s_pad / block_m, 2) deterministic mode only (else may be NULL)
+  int* semaphore;       // (b, h, s_pad / block_m, 2) deterministic mode only (else may be NULL); zeroed
+                        // by the preprocess, or by the caller for a call without it
   int64_t q_stride[3];  // element strides of (batch, seq, head); the head-dim stride must be 1
   int64_t k_stride[3];
   int64_t v_stride[3];
@@ -59,6 +61,17 @@ typedef struct RingFa3BwdArgs {
   // ringfa3/ops/sm90.py (varlen_bwd_tiles) builds it.
   const int32_t* varlen_tiles;   // (n_varlen_tiles, 2) on the device
   int32_t n_varlen_tiles;
+  // ABI 8: one dense workspace shared by several calls over row ranges of the same queries (a ring's
+  // steps: K/V change, Q, dO, O, lse do not), so the preprocess and the dQ conversion run once each
+  // instead of once per call. ws_rows: rows per (batch entry, head) of the workspace (a multiple of
+  // block_m, at least s_q padded to it; 0: s_q padded to block_m); the workspace pointers are then
+  // those of the call's first query row, itself a multiple of block_m from the workspace's start.
+  // phases: the passes to run, a sum of 1 (preprocess: delta, lse_log2, zeroed dQ sums and
+  // semaphores), 2 (main kernel: adds dQ into the workspace, writes dk / dv) and 4 (dQ conversion);
+  // 0 runs all three. A pass that does not run may leave the tensors only it reads NULL: the
+  // preprocess reads out, dout, lse; the main kernel q, k, v, dout, dk, dv; the conversion dq.
+  int32_t ws_rows;
+  int32_t phases;
 } RingFa3BwdArgs;
 
 // 0 on success, else a nonzero code; the message of the last failure on this thread is

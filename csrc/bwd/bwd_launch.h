@@ -10,25 +10,13 @@
 
 namespace ringfa3 {
 
+// The main kernel: TMA descriptors, parameters, the launch.
 template <class Tr>
-cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
+cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
   using namespace cute;
   using T = typename Tr::T;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   constexpr bool kVarlen = Tr::kVarlen;
-  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
-  int n_m = (a.s_q + kM - 1) / kM, n_n = (a.s_k + kN - 1) / kN;   // a batch entry's blocks (dense)
-  // Workspace rows per (batch entry, head); varlen per head, every segment from a kM-aligned row.
-  int ws_rows = kVarlen ? (a.s_q / kM + a.b) * kM : n_m * kM;
-
-  {   // delta, lse_log2, zero dq_accum / semaphores
-    constexpr int kRows = RowChunk<kD>::kRows;
-    dim3 grid((ws_rows + kRows - 1) / kRows, a.h, kVarlen ? 1 : a.b);
-    if (a.out_fp32) bwd_preprocess_kernel<T, float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
-    else bwd_preprocess_kernel<T, T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
 
   // Varlen: the packed rows are one batch entry, whose (never stepped) batch stride is just past them.
   int n_b = kVarlen ? 1 : a.b;
@@ -44,7 +32,6 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
       make_tma_copy(SM90_TMA_LOAD{}, view(a.k, a.s_k, a.h_kv, a.k_stride), typename Tr::SmemLayoutK{}, TileK{}, _1{}),
       make_tma_copy(SM90_TMA_LOAD{}, view(a.v, a.s_k, a.h_kv, a.v_stride), typename Tr::SmemLayoutK{}, TileK{}, _1{}),
       a,
-      /*n_m_blocks=*/n_m,
       /*n_n_blocks=*/n_n,
       /*ws_rows=*/ws_rows,
       /*group=*/a.h / a.h_kv,
@@ -66,10 +53,38 @@ cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
   if (err != cudaSuccess) return err;
   long long n_ctas = (long long)(kVarlen ? a.n_varlen_tiles : n_n * a.b) * a.h_kv;   // 1-D, decoded in bwd_kernel.h
   if (n_ctas >= (1ll << 31)) return cudaErrorInvalidConfiguration;
-  kernel<<<dim3(unsigned(n_ctas)), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  kernel<<<dim3(unsigned(n_ctas)), Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
+  return cudaGetLastError();
+}
 
+
+// The passes the call asks for (RingFa3BwdArgs::phases).
+template <class Tr>
+cudaError_t launch_bwd(RingFa3BwdArgs const& a) {
+  using T = typename Tr::T;
+  constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
+  constexpr bool kVarlen = Tr::kVarlen;
+  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
+  int n_m = (a.s_q + kM - 1) / kM, n_n = (a.s_k + kN - 1) / kN;   // a batch entry's blocks (dense)
+  // Workspace rows per (batch entry, head): this call's padded rows, or the shared workspace's
+  // (ABI 8); varlen per head, every segment from a kM-aligned row. The grids cover the call's rows.
+  int ws_rows = kVarlen ? (a.s_q / kM + a.b) * kM : a.ws_rows != 0 ? a.ws_rows : n_m * kM;
+  int call_rows = kVarlen ? ws_rows : n_m * kM;
+  int phases = a.phases == 0 ? 7 : a.phases;
+
+  if (phases & 1) {   // delta, lse_log2, zero dq_accum / semaphores
+    constexpr int kRows = RowChunk<kD>::kRows;
+    dim3 grid((call_rows + kRows - 1) / kRows, a.h, kVarlen ? 1 : a.b);
+    if (a.out_fp32) bwd_preprocess_kernel<T, float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows, call_rows);
+    else bwd_preprocess_kernel<T, T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows, call_rows);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  if (phases & 2) {
+    cudaError_t err = launch_bwd_main<Tr>(a, n_n, ws_rows);
+    if (err != cudaSuccess) return err;
+  }
+  if (!(phases & 4)) return cudaSuccess;
   dim3 grid(((kVarlen ? ws_rows : a.s_q) + kM - 1) / kM, a.h, kVarlen ? 1 : a.b);   // one CTA per tile
   if (a.grads_fp32) bwd_convert_dq_kernel<float, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);
   else bwd_convert_dq_kernel<T, kD, kM, kVarlen><<<grid, 256, 0, stream>>>(a, ws_rows);

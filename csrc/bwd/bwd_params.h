@@ -18,9 +18,8 @@ struct BwdParams {
   typename Tr::TmaK tma_k;
   typename Tr::TmaK tma_v;
   RingFa3BwdArgs a;
-  int n_m_blocks;     // dense: query blocks of a batch entry, ceil(s_q / kBlockM) (varlen: unused)
   int n_n_blocks;     // dense: key blocks of a batch entry, ceil(s_k / kBlockN) (varlen: unused)
-  int ws_rows;        // varlen: workspace rows per head, (s_q / kBlockM + b) * kBlockM (dense: unused)
+  int ws_rows;        // workspace rows per (batch entry, head); varlen per head (bwd_launch.h)
   int group;          // h / h_kv
   int diag_offset;    // s_k - s_q
   int win_left, win_right;   // finite
@@ -46,7 +45,7 @@ template <class Tr>
 __device__ __forceinline__ size_t ws_tile(BwdParams<Tr> const& p, Extent const& e, int bi, int head, int m) {
   if constexpr (Tr::kVarlen)
     return (size_t(head) * p.ws_rows + varlen_ws_row0<Tr::kBlockM>(e.q0, bi)) / Tr::kBlockM + m;
-  else return (size_t(bi) * p.a.h + head) * p.n_m_blocks + m;
+  else return (size_t(bi) * p.a.h + head) * (p.ws_rows / Tr::kBlockM) + m;
 }
 
 }  // namespace ringfa3

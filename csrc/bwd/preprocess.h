@@ -71,12 +71,14 @@ struct WsRows {
   }
 };
 
-// ws_rows: the padded rows of one batch entry and head (dense), or of one head (varlen).
+// ws_rows: the workspace rows of one batch entry and head (dense), or of one head (varlen);
+// call_rows: the dense call's rows, s_q padded to kBlockM (at most ws_rows, which may be a shared
+// workspace's: RingFa3BwdArgs::ws_rows).
 template <class T, class TO, int kHeadDim, int kBlockM, bool kVarlen>
-__global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int ws_rows) {
+__global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, int ws_rows, int call_rows) {
   auto [hi, grid_bi, chunk, grid_row] = RowChunk<kHeadDim>{};
   WsRows<kBlockM, kVarlen> w(a, grid_bi, hi, grid_row, ws_rows);
-  int pad = kVarlen ? (w.s_q + kBlockM - 1) / kBlockM * kBlockM : ws_rows, row = w.row;
+  int pad = kVarlen ? (w.s_q + kBlockM - 1) / kBlockM * kBlockM : call_rows, row = w.row;
   if (row >= pad) return;
   size_t ws_row = w.ws0 + row;
   int bb = kVarlen ? 0 : w.bi, src = w.q0 + row;   // varlen: packed rows, one batch entry

@@ -11,6 +11,9 @@ window, a zigzag shard) hands them over together:
   backward_blocks(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic) -> [(k0, k1, dk, dv), ...]
       adds every block's dq into the float32 dq_acc in place and returns the key gradients as pieces
       (key rows [k0, k1) of k/v), for the caller to add where it keeps them.
+  backward_rows(impl, dout, q, out, lse, scale, deterministic) -> BackwardRows
+      the same for key sets that arrive one at a time against fixed query rows (a ring's steps):
+      rows.add(k, v, blocks) -> pieces for each, then rows.finish(dtype) -> dq.
 
 A backend with a batched kernel implements `forward_blocks` / `backward_blocks` (same arguments, less
 `impl`); any other backend is served by the loop below, one call per block.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .merge import merge_into
@@ -100,3 +104,40 @@ def backward_blocks(impl, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
     if batched is not None:
         return batched(dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
     return loop_backward(impl, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
+
+
+class BackwardRows:
+    """The backward of fixed query rows (dout, q and the global out, lse) against key sets that come one
+    at a time: dQ summed over all of them in float32, dK/dV returned per set. A backend may keep its own
+    running state instead (`backward_rows`): the sm90 kernel keeps one workspace for all the sets."""
+
+    def __init__(self, impl, dout: Tensor, q: Tensor, out: Tensor, lse: Tensor, scale: float,
+                 deterministic: bool = False):
+        self.impl, self.dout, self.q, self.out, self.lse = impl, dout, q, out, lse
+        self.scale, self.deterministic = scale, deterministic
+        self._dq = None
+
+    def dq_f32(self) -> Tensor:
+        """The running float32 dQ (b, s_q, h, d), made at first use."""
+        if self._dq is None:
+            self._dq = torch.zeros(self.q.shape, dtype=torch.float32, device=self.q.device)
+        return self._dq
+
+    def add(self, k: Tensor, v: Tensor, blocks) -> list:
+        """The blocks of this key set: dQ added to the running sum, [(k0, k1, dk, dv)] returned."""
+        return backward_blocks(self.impl, self.dout, self.q, k, v, self.out, self.lse, blocks, self.scale,
+                               self.dq_f32(), self.deterministic)
+
+    def finish(self, dtype: torch.dtype) -> Tensor:
+        """dQ of every set so far, in `dtype`."""
+        return self.dq_f32().to(dtype)
+
+
+def backward_rows(impl, dout: Tensor, q: Tensor, out: Tensor, lse: Tensor, scale: float,
+                  deterministic: bool = False) -> BackwardRows:
+    """BackwardRows for these query rows: the backend's own where it has one."""
+    make = getattr(impl, "backward_rows", None)
+    if make is not None:
+        return make(dout, q, out, lse, scale, deterministic)
+    return BackwardRows(impl, dout, q, out, lse, scale, deterministic)
+

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from .aten_backends import fa2_varlen_bwd
-from .blocks import few_large, loop_backward, loop_forward
+from .blocks import BackwardRows, few_large, loop_backward, loop_forward
 from .masks import effective_window
 from .segments import varlen_backward, varlen_calls
+from .sm90_rows import Sm90BackwardRows
 
 _ABI_VERSION = 3
 _LIB_PATH = Path(os.environ.get("RINGFA3_SM90_LIB", Path(__file__).resolve().parents[1] / "lib" / "libringfa3_sm90.so"))
@@ -72,6 +73,7 @@ class _BwdArgs(ctypes.Structure):
         ("dq_accumulate", ctypes.c_int32), ("softmax_scale", ctypes.c_float), ("stream", ctypes.c_void_p),
         ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
         ("varlen_tiles", ctypes.c_void_p), ("n_varlen_tiles", ctypes.c_int32),
+        ("ws_rows", ctypes.c_int32), ("phases", ctypes.c_int32),
     ]
 
 
@@ -95,7 +97,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 6
+_BWD_ABI_VERSION = 8
 _BWD_HEAD_DIMS = (64, 128, 256)
 _BWD_DENSE_ONLY_HEAD_DIMS = (256,)   # no varlen form (its CTAs take 64 keys, the tile lists 128)
 
@@ -132,8 +134,12 @@ def _load(path=_LIB_PATH):
     return lib
 
 
-def _strides3(t):   # (b, s, h, d) tensor -> element strides of (batch, seq, head)
-    return (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), t.stride(2))
+def _strides3(t):   # (b, s, h, d) tensor -> element strides of (batch, seq, head); None: a pass's absent tensor
+    return (ctypes.c_int64 * 3)() if t is None else (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), t.stride(2))
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
 
 
 def _strides2(t):   # (b, h, s) tensor, or varlen's packed (h, s) -> element strides of (batch, head)
@@ -214,9 +220,8 @@ class Sm90Backend:
     # Forward: no atomics in any reduction. Backward: dQ partial sums in a fixed order when the call
     # asks for deterministic=True, so both directions can be bitwise repeatable.
     deterministic = True
-    # Backward verified on an H100 (bench/NOTES-bwd.md runs 1-2): bf16/fp16, head dims 64 and 128, full,
-    # causal, windows, GQA/MQA, s_q != s_k, fp32 grads / fp32 out. Head dim 256: backward_unsupported says
-    # so and resolve_backward takes the next backend.
+    # Backward checked on H100 and H200 (bench/NOTES-bwd.md): bf16/fp16, head dims 64, 128, 256 (256
+    # dense only), full, causal, windows, GQA/MQA, s_q != s_k, fp32 grads / fp32 out.
     has_backward = True
     # forward_blocks through the varlen kernel: all of a step's blocks in one launch per batch entry
     # (checked on an H200, bench/NOTES.md "Run 13"); False runs one merge call per block instead.
@@ -341,6 +346,12 @@ class Sm90Backend:
         kernel = functools.partial(self.varlen_backward, deterministic=deterministic) if ours else fa2_varlen_bwd
         return varlen_backward(kernel, dout, q, k, v, out, lse, blocks, scale, dq_acc)
 
+    def backward_rows(self, dout, q, out, lse, scale, deterministic=False):
+        """ops.blocks.backward_rows: one workspace for every key set (sm90_rows.py)."""
+        if not getattr(self._lib, "has_bwd", False):
+            return BackwardRows(self, dout, q, out, lse, scale, deterministic)
+        return Sm90BackwardRows(self, dout, q, out, lse, scale, deterministic)
+
     def varlen_merge(self, q, k, v, call, softmax_scale, out_acc, lse_acc):
         """Merge the packed segments of `call` (segments.VarlenCall: cu_q, cu_k int32 on q's device, the
         window aligned bottom-right in each segment) into the running fp32 (out_acc (s_q, h, d),
@@ -421,34 +432,44 @@ class Sm90Backend:
         return dq, dk, dv
 
     def _backward_call(self, dout, q, k, v, out, lse, dq, dk, dv, left, right, softmax_scale, grads_fp32,
-                       deterministic, varlen=None, dq_accumulate=False):
+                       deterministic, varlen=None, dq_accumulate=False, ws=None, row0=0, phases=0):
         """One call of the library's backward into dq, dk, dv ((b, s, heads, d) views; lse (b, h, s_q)).
-        varlen: a segments.VarlenCall whose segments are the packed rows of batch entry 0 (lse (h, s_q))."""
+        varlen: a segments.VarlenCall whose segments are the packed rows of batch entry 0 (lse (h, s_q)).
+        ws: a sm90_rows.BackwardWorkspace that calls over rows of the same queries share, this call's
+        rows starting at its row row0; phases: the passes to run (csrc/bwd/bwd_args.h, 0: all). The
+        tensors no pass reads may be None (q gives the shapes)."""
         b, s_q, h, d = q.shape
-        s_k, h_kv = k.shape[1], k.shape[2]
+        s_k, h_kv = (k.shape[1], k.shape[2]) if k is not None else (s_q, h)
 
-        rows16 = lambda t: t if _rows16(t) else t.contiguous()   # noqa: E731
-        dout = rows16(dout.to(q.dtype))
-        out = rows16(out if out.dtype in (q.dtype, torch.float32) else out.to(q.dtype))
+        rows16 = lambda t: t if t is None or _rows16(t) else t.contiguous()   # noqa: E731
+        dout = rows16(None if dout is None else dout.to(q.dtype))
+        out = rows16(out if out is None or out.dtype in (q.dtype, torch.float32) else out.to(q.dtype))
         bm = self._lib.ringfa3_sm90_bwd_block_m()
-        # Workspace rows: per (batch entry, head) s_q rounded up to the block; varlen: per head, each
-        # segment from a block-aligned row (csrc/bwd/bwd_args.h).
-        entries, ws_rows = (1, (s_q // bm + varlen.n_segments) * bm) if varlen else (b, -(-s_q // bm) * bm)
-        dq_accum = torch.empty(entries, h, ws_rows, d, device=q.device, dtype=torch.float32)   # (b, h, ws_rows, d)
-        lse_log2 = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)      # (b, h, ws_rows)
-        delta = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)
         det = bool(deterministic)
-        sem = torch.empty(entries, h, ws_rows // bm, 2, device=q.device, dtype=torch.int32) if det else None
+        if ws is None:
+            # Workspace rows: per (batch entry, head) s_q rounded up to the block; varlen: per head, each
+            # segment from a block-aligned row (csrc/bwd/bwd_args.h).
+            entries, ws_rows = (1, (s_q // bm + varlen.n_segments) * bm) if varlen else (b, -(-s_q // bm) * bm)
+            dq_accum = torch.empty(entries, h, ws_rows, d, device=q.device, dtype=torch.float32)   # (b, h, ws_rows, d)
+            lse_log2 = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)      # (b, h, ws_rows)
+            delta = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)
+            sem = torch.empty(entries, h, ws_rows // bm, 2, device=q.device, dtype=torch.int32) if det else None
+        else:   # the shared workspace from row row0 on; semaphores zeroed here when the preprocess does not run
+            ws_rows = ws.rows
+            dq_accum, lse_log2, delta = ws.dq_accum[:, :, row0:], ws.lse_log2[:, :, row0:], ws.delta[:, :, row0:]
+            make = torch.empty if phases & 1 else torch.zeros
+            sem = make(b, h, ws_rows // bm, 2, device=q.device, dtype=torch.int32)[:, :, row0 // bm:] if det else None
 
         a = _BwdArgs()
-        a.q, a.k, a.v, a.out, a.dout, a.lse = (t.data_ptr() for t in (q, k, v, out, dout, lse))
-        a.dq, a.dk, a.dv = dq.data_ptr(), dk.data_ptr(), dv.data_ptr()
+        a.q, a.k, a.v, a.out, a.dout, a.lse = (_ptr(t) for t in (q, k, v, out, dout, lse))
+        a.dq, a.dk, a.dv = _ptr(dq), _ptr(dk), _ptr(dv)
         a.dq_accum, a.lse_log2, a.delta = dq_accum.data_ptr(), lse_log2.data_ptr(), delta.data_ptr()
-        a.semaphore = sem.data_ptr() if det else None
+        a.semaphore = _ptr(sem)
         a.q_stride, a.k_stride, a.v_stride = _strides3(q), _strides3(k), _strides3(v)
         a.o_stride, a.do_stride = _strides3(out), _strides3(dout)
         a.dq_stride, a.dk_stride, a.dv_stride = _strides3(dq), _strides3(dk), _strides3(dv)
-        a.lse_stride = _strides2(lse)
+        if lse is not None:
+            a.lse_stride = _strides2(lse)
         a.b, a.s_q, a.s_k, a.h, a.h_kv, a.d = b, s_q, s_k, h, h_kv, d
         if varlen:
             a.b = varlen.n_segments
@@ -458,8 +479,10 @@ class Sm90Backend:
             a.varlen_tiles, a.n_varlen_tiles = tiles.data_ptr(), tiles.shape[0]
         a.dtype = _DTYPES[q.dtype]
         a.window_left, a.window_right = int(left), int(right)
-        a.out_fp32, a.grads_fp32, a.deterministic = int(out.dtype == torch.float32), int(grads_fp32), int(det)
+        a.out_fp32 = int(out is not None and out.dtype == torch.float32)
+        a.grads_fp32, a.deterministic = int(grads_fp32), int(det)
         a.dq_accumulate = int(dq_accumulate)
+        a.ws_rows, a.phases = (0, 0) if ws is None else (ws_rows, phases)
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
         a.stream = torch.cuda.current_stream(q.device).cuda_stream
         with torch.cuda.device(q.device):
