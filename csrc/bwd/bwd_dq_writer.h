@@ -23,6 +23,11 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
   return v;
 }
 
+// *p += v, ordered after this thread's earlier memory operations (release at GPU scope).
+__device__ __forceinline__ void red_release(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
+}
+
 template <class Tr>
 __device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int wg, int n_block, int hk,
                              int bi) {
@@ -56,8 +61,7 @@ __device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage&
       if (a.deterministic) {
         asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");   // the sums are written
         asm volatile("fence.proxy.async.global;" ::: "memory");
-        __threadfence();
-        atomicAdd(sem, 1);
+        red_release(sem, 1);   // a full fence and an atomic here: 2.5-5% slower (run 48)
       }
       slot.advance();
     }
