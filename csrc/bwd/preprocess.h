@@ -100,9 +100,9 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(RingFa3BwdArgs a, i
     a.lse_log2[ws_row] = l == -INFINITY ? INFINITY : l * float(M_LOG2E);
     a.delta[ws_row] = dot;
     if (a.deterministic && row % kBlockM == 0) {
-      int* sem = a.semaphore + 2 * (ws_row / kBlockM);
-      sem[0] = 0;
-      sem[1] = 0;
+      int* sem = a.semaphore + kBwdSemsPerTile * (ws_row / kBlockM);
+#pragma unroll
+      for (int i = 0; i < kBwdSemsPerTile; ++i) sem[i] = 0;
     }
   }
 }
