@@ -23,19 +23,20 @@ extern "C" int ringfa3_sm90_bwd(const RingFa3BwdArgs* args) {
   const RingFa3BwdArgs& a = *args;
   if (a.phases < 0 || a.phases > 7) return fail(2, "phases must be 0 (all) or a sum of 1, 2, 4");
   int phases = a.phases == 0 ? 7 : a.phases;
-  bool pre = phases & 1, main = phases & 2, convert = phases & 4;
-  if (a.b < 0 || a.s_q < 0 || (main && a.s_k <= 0) || a.h <= 0 || a.h_kv <= 0 || a.h % a.h_kv != 0)
+  bool pre = phases & 1, main_pass = phases & 2, convert = phases & 4;
+  if (a.b < 0 || a.s_q < 0 || (main_pass && a.s_k <= 0) || a.h <= 0 || a.h_kv <= 0 || a.h % a.h_kv != 0)
     return fail(2, "bad shape: need b, s_q >= 0, s_k > 0 and h % h_kv == 0");
   // The tensors each pass reads or writes (the workspace always).
-  const void* ptrs[] = {main ? a.q : a.dq_accum, main ? a.k : a.dq_accum, main ? a.v : a.dq_accum,
-                        pre ? a.out : a.dq_accum, pre || main ? a.dout : a.dq_accum, convert ? a.dq : a.dq_accum,
-                        main ? a.dk : a.dq_accum, main ? a.dv : a.dq_accum, a.dq_accum};
+  const void* ptrs[] = {main_pass ? a.q : a.dq_accum, main_pass ? a.k : a.dq_accum, main_pass ? a.v : a.dq_accum,
+                        pre ? a.out : a.dq_accum, pre || main_pass ? a.dout : a.dq_accum,
+                        convert ? a.dq : a.dq_accum, main_pass ? a.dk : a.dq_accum, main_pass ? a.dv : a.dq_accum,
+                        a.dq_accum};
   for (const void* ptr : ptrs)
     if (ptr == nullptr || !aligned16(ptr))
       return fail(3, "q, k, v, out, dout, dq, dk, dv (those of the passes run) and dq_accum must be non-NULL and 16-byte aligned");
   if ((pre && a.lse == nullptr) || a.lse_log2 == nullptr || a.delta == nullptr || !aligned16(a.lse_log2) || !aligned16(a.delta))
     return fail(3, "lse (for the preprocess), lse_log2 and delta are required (workspace 16-byte aligned)");
-  if (a.deterministic && (pre || main) && a.semaphore == nullptr) return fail(4, "deterministic mode needs the semaphore workspace");
+  if (a.deterministic && (pre || main_pass) && a.semaphore == nullptr) return fail(4, "deterministic mode needs the semaphore workspace");
   int64_t const* strides[] = {a.q_stride, a.k_stride, a.v_stride, a.o_stride, a.do_stride, a.dq_stride, a.dk_stride, a.dv_stride};
   for (int64_t const* s : strides)
     if (!strides8(s)) return fail(3, "tensor strides must be multiples of 8 elements (16-byte rows for TMA and vector loads)");

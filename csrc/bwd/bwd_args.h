@@ -19,8 +19,7 @@ typedef struct RingFa3BwdArgs {
   void* dk;             // (b, s_k, h_kv, d)  likewise
   void* dv;             // (b, s_k, h_kv, d)  likewise
   // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m),
-  // or ws_rows (ABI 8, below)
-  // (varlen: one batch entry of (s_q / block_m + b) * block_m rows):
+  // or ws_rows (ABI 8, below); varlen: one batch entry of (s_q / block_m + b) * block_m rows:
   float* dq_accum;      // (b, h, s_pad, d)   fp32, zeroed by the preprocess kernel
   float* lse_log2;      // (b, h, s_pad)      lse * log2(e); +inf for dead and padding rows
   float* delta;         // (b, h, s_pad)      rowsum(dout * out)

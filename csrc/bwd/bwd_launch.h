@@ -57,7 +57,6 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
   return cudaGetLastError();
 }
 
-
 // The passes the call asks for (RingFa3BwdArgs::phases).
 template <class Tr>
 cudaError_t launch_bwd(RingFa3BwdArgs const& a) {

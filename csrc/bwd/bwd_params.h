@@ -10,7 +10,8 @@ namespace ringfa3 {
 constexpr int kBwdUnbounded = 1 << 29;   // stands for an unbounded window side
 // Key blocks of a head launched together in deterministic mode (bwd_kernel.h).
 constexpr int kBwdDetGroup = 8;
-// Deterministic-order semaphores per workspace tile: one per warpgroup's d half (bwd_dq_writer.h).
+// Deterministic-order semaphores per workspace tile: one per warpgroup's d half (head dim 64, where
+// both warpgroups add full-width partials: one, shared; bwd_dq_writer.h).
 constexpr int kBwdSemsPerTile = 2;
 
 template <class Tr>

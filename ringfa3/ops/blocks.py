@@ -140,4 +140,3 @@ def backward_rows(impl, dout: Tensor, q: Tensor, out: Tensor, lse: Tensor, scale
     if make is not None:
         return make(dout, q, out, lse, scale, deterministic)
     return BackwardRows(impl, dout, q, out, lse, scale, deterministic)
-

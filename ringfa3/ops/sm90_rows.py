@@ -30,7 +30,8 @@ class BackwardWorkspace:
 
 class Sm90BackwardRows(BackwardRows):
     def __init__(self, backend, dout, q, out, lse, scale, deterministic=False):
-        super().__init__(backend, dout, q, out, lse, scale, deterministic)
+        # the kernels read dO as q's dtype with 16-byte rows: converted once, not per key set
+        super().__init__(backend, dout.to(q.dtype).contiguous(), q, out, lse, scale, deterministic)
         self.block_m = backend._lib.ringfa3_sm90_bwd_block_m()
         self.ws = None
 
