@@ -25,7 +25,7 @@ from .aten_backends import fa2_varlen_bwd
 from .blocks import BackwardRows, few_large, loop_backward, loop_forward
 from .masks import effective_window
 from .segments import varlen_backward, varlen_calls
-from .sm90_rows import Sm90BackwardRows
+from .sm90_rows import Sm90BackwardRows, dense_step
 
 _ABI_VERSION = 3
 _LIB_PATH = Path(os.environ.get("RINGFA3_SM90_LIB", Path(__file__).resolve().parents[1] / "lib" / "libringfa3_sm90.so"))
@@ -341,7 +341,7 @@ class Sm90Backend:
         zigzag window ring (diagonal steps of 4 blocks of 4k rows) takes 16% less time per block on our
         dense kernel."""
         ours = self.varlen_backward_blocks and q.shape[-1] not in _BWD_DENSE_ONLY_HEAD_DIMS
-        if few_large(blocks, max_blocks=8, min_rows=1024) or (deterministic and not ours):
+        if dense_step(blocks) or (deterministic and not ours):
             return loop_backward(self, dout, q, k, v, out, lse, blocks, scale, dq_acc, deterministic)
         kernel = functools.partial(self.varlen_backward, deterministic=deterministic) if ours else fa2_varlen_bwd
         return varlen_backward(kernel, dout, q, k, v, out, lse, blocks, scale, dq_acc)

@@ -20,6 +20,13 @@ from .masks import effective_window
 PREPROCESS, MAIN, CONVERT = 1, 2, 4   # RingFa3BwdArgs::phases
 
 
+def dense_step(blocks) -> bool:
+    """A step our dense backward serves one call per block: up to 8 blocks of at least 1k rows (a
+    zigzag window's diagonal step is 4 blocks of 4k rows); many small blocks (packed documents) go
+    to one varlen launch instead (Sm90Backend.backward_blocks)."""
+    return few_large(blocks, max_blocks=8, min_rows=1024)
+
+
 @dataclass
 class BackwardWorkspace:
     dq_accum: Tensor   # (b, h, rows, d) float32 dQ sums, in the kernel's order within each query block
@@ -57,7 +64,7 @@ class Sm90BackwardRows(BackwardRows):
         return aligned and self.impl.backward_unsupported(qb, kb, vb, blk.causal, blk.window) is None
 
     def add(self, k: Tensor, v: Tensor, blocks) -> list:
-        if not few_large(blocks, max_blocks=8, min_rows=1024):   # Sm90Backend.backward_blocks' varlen launch
+        if not dense_step(blocks):
             return super().add(k, v, blocks)
         pieces = []
         for blk in blocks:
