@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <cute/arch/mma_sm90_gmma.hpp>
 #include "epilogue.h"
+#include "epilogue_tma.h"
 #include "kernel_traits.h"
 #include "mask.h"
 #include "params.h"
@@ -161,7 +162,8 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       for (int n = ne - 2; n >= nb; --n) {
         pingpong_wait<Tr>(wg);
         scores();
-        rescale_o();   // O holds P V up to block prev + 1, relative to the max before block prev
+        // O holds P V up to block prev + 1, relative to the max before block prev (late: before block n).
+        if constexpr (!Tr::kLateRescale) rescale_o();
         FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
         issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
         pingpong_signal<Tr>(wg);
@@ -171,11 +173,12 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         warp_release(&ss.v_empty[prev.index]);
         softmax_rest(cute::false_type{}, rescale);
         convert_p();
+        if constexpr (Tr::kLateRescale) rescale_o();
         prev = kv;
         kv.advance();
       }
       pingpong_wait<Tr>(wg);
-      rescale_o();
+      if constexpr (!Tr::kLateRescale) rescale_o();
       FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
       issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
       pingpong_signal<Tr>(wg);
@@ -190,8 +193,17 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       inv[0] *= v_scale;
       inv[1] *= v_scale;
     }
+    if constexpr (Tr::kSmemO) {
+      if (p.o_tma) {
+        store_output_tma<Tr>(p, ss, tOrO, inv, lse, tile.batch, tile.head, tile.m_block, wg, coord);
+        continue;
+      }
+    }
     store_output<typename Tr::TOut>(a, tOrO, inv, lse, Tr::kVarlen ? 0 : tile.batch, tile.head, e.q0, e.s_q,
                                     tile.m_block * kM + rows_base, coord);
+  }
+  if constexpr (Tr::kSmemO) {
+    if (p.o_tma) drain_output_tma();
   }
   if (wg == 0) named_sync(1, 256);
 }

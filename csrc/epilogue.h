@@ -29,6 +29,17 @@ __device__ __forceinline__ uint32_t pack4_e4m3(float a, float b, float c, float 
   return lo | (hi << 16);
 }
 
+// lse of the thread's two rows, written by one lane of each quad (the four share the rows).
+__device__ __forceinline__ void store_lse(RingFa3FwdArgs const& a, float const (&lse)[2], int bi, int hi, int q0,
+                                          int s_q, int row_base, AccCoord const& c) {
+  if (a.lse == nullptr || threadIdx.x % 4 != 0) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int row = row_base + c.row0 + 8 * r;
+    if (row < s_q) a.lse[bi * a.lse_stride[0] + hi * a.lse_stride[1] + q0 + row] = lse[r];
+  }
+}
+
 // Rows [0, s_q) of (batch bi, head hi) start at packed row q0: dense bi from row 0, varlen bi 0 from
 // its segment's first row (lse and lse_acc are then (h, total rows)).
 template <class T, class Frag>
@@ -79,9 +90,8 @@ __device__ void store_output(RingFa3FwdArgs const& a, Frag const& o, float const
       for (int i = 2 * r; i < N; i += 4)
         *reinterpret_cast<uint32_t*>(dst + c.col(i)) = pack2<T>(o(i) * inv[r], o(i + 1) * inv[r]);
     }
-    if (a.lse != nullptr && lane % 4 == 0)
-      a.lse[bi * a.lse_stride[0] + hi * a.lse_stride[1] + q0 + row] = lse[r];
   }
+  if (!a.merge) store_lse(a, lse, bi, hi, q0, s_q, row_base, c);
 }
 
 }  // namespace ringfa3

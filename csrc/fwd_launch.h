@@ -91,7 +91,23 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       /*win_left=*/a.window_left < 0 ? kUnbounded : a.window_left,
       /*win_right=*/a.window_right < 0 ? kUnbounded : a.window_right,
       /*scale_log2=*/a.softmax_scale * float(M_LOG2E),
-      /*tile_counter=*/nullptr};
+      /*tile_counter=*/nullptr,
+      /*tma_o=*/{},
+      /*o_tma=*/0};
+  // Out by TMA store (epilogue_tma.h) where the tile has the buffer and TMA can address out: 16-bit
+  // out, 16-byte aligned base and positive strides; else straight from the registers (epilogue.h).
+  if constexpr (Tr::kSmemO) {
+    using TOut = typename Tr::TOut;
+    auto aligned = [](int64_t stride) { return stride > 0 && stride * int64_t(sizeof(TOut)) % 16 == 0; };
+    p.o_tma = !a.merge && !a.out_fp32 && a.out != nullptr && reinterpret_cast<uintptr_t>(a.out) % 16 == 0 &&
+              aligned(a.o_stride[0]) && aligned(a.o_stride[1]) && aligned(a.o_stride[2]);
+    if (p.o_tma) {
+      auto gO = make_tensor(make_gmem_ptr(static_cast<TOut*>(a.out)), make_shape(a.s_q, a.d, a.h, a.b),
+                            make_stride(a.o_stride[1], _1{}, a.o_stride[2], a.o_stride[0]));
+      p.tma_o = make_tma_copy(SM90_TMA_STORE{}, gO, take<0, 2>(typename Tr::SmemLayoutO{}),
+                              Shape<_64, Int<Tr::kHeadDim>>{}, _1{});
+    }
+  }
   p.n_tiles = p.n_m_blocks * a.h * n_b;
   if (p.n_tiles == 0) return cudaSuccess;
   p.tile_counter = tile_counter_slot();

@@ -45,6 +45,10 @@ struct FwdTraits {
   // The P V wait placed after the first row half's exponentials (consumer.h): +1.4-3.1% at hd128 4k-16k,
   // but 0-4% slower at hd64 and up to 9% at hd256 (bench/NOTES.md run 15), which keep it after both.
   static constexpr bool kSplitSoftmax = kHeadDim == 128;
+  // O's rescale after the P conversion (FA3's order for head dims <= 128) instead of between the two
+  // GEMM issues: +0.4-5.6% at base clock for hd128's 128-key blocks, -1 to -2% with 176-key blocks,
+  // 0 to -4% at hd64 / hd256 (bench/NOTES.md runs 53-54).
+  static constexpr bool kLateRescale = kHeadDim == 128 && kBlockN == 128;
   static constexpr int kFp8ScaleRows = 128;
   static_assert(!kFp8 || (kBlockM == kFp8ScaleRows && kFp8ScaleRows % kBlockN == 0 && kBlockN % 32 == 0),
                 "e4m3 tiles: one Q scale per tile, one K scale per key block, 32-key k-steps");
@@ -84,6 +88,17 @@ struct FwdTraits {
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideV{}),
       take<0, 2>(SmemLayoutV{}), Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
 
+  // The output tile staged in shared memory, one (64, d) slice per consumer warpgroup, leaves by one
+  // TMA store per warpgroup: where the buffer fits beside Q and the K/V stages (not at hd128's 176-key
+  // blocks, nor hd256), and not for varlen, whose segment ends the box would write past.
+  static constexpr int kBytesTiles = int((kBlockM + 2 * kStages * kBlockN) * kHeadDim * sizeof(T));
+  static constexpr bool kSmemO = !kVarlen && kBytesTiles + kBlockM * kHeadDim * int(sizeof(TOut)) + 1024 <= 227 * 1024;
+  using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<TOut>{},
+                                             Shape<_64, Int<kHeadDim>, Int<kConsumerWG>>{}));
+  using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{},
+      make_tensor(make_gmem_ptr(static_cast<TOut*>(nullptr)), ShapeG{}, StrideQK{}),
+      take<0, 2>(SmemLayoutO{}), Shape<_64, Int<kHeadDim>>{}, _1{}));
+
   static constexpr uint32_t kBytesQ = kBlockM * kHeadDim * sizeof(T);
   static constexpr uint32_t kBytesKV = kBlockN * kHeadDim * sizeof(T);
 
@@ -91,6 +106,7 @@ struct FwdTraits {
     alignas(1024) T q[cosize_v<SmemLayoutQ>];
     alignas(1024) T k[cosize_v<SmemLayoutK>];
     alignas(1024) T v[cosize_v<SmemLayoutV>];
+    alignas(1024) TOut o[kSmemO ? cosize_v<SmemLayoutO> : 8];
     alignas(8) uint64_t q_full, q_empty;
     uint64_t k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
     uint64_t tile_full[2], tile_empty[2];

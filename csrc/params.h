@@ -31,6 +31,8 @@ struct FwdParams {
   int win_left, win_right;   // finite (kUnbounded for -1)
   float scale_log2;    // softmax_scale * log2(e)
   int* tile_counter;   // dynamic scheduler: 2 ints, zero at launch, reset by the kernel at exit
+  typename Tr::TmaO tma_o;   // out through shared memory (Tr::kSmemO); set only when o_tma
+  int o_tma;                 // 1: this launch stores out by TMA (16-bit out, not merging, aligned)
 };
 
 // The scheduled tile as the kernel computes it. Varlen schedules entries of the tile list

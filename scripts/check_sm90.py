@@ -478,6 +478,72 @@ def part_ncu(out_dir, causal=False, seq=16384):
         print("\n".join(keep[:40]))
 
 
+def basetime_plan(hds, seqs, alt_libs):
+    """(label, hd, seq, causal) of every timed launch group of --part basetime, in launch order."""
+    libs = ["ours"] + [spec.split("=", 1)[0] for spec in alt_libs] + ["fa3"]
+    return [(lib, hd, s, causal) for hd in hds for s in seqs for causal in (False, True) for lib in libs]
+
+
+def part_basetime_target(hds, seqs, alt_libs, reps):
+    """Launches for --part basetime: per (hd, seq, mask), each library then FA3, `reps` times each."""
+    import torch
+    import fa3_fwd_interface as fa3
+    libs = dict(ours=load_backend(), **alt_backends(alt_libs))
+    for lib, hd, s, causal in basetime_plan(hds, seqs, alt_libs):
+        if lib == "ours" and not causal:   # FA3 convention: 16k tokens, hidden 2048
+            q, k, v = (torch.randn(16384 // s, s, 2048 // hd, hd, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        for _ in range(reps):
+            if lib == "fa3":
+                fa3.flash_attn_func(q, k, v, causal=causal)
+            else:
+                libs[lib].forward(q, k, v, causal, None, (-1, -1), False)
+        torch.cuda.synchronize()
+
+
+def part_basetime(out_dir, hds, seqs, alt_libs, reps=4):
+    """Kernel durations under ncu at locked base clocks (FA3 convention), for A/B of builds whose
+    difference do_bench's noise at the power cap hides: work per clock, not the clock the power cap
+    allows. The first launch of each group is a warm-up; the median of the rest is kept."""
+    import csv
+    import io
+    import statistics
+    target = [sys.executable, __file__, "--part", "basetime_target", "--seqs", ",".join(map(str, seqs)),
+              "--hds", ",".join(map(str, hds))]
+    for spec in alt_libs:
+        target += ["--alt-lib", spec]
+    cmd = ["ncu", "--kernel-name", "regex:fwd_kernel|device_kernel", "--metrics", "gpu__time_duration.sum",
+           "--clock-control", "base", "--csv", "--page", "raw"]
+    r = subprocess.run(cmd + target, capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith('"')]
+    (Path(out_dir) / "sm90_basetime_raw.csv").write_text("\n".join(lines))
+    rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
+    scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+    unit = scale.get(rows[0].get("gpu__time_duration.sum", "").strip() if rows else "", None)   # the units row
+    us = [float(x["gpu__time_duration.sum"].replace(",", "")) * unit for x in rows[1:]] if unit else []
+    plan = basetime_plan(hds, seqs, alt_libs)
+    if len(us) != len(plan) * reps:
+        print(f"basetime: {len(us)} launches profiled, {len(plan) * reps} expected;"
+              f" unit row {rows[0].get('gpu__time_duration.sum') if rows else None!r}")
+        print(r.stderr[-3000:])
+        return 1
+    out = []
+    for i, (lib, hd, s, causal) in enumerate(plan):
+        t = statistics.median(us[i * reps + 1:(i + 1) * reps])
+        flops = 4 * 16384 * s * 2048 / (2 if causal else 1)
+        out.append(dict(lib=lib, hd=hd, seq=s, causal=causal, us=round(t, 2), tflops_base=round(flops / t / 1e6, 1)))
+    (Path(out_dir) / "sm90_basetime.json").write_text(json.dumps(out, indent=1))
+    print(f"{'hd':>4} {'seq':>6} {'mask':>6} " + " ".join(f"{lib:>11}" for lib in dict.fromkeys(x['lib'] for x in out))
+          + "   (TF/s at base clock; ratio to ours)")
+    for hd in hds:
+        for s in seqs:
+            for causal in (False, True):
+                grp = [x for x in out if x["hd"] == hd and x["seq"] == s and x["causal"] == causal]
+                base = grp[0]["tflops_base"]
+                print(f"{hd:>4} {s:>6} {'causal' if causal else 'full':>6} " +
+                      " ".join(f"{x['tflops_base']:>5.0f}({x['tflops_base'] / base:.3f})" for x in grp))
+    return 0
+
+
 def table(out_dir):
     p = Path(out_dir) / "sm90_bench.json"
     if not p.exists():
@@ -501,7 +567,7 @@ def table(out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--part", choices=["check", "bench", "varlen", "sass", "ncu", "ncu_target", "clock", "all"], default="all")
+    ap.add_argument("--part", choices=["check", "bench", "varlen", "sass", "ncu", "ncu_target", "clock", "basetime", "basetime_target", "all"], default="all")
     ap.add_argument("--ncu-which", choices=["ours", "fa3"], default="ours", help="kernel launched by --part ncu_target")
     ap.add_argument("--causal", action="store_true", help="--part ncu / ncu_target: profile the causal mask")
     ap.add_argument("--ncu-seq", type=int, default=16384, help="--part ncu / ncu_target: rows per sequence")
@@ -530,6 +596,10 @@ def main():
         return part_ncu(args.out, args.causal, args.ncu_seq)
     if args.part == "clock":
         return part_clock(args.out)
+    if args.part == "basetime":
+        return part_basetime(args.out, hds, seqs, args.alt_lib)
+    if args.part == "basetime_target":
+        return part_basetime_target(hds, seqs, args.alt_lib, 4)
     if args.part == "ncu_target":
         return part_ncu_target(args.ncu_which, args.causal, args.ncu_seq)
     me = [sys.executable, __file__, "--out", args.out, "--seqs", args.seqs, "--hds", args.hds,
