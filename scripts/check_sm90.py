@@ -123,6 +123,11 @@ CASES = [
     dict(name="merge gqa odd", shape=(1, 333, 900, 4, 2, 128), merge=True, split=400),
     dict(name="merge window right", shape=(1, 512, 1024, 2, 2, 128), merge=True, split=512, window=(-1, 100)),
     dict(name="many tiles (persistent)", shape=(4, 2048, 2048, 16, 4, 128), causal=True),
+    # from 8k keys hd128 runs 176-key blocks (full and causal; the merge of a ring step too)
+    dict(name="long full", shape=(1, 8200, 8200, 2, 2, 128)),
+    dict(name="long causal", shape=(1, 8200, 8200, 2, 2, 128), causal=True),
+    dict(name="long sq<sk causal gqa", shape=(1, 5000, 9000, 4, 2, 128), causal=True),
+    dict(name="long merge causal", shape=(1, 4096, 12288, 2, 2, 128), merge=True, split=8192, causal=True),
     # hd64 runs 3 consumer warpgroups (192-row tiles) since run 4: tails, masks, dead rows, merge
     dict(name="hd64 odd causal", shape=(2, 1000, 1000, 4, 4, 64), causal=True),
     dict(name="hd64 sq>sk causal dead", shape=(1, 777, 300, 2, 2, 64), causal=True),
@@ -153,7 +158,7 @@ def alt_backends(alt_libs):
 
 
 # The subset an --alt-lib build is checked on: every head dim, tails, masks, merge, many tiles.
-ALT_CASES = {"hd128 odd full", "hd128 odd causal", "window (128,64)", "causal+window 200", "hd64 odd full",
+ALT_CASES = {"long causal", "long sq<sk causal gqa", "hd128 odd full", "hd128 odd causal", "window (128,64)", "causal+window 200", "hd64 odd full",
              "hd64 odd causal", "hd64 gqa window", "hd256 odd full", "hd256 causal", "merge gqa odd",
              "hd128 full many", "hd64 many tiles", "hd128 full", "merge full", "hd64 full many"}
 

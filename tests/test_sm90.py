@@ -43,13 +43,18 @@ CASES = [
     (2, 1024, 1024, 4, 4, 128, torch.float16, True, (-1, -1)),
     (2, 1024, 1024, 4, 4, 64, torch.bfloat16, True, (-1, -1)),
     (1, 999, 999, 2, 2, 256, torch.bfloat16, False, (-1, -1)),
-    # hd64 runs 192-row tiles (3 consumer warpgroups); hd128 without mask runs 176-key blocks
+    # hd64 runs 192-row tiles (3 consumer warpgroups)
     (2, 1000, 1000, 4, 4, 64, torch.bfloat16, True, (-1, -1)),
     (1, 1500, 1500, 8, 2, 64, torch.bfloat16, False, (300, 200)),
     (1, 777, 300, 2, 2, 64, torch.bfloat16, True, (-1, -1)),
     (2, 2000, 2000, 8, 8, 64, torch.float16, False, (-1, -1)),
     (2, 2000, 2000, 8, 8, 128, torch.bfloat16, False, (-1, -1)),
     (2, 300, 777, 2, 2, 128, torch.bfloat16, False, (-1, -1)),
+    # from 8k keys, hd128 runs 176-key blocks, full and causal (bottom-right too); with a window 128
+    (1, 8200, 8200, 2, 2, 128, torch.bfloat16, False, (-1, -1)),
+    (1, 8200, 8200, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
+    (1, 5000, 9000, 4, 2, 128, torch.float16, True, (-1, -1)),
+    (1, 9000, 9000, 2, 2, 128, torch.bfloat16, True, (300, 0)),
 ]
 
 
