@@ -1,6 +1,7 @@
 // Host side of one instantiation: build the TMA descriptors from pointers/strides, resolve the
 // mask bounds, size the persistent grid, launch. Included only by the generated .cu files.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <mutex>
@@ -27,6 +28,23 @@ inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, int s_k, int n_b, size_t 
   double g = kL2Budget / kv_bytes_per_q_head;
   int all = a.h * n_b;
   return g < 1.0 ? 1 : (g > all ? all : int(g));
+}
+
+// Heads per chunk, from the L2 share (heads_per_l2_chunk) to the final choice. Under a causal or right
+// window mask a tile's length grows with its query block and each chunk runs its longest tiles first,
+// so the last chunk's longest tiles start late and would run alone at the end unless the chunk holds
+// several waves of tiles: at least kCausalWaves x SMs (hd256 16k causal had 1 head = 128 tiles per
+// chunk; 4 waves: +9-14% at hd256 4k-16k causal, +1-3% at hd128, base clock, run 61). Then the chunks
+// are made equal, so that no short last chunk is left (a 1-head remainder cost 3-6%, run 60).
+#ifndef RINGFA3_CAUSAL_CHUNK_WAVES
+#define RINGFA3_CAUSAL_CHUNK_WAVES 4
+#endif
+inline int balanced_chunk(int heads, int n_hb, int n_m_blocks, int sms, bool growing_tiles) {
+  constexpr int kCausalWaves = RINGFA3_CAUSAL_CHUNK_WAVES;
+  if (growing_tiles) heads = std::max(heads, (kCausalWaves * sms + n_m_blocks - 1) / n_m_blocks);
+  heads = std::min(std::max(heads, 1), n_hb);
+  int chunks = (n_hb + heads - 1) / heads;
+  return (n_hb + chunks - 1) / chunks;
 }
 
 // Counter pairs for the dynamic tile scheduler, per device. The kernel leaves its pair at zero when
@@ -110,17 +128,18 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   }
   p.n_tiles = p.n_m_blocks * a.h * n_b;
   if (p.n_tiles == 0) return cudaSuccess;
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  int sms = a.num_sms;
+  if (sms <= 0) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  p.heads_per_chunk = balanced_chunk(p.heads_per_chunk, a.h * n_b, p.n_m_blocks, sms, a.window_right >= 0);
   p.tile_counter = tile_counter_slot();
   if (p.tile_counter == nullptr) return cudaErrorMemoryAllocation;
 
   auto kernel = fwd_kernel<Tr>;
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
   err = set_max_dynamic_smem_once<fwd_kernel<Tr>>(dev, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  int sms = a.num_sms;
-  if (sms <= 0) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   int grid = p.n_tiles < sms ? p.n_tiles : sms;
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
   return cudaGetLastError();

@@ -4,8 +4,10 @@
 // to the consumer warpgroups through a 2-slot smem ring (tile_id + mbarriers), one tile ahead.
 //
 // Tile order is chosen for L2: query heads are taken in chunks small enough that one chunk's K/V
-// stays in L2 (the host picks heads_per_chunk), and inside a chunk the query blocks run from the
-// last one down, head fastest, so under a causal mask the longest tiles start first.
+// stays in L2, and inside a chunk the query blocks run from the last one down, head fastest, so under
+// a causal mask the longest tiles start first. The host picks heads_per_chunk (fwd_launch.h,
+// balanced_chunk): equal chunks, and under a causal mask several waves of tiles each, so the last
+// chunk's longest tiles do not run on alone after the rest.
 // (Run 1's order, query block outermost across all heads, made every concurrent CTA stream a
 // different head's K/V from HBM; run 2's static round-robin over the chunked order left causal
 // CTAs badly unbalanced, since grid ~ query blocks per chunk.)
