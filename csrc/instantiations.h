@@ -10,10 +10,11 @@ namespace ringfa3 {
 
 // (kBlockM, kBlockN, kStages): kBlockM / 64 consumer warpgroups; kBlockN and the stage count are what
 // fits shared memory (Q + stages * (K + V)) and the consumer register budget. kNFull: kBlockN used
-// when no window applies (full or causal attention) and s_k >= kNFullMinKeys; a longer key block amortizes the
-// per-block softmax work (hd128 16k full: 4.4% fewer cycles under ncu; 1k full: 10% slower, run 4b;
-// from 0 keys: -17% at 1k, no gain at 4k-16k, run 6). hd64 runs three consumer warpgroups (M 192:
-// +5-12% over M 128, run 6); hd256 N 80 (FA3's): +1-7% over N 64 at base clock (run 59; run 6 on an H100 found no gain).
+// when no window applies (full or causal attention) and s_k >= kNFullMinKeys; a longer key block
+// amortizes the per-block softmax work (hd128 16k full: 4.4% fewer cycles under ncu; 1k full: 10%
+// slower, run 4b; from 0 keys: -17% at 1k, no gain at 4k-16k, run 6). hd64 runs three consumer
+// warpgroups (M 192: +5-12% over M 128, run 6); hd256 N 80 (FA3's): +1-7% over N 64 at base clock
+// (run 59; run 6 on an H100 had found no gain).
 // The RINGFA3_* macros select tile settings for A/B builds (scripts/build_csrc.py --define NAME=VALUE
 // --lib PATH --only dtype:hd --no-bwd), timed beside the default by check_sm90.py --alt-lib.
 #ifndef RINGFA3_HD64_M
