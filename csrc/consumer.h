@@ -193,7 +193,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       inv[0] *= v_scale;
       inv[1] *= v_scale;
     }
-    if constexpr (Tr::kSmemO) {
+    if constexpr (Tr::kSmemO || Tr::kOverV) {
       if (p.o_tma) {
         store_output_tma<Tr>(p, ss, tOrO, inv, lse, tile.batch, tile.head, tile.m_block, wg, coord);
         continue;
@@ -202,7 +202,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     store_output<typename Tr::TOut>(a, tOrO, inv, lse, Tr::kVarlen ? 0 : tile.batch, tile.head, e.q0, e.s_q,
                                     tile.m_block * kM + rows_base, coord);
   }
-  if constexpr (Tr::kSmemO) {
+  if constexpr (Tr::kSmemO || Tr::kOverV) {
     if (p.o_tma) drain_output_tma();
   }
   if (wg == 0) named_sync(1, 256);

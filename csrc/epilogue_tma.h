@@ -25,8 +25,12 @@ __device__ void store_output_tma(FwdParams<Tr> const& p, typename Tr::SharedStor
   constexpr int N = int(size(Frag{}));
   RingFa3FwdArgs const& a = p.a;
   bool leader = threadIdx.x % 128 == 0;   // issues the warpgroup's stores, so it alone can wait on them
-  if (leader) tma_store_wait<0>();        // the previous tile's store has read the slice
-  named_sync(epilogue_barrier<Tr>(wg), 128);
+  if constexpr (Tr::kOverV) {
+    named_sync(epilogue_barrier<Tr>(Tr::kConsumerWG), 128 * Tr::kConsumerWG);   // every P V has read V
+  } else {
+    if (leader) tma_store_wait<0>();        // the previous tile's store has read the slice
+    named_sync(epilogue_barrier<Tr>(wg), 128);
+  }
   // SmemLayoutO's bytes: the slice is (d / 64) blocks of 64 rows x 128 bytes; the 16-byte chunk j of
   // row r sits at chunk j ^ (r % 8). A thread's rows are row0 and row0 + 8 (same r % 8), so its stores
   // differ by constants and by the 8 swizzled chunk offsets, computed here: made opaque, the compiler
@@ -34,7 +38,8 @@ __device__ void store_output_tma(FwdParams<Tr> const& p, typename Tr::SharedStor
   static_assert(sizeof(TOut) == 2, "16-bit out");
   int x16 = (c.row0 % 8) * 16;
   asm volatile("" : "+r"(x16));
-  char* base = reinterpret_cast<char*>(ss.o) + wg * 64 * Tr::kHeadDim * 2 + c.row0 * 128 + c.col0 * 2;
+  char* staging = reinterpret_cast<char*>(Tr::kOverV ? static_cast<void*>(ss.v) : static_cast<void*>(ss.o));
+  char* base = staging + wg * 64 * Tr::kHeadDim * 2 + c.row0 * 128 + c.col0 * 2;
 #pragma unroll
   for (int i = 0; i < N; i += 2) {   // values i, i+1: adjacent columns of one row, in chunk i / 4
     int r = AccCoord::row_half(i), j = i / 4;
@@ -44,13 +49,17 @@ __device__ void store_output_tma(FwdParams<Tr> const& p, typename Tr::SharedStor
   cutlass::arch::fence_view_async_shared();   // the slice is visible to the TMA unit
   named_sync(epilogue_barrier<Tr>(wg), 128);
   if (leader) {
-    Tensor sO = make_tensor(make_smem_ptr(ss.o), typename Tr::SmemLayoutO{})(_, _, wg);   // (64, d)
+    Tensor sO = make_tensor(make_smem_ptr(reinterpret_cast<TOut*>(staging)), typename Tr::SmemLayoutO{})(_, _, wg);
     Tensor mO = p.tma_o.get_tma_tensor(make_shape(a.s_q, a.d, a.h, a.b));   // (s_q, d, h, b)
     Tensor gO = local_tile(mO(_, _, hi, bi), Shape<_64, Int<Tr::kHeadDim>>{},
                            make_coord(m_block * Tr::kConsumerWG + wg, _0{}));   // (64, d)
     auto tO = tma_partition(p.tma_o, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sO), group_modes<0, 2>(gO));
     copy(p.tma_o, get<1>(tO), get<0>(tO));
     tma_store_arrive();
+    if constexpr (Tr::kOverV) {   // V's stages are free for the next tile once the store has read them
+      tma_store_wait<0>();
+      EmptyBarrier::arrive(&ss.o_free);
+    }
   }
   store_lse(a, lse, bi, hi, 0, a.s_q, m_block * Tr::kBlockM + 64 * wg, c);
 }

@@ -26,6 +26,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
       EmptyBarrier::init(&ss.tile_full[i], 1);
       EmptyBarrier::init(&ss.tile_empty[i], Tr::kConsumerWarps);
     }
+    EmptyBarrier::init(&ss.o_free, Tr::kConsumerWG);
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();

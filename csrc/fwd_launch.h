@@ -114,7 +114,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       /*o_tma=*/0};
   // Out by TMA store (epilogue_tma.h) where the tile has the buffer and TMA can address out: 16-bit
   // out, 16-byte aligned base and positive strides; else straight from the registers (epilogue.h).
-  if constexpr (Tr::kSmemO) {
+  if constexpr (Tr::kSmemO || Tr::kOverV) {
     using TOut = typename Tr::TOut;
     auto aligned = [](int64_t stride) { return stride > 0 && stride * int64_t(sizeof(TOut)) % 16 == 0; };
     p.o_tma = !a.merge && !a.out_fp32 && a.out != nullptr && reinterpret_cast<uintptr_t>(a.out) % 16 == 0 &&

@@ -93,6 +93,14 @@ struct FwdTraits {
   // blocks, nor hd256), and not for varlen, whose segment ends the box would write past.
   static constexpr int kBytesTiles = int((kBlockM + 2 * kStages * kBlockN) * kHeadDim * sizeof(T));
   static constexpr bool kSmemO = !kVarlen && kBytesTiles + kBlockM * kHeadDim * int(sizeof(TOut)) + 1024 <= 227 * 1024;
+  // Where it does not fit, the staging can lie over V's stages (kOverV, FA3's scheme, an A/B knob until
+  // measured): the two warpgroups first wait for each other's last P V, and the producer holds the
+  // next tile's V loads until the stores have read it (producer.h, o_free).
+#ifndef RINGFA3_O_OVER_V
+#define RINGFA3_O_OVER_V 0
+#endif
+  static constexpr bool kOverV = RINGFA3_O_OVER_V && !kSmemO && !kVarlen && sizeof(TOut) == 2 &&
+                                 kStages * kBlockN >= kBlockM;
   using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<TOut>{},
                                              Shape<_64, Int<kHeadDim>, Int<kConsumerWG>>{}));
   using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{},
@@ -110,6 +118,7 @@ struct FwdTraits {
     alignas(8) uint64_t q_full, q_empty;
     uint64_t k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
     uint64_t tile_full[2], tile_empty[2];
+    uint64_t o_free;   // kOverV: count = consumer warpgroups, one phase per tile
     int tile_id[2];
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));

@@ -27,14 +27,24 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   TileRing ring{ss.tile_id, ss.tile_full, ss.tile_empty};
   PipeState<Tr::kStages> ks, vs;   // K and V rings advance in step (same block sequence)
   int q_round = 0;
-  for (int t = blockIdx.x;;) {
-    ring.publish(t);
+  // Out staged over V's stages (Tr::kOverV): the V loads of tile j wait until tile j - 1's stores have
+  // read the staging (phase j - 1 of o_free). Phases are awaited in order, one per tile, and never
+  // one late: an empty tile (no loads) is awaited before it is published, whose epilogue could
+  // otherwise complete the next phase first; any other tile's epilogue needs its V loads.
+  bool o_over_v = Tr::kOverV && p.o_tma;
+  for (int t = blockIdx.x, j = 0;; ++j) {
+    if (!Tr::kOverV || !sched.valid(t)) ring.publish(t);
     if (!sched.valid(t)) break;
     int t_next = sched.draw_next();   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
     int nb = mask.n_begin(), ne = mask.n_end();
+    bool await_o = o_over_v && j > 0;
+    if constexpr (Tr::kOverV) {
+      if (await_o && ne <= nb) EmptyBarrier::wait(&ss.o_free, (j - 1) & 1);
+      ring.publish(t);
+    }
     t = t_next;
     if (ne <= nb) continue;   // consumers write the empty result without any load
     int hk = tile.head / p.group;
@@ -81,6 +91,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
       auto tQn = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQn));
       cute::prefetch(p.tma_q, get<0>(tQn));
     }
+    if (await_o) EmptyBarrier::wait(&ss.o_free, (j - 1) & 1);
     load_v(ne - 1);
     // Then K(n), V(n) in the order the consumers finish with them. (Run 4a measured K(n) next to
     // V(n+1), the order the overlapped consumers use them: no faster.)
