@@ -505,31 +505,45 @@ def part_basetime_target(hds, seqs, alt_libs, reps):
         torch.cuda.synchronize()
 
 
+def parse_ncu_durations(raw_csv):
+    """(kernel name, µs) per profiled launch, in launch order, from ncu's `--csv --page raw` output of the
+    metric gpu__time_duration.sum (its first row gives the unit)."""
+    import csv
+    import io
+    rows = list(csv.DictReader(io.StringIO(raw_csv)))
+    scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+    unit = scale.get(rows[0].get("gpu__time_duration.sum", "").strip() if rows else "", None)
+    if unit is None:
+        return []
+    return [(x["Kernel Name"], float(x["gpu__time_duration.sum"].replace(",", "")) * unit) for x in rows[1:]]
+
+
+def ncu_base_durations(target_cmd, kernel_regex, raw_path):
+    """Runs target_cmd under ncu with the clocks locked at base, timing the launches whose function name
+    matches kernel_regex; keeps the raw CSV at raw_path; returns parse_ncu_durations of it and ncu's stderr."""
+    cmd = ["ncu", "--kernel-name", f"regex:{kernel_regex}", "--metrics", "gpu__time_duration.sum",
+           "--clock-control", "base", "--csv", "--page", "raw"]
+    r = subprocess.run(cmd + target_cmd, capture_output=True, text=True)
+    raw = "\n".join(ln for ln in r.stdout.splitlines() if ln.startswith('"'))
+    Path(raw_path).write_text(raw)
+    return parse_ncu_durations(raw), r.stderr
+
+
 def part_basetime(out_dir, hds, seqs, alt_libs, reps=4):
     """Kernel durations under ncu at locked base clocks (FA3 convention), for A/B of builds whose
     difference do_bench's noise at the power cap hides: work per clock, not the clock the power cap
     allows. The first launch of each group is a warm-up; the median of the rest is kept."""
-    import csv
-    import io
     import statistics
     target = [sys.executable, __file__, "--part", "basetime_target", "--seqs", ",".join(map(str, seqs)),
               "--hds", ",".join(map(str, hds))]
     for spec in alt_libs:
         target += ["--alt-lib", spec]
-    cmd = ["ncu", "--kernel-name", "regex:fwd_kernel|device_kernel", "--metrics", "gpu__time_duration.sum",
-           "--clock-control", "base", "--csv", "--page", "raw"]
-    r = subprocess.run(cmd + target, capture_output=True, text=True)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith('"')]
-    (Path(out_dir) / "sm90_basetime_raw.csv").write_text("\n".join(lines))
-    rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
-    scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
-    unit = scale.get(rows[0].get("gpu__time_duration.sum", "").strip() if rows else "", None)   # the units row
-    us = [float(x["gpu__time_duration.sum"].replace(",", "")) * unit for x in rows[1:]] if unit else []
+    launches, err = ncu_base_durations(target, "fwd_kernel|device_kernel", Path(out_dir) / "sm90_basetime_raw.csv")
+    us = [t for _, t in launches]
     plan = basetime_plan(hds, seqs, alt_libs)
     if len(us) != len(plan) * reps:
-        print(f"basetime: {len(us)} launches profiled, {len(plan) * reps} expected;"
-              f" unit row {rows[0].get('gpu__time_duration.sum') if rows else None!r}")
-        print(r.stderr[-3000:])
+        print(f"basetime: {len(us)} launches profiled, {len(plan) * reps} expected")
+        print(err[-3000:])
         return 1
     out = []
     for i, (lib, hd, s, causal) in enumerate(plan):

@@ -9,6 +9,8 @@ dtype / fp32), so a backward is checked on its own. Each part runs in its own su
 Writes $OUT/sm90_bwd_check.json, sm90_bwd_bench.json, sm90_bwd_fa3.json, sm90_bwd_sass.json.
 `--part ncu --seqs S [--causal] [--ncu-which default,deterministic,fa3]` (not in `all`) profiles the
 main kernel of each at S rows: sm90_bwd_ncu_<which>_<S>[_causal].txt and per-instruction stall CSVs.
+`--part basetime [--hd D] [--alt-lib NAME=PATH]` (not in `all`): our backward's kernels per call at
+locked base clocks (ncu), both dQ modes, for each library: sm90_bwd_basetime.json.
 """
 import argparse
 import json
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from check_sm90 import ncu_profile, rel_err   # same folder: the forward's check, same error measure and profiling
+from check_sm90 import alt_backends, ncu_base_durations, ncu_profile, rel_err   # same folder: the forward's check
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "ringfa3" / "lib" / "libringfa3_sm90.so"
@@ -261,6 +263,72 @@ def part_ncu(out_dir, which, seq, causal, d=128):
         print("\n".join(keep[:40]))
 
 
+def basetime_plan(seqs, alt_libs):
+    """(library, mode, seq, causal) of every timed group of --part basetime, in launch order."""
+    libs = ["ours"] + [spec.split("=", 1)[0] for spec in alt_libs]
+    return [(lib, mode, s, causal) for s in seqs for causal in (False, True) for lib in libs
+            for mode in ("default", "deterministic")]
+
+
+def part_basetime_target(seqs, alt_libs, d, reps):
+    """Backwards for --part basetime (FA3 convention at head dim d): each group of `reps` calls follows a
+    marker launch (torch.cuda._sleep's spin kernel), so that the profile splits into groups."""
+    import torch
+    libs = dict(ours=load_backend(), **alt_backends(alt_libs))
+    for lib, mode, s, causal in basetime_plan(seqs, alt_libs):
+        if lib == "ours" and mode == "default":
+            q, k, v, dout = (torch.randn(16384 // s, s, 2048 // d, d, device="cuda", dtype=torch.bfloat16)
+                             for _ in range(4))
+            out, lse = libs["ours"].forward(q, k, v, causal, None, (-1, -1), False)
+        torch.cuda._sleep(1000)
+        for _ in range(reps):
+            libs[lib].backward(dout, q, k, v, out, lse, causal, d ** -0.5, (-1, -1), False, mode == "deterministic")
+        torch.cuda.synchronize()
+
+
+def part_basetime(out_dir, seqs, alt_libs, d, reps=4):
+    """Our backward's kernels (preprocess, main, dQ conversion) timed under ncu at locked base clocks, per
+    call summed, for each library and dQ mode: work per clock, for A/B of builds whose difference
+    do_bench's noise at the power cap hides. The first call of each group is a warm-up; the median of
+    the rest is kept."""
+    import statistics
+    target = [sys.executable, __file__, "--part", "basetime_target", "--seqs", ",".join(map(str, seqs)),
+              "--hd", str(d)]
+    for spec in alt_libs:
+        target += ["--alt-lib", spec]
+    launches, err = ncu_base_durations(target, "bwd_|spin_kernel", out_dir / "sm90_bwd_basetime_raw.csv")
+    groups = []
+    for name, us in launches:
+        if "spin_kernel" in name:
+            groups.append([])
+        elif groups:
+            groups[-1].append(us)
+    plan = basetime_plan(seqs, alt_libs)
+    if len(groups) != len(plan) or any(not g or len(g) % reps for g in groups):
+        print(f"basetime: {len(groups)} marked groups of {[len(g) for g in groups]} launches, "
+              f"{len(plan)} groups of {reps} calls expected")
+        print(err[-3000:])
+        return 1
+    out = []
+    for (lib, mode, s, causal), g in zip(plan, groups):
+        per = len(g) // reps   # kernels per call
+        us = statistics.median(sum(g[i * per:(i + 1) * per]) for i in range(1, reps))
+        flops = 2.5 * 4 * 16384 * s * 2048 / (2 if causal else 1)
+        out.append(dict(lib=lib, mode=mode, hd=d, seq=s, causal=causal, kernels=per, us=round(us, 2),
+                        tflops_base=round(flops / us / 1e6, 1)))
+    (out_dir / "sm90_bwd_basetime.json").write_text(json.dumps(out, indent=1))
+    cols = [(x["lib"], x["mode"]) for x in out if x["seq"] == seqs[0] and not x["causal"]]
+    print(f"hd{d} {'seq':>6} {'mask':>6} " + " ".join(f"{lib[:8] + ('/det' if m != 'default' else ''):>14}" for lib, m in cols)
+          + "   (TF/s at base clock; ratio to ours)")
+    for s in seqs:
+        for causal in (False, True):
+            grp = [x for x in out if x["seq"] == s and x["causal"] == causal]
+            base = grp[0]["tflops_base"]
+            print(f"     {s:>6} {'causal' if causal else 'full':>6} " +
+                  " ".join(f"{x['tflops_base']:>7.0f}({x['tflops_base'] / base:.3f})" for x in grp))
+    return 0
+
+
 def part_profile(out_dir, seqs):
     """Per-kernel device time of one backward call (torch.profiler), hd128 full and causal at each
     length: how much the preprocess, the dQ conversion and the zeroing take beside the main kernel."""
@@ -327,11 +395,14 @@ def table(out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/sm90_bwd")
-    ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3", "ncu", "ncu_target", "profile"])
+    ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3", "ncu", "ncu_target", "profile",
+                                                             "basetime", "basetime_target"])
     ap.add_argument("--ncu-which", default="default,deterministic",
                     help="--part ncu: backwards profiled, of default, deterministic, fa3")
     ap.add_argument("--causal", action="store_true", help="--part ncu: the causal mask")
-    ap.add_argument("--hd", type=int, default=128, choices=[64, 128, 256], help="--part ncu: the head dim")
+    ap.add_argument("--hd", type=int, default=128, choices=[64, 128, 256], help="--part ncu / basetime: the head dim")
+    ap.add_argument("--alt-lib", action="append", default=[],
+                    help="--part basetime: NAME=PATH, another build of the library timed beside the default")
     ap.add_argument("--seqs", default="1024,4096,8192,16384")
     ap.add_argument("--fa3", action="store_true", help="also run the FA3 (JAX) anchor subprocess")
     ap.add_argument("--no-hd64", action="store_true", help="--part bench: head dim 128 only (an hd128-only build)")
@@ -355,6 +426,10 @@ def main():
         return part_ncu(out_dir, args.ncu_which.split(","), seqs[0], args.causal, args.hd)
     if args.part == "ncu_target":
         return part_ncu_target(args.ncu_which, seqs[0], args.causal, args.hd)
+    if args.part == "basetime":
+        return part_basetime(out_dir, seqs, args.alt_lib, args.hd)
+    if args.part == "basetime_target":
+        return part_basetime_target(seqs, args.alt_lib, args.hd, 4)
     # Shares of the budget (a cold machine spends ~60 s of the check on first launches); the FA3 anchor
     # gets what is left.
     parts = [("check", 0.3), ("bench", 0.4), ("sass", 0.05)] + ([("fa3", 0)] if args.fa3 else [])
