@@ -410,9 +410,6 @@ class Sm90Backend:
         if b == 0 or s_q == 0:
             return dq, dk.zero_(), dv.zero_()
         left, right = effective_window(causal, window)
-        lse = lse.float()
-        if lse.stride(-1) != 1:
-            lse = lse.contiguous()
         self._backward_call(dout, q, k, v, out, lse, dq, dk, dv, left, right, softmax_scale, grads_fp32,
                             deterministic, dq_accumulate=dq_acc is not None)
         return dq, dk, dv
@@ -444,6 +441,10 @@ class Sm90Backend:
         rows16 = lambda t: t if t is None or _rows16(t) else t.contiguous()   # noqa: E731
         dout = rows16(None if dout is None else dout.to(q.dtype))
         out = rows16(out if out is None or out.dtype in (q.dtype, torch.float32) else out.to(q.dtype))
+        if lse is not None:   # the kernels read float32 lse rows with a unit seq stride
+            lse = lse.float()
+            if lse.stride(-1) != 1:
+                lse = lse.contiguous()
         bm = self._lib.ringfa3_sm90_bwd_block_m()
         det = bool(deterministic)
         if ws is None:

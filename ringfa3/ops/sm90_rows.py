@@ -49,10 +49,7 @@ class Sm90BackwardRows(BackwardRows):
             f32 = dict(device=self.q.device, dtype=torch.float32)
             self.ws = BackwardWorkspace(torch.empty(b, h, rows, d, **f32), torch.empty(b, h, rows, **f32),
                                         torch.empty(b, h, rows, **f32), rows)
-            lse = self.lse.float()
-            if lse.stride(-1) != 1:
-                lse = lse.contiguous()
-            self.impl._backward_call(self.dout, self.q, None, None, self.out, lse, None, None, None, -1, -1,
+            self.impl._backward_call(self.dout, self.q, None, None, self.out, self.lse, None, None, None, -1, -1,
                                      self.scale, True, False, ws=self.ws, phases=PREPROCESS)
         return self.ws
 
