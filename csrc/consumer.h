@@ -199,8 +199,8 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         continue;
       }
     }
-    store_output<typename Tr::TOut>(a, tOrO, inv, lse, Tr::kVarlen ? 0 : tile.batch, tile.head, e.q0, e.s_q,
-                                    tile.m_block * kM + rows_base, coord);
+    int bi = Tr::kVarlen ? 0 : tile.batch, row_base = tile.m_block * kM + rows_base;
+    store_output<typename Tr::TOut, decltype(tOrO), Tr::kMerge>(a, tOrO, inv, lse, bi, tile.head, e.q0, e.s_q, row_base, coord);
   }
   if constexpr (Tr::kSmemO || Tr::kOverV) {
     if (p.o_tma) drain_output_tma();

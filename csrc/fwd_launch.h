@@ -117,7 +117,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   if constexpr (Tr::kSmemO || Tr::kOverV) {
     using TOut = typename Tr::TOut;
     auto aligned = [](int64_t stride) { return stride > 0 && stride * int64_t(sizeof(TOut)) % 16 == 0; };
-    p.o_tma = !a.merge && !a.out_fp32 && a.out != nullptr && reinterpret_cast<uintptr_t>(a.out) % 16 == 0 &&
+    p.o_tma = !a.out_fp32 && a.out != nullptr && reinterpret_cast<uintptr_t>(a.out) % 16 == 0 &&
               aligned(a.o_stride[0]) && aligned(a.o_stride[1]) && aligned(a.o_stride[2]);
     if (p.o_tma) {
       auto gO = make_tensor(make_gmem_ptr(static_cast<TOut*>(a.out)), make_shape(a.s_q, a.d, a.h, a.b),
@@ -148,20 +148,26 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
 // One (dtype, head_dim) entry: the tile shape from TileConfig, the longer key block when no window
 // applies (full or causal) and the keys are many (176-key blocks: 10-17% slower at 1k, no faster at
 // 4k, run 6; causal from 8k keys: +2.3-3.9% at 16k at base clock, runs 56-57).
-// Varlen (16 bit) has an instantiation of its own, so the dense kernels carry none of its per-tile
-// segment lookups.
-template <class T, int kHeadDim>
-cudaError_t run_fwd(RingFa3FwdArgs const& a) {
+// Varlen (16 bit) and merging have instantiations of their own, so the plain dense kernels carry none
+// of their per-tile segment lookups or the merge's read-modify-write.
+template <class T, int kHeadDim, bool kMerge>
+cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
   using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig<kHeadDim>, TileConfig<kHeadDim>>;
   if (a.cu_seqlens_q != nullptr) {
-    if constexpr (sizeof(T) == 2) return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, true>>(a);
+    if constexpr (sizeof(T) == 2)
+      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, true, kMerge>>(a);
     return cudaErrorNotSupported;
   }
   if constexpr (Cfg::kNFull != Cfg::kN) {
     if (a.window_left < 0 && a.window_right <= 0 && a.s_k >= Cfg::kNFullMinKeys)   // full or causal
-      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages>>(a);
+      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages, false, kMerge>>(a);
   }
-  return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages>>(a);
+  return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, false, kMerge>>(a);
+}
+
+template <class T, int kHeadDim>
+cudaError_t run_fwd(RingFa3FwdArgs const& a) {
+  return a.merge ? run_fwd_as<T, kHeadDim, true>(a) : run_fwd_as<T, kHeadDim, false>(a);
 }
 
 }  // namespace

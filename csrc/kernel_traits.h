@@ -21,10 +21,15 @@ template <class T, int kD, int kN, int kStages> struct VSmemLayout<true, T, kD, 
   using type = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{}));
 };
 
-template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false>
+template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false,
+          bool kMerge_ = false>
 struct FwdTraits {
   using T = T_;
   static constexpr bool kVarlen = kVarlen_;   // packed segments (cu_seqlens): fwd_args.h
+  // Merges into (out_acc, lse_acc) (a ring step): an instantiation of its own, whose merge batches its
+  // loads (epilogue.h). Batched loads in the one shared kernel cost the plain launches 3-6% at hd128
+  // 8k-16k at base clock (ptxas scheduled the key loop differently; bench/NOTES.md run 65).
+  static constexpr bool kMerge = kMerge_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per CTA tile; 64 per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;   // keys per pipeline stage
@@ -92,14 +97,15 @@ struct FwdTraits {
   // TMA store per warpgroup: where the buffer fits beside Q and the K/V stages (not at hd128's 176-key
   // blocks, nor hd256), and not for varlen, whose segment ends the box would write past.
   static constexpr int kBytesTiles = int((kBlockM + 2 * kStages * kBlockN) * kHeadDim * sizeof(T));
-  static constexpr bool kSmemO = !kVarlen && kBytesTiles + kBlockM * kHeadDim * int(sizeof(TOut)) + 1024 <= 227 * 1024;
-  // Where it does not fit, the staging can lie over V's stages (kOverV, FA3's scheme, an A/B knob until
-  // measured): the two warpgroups first wait for each other's last P V, and the producer holds the
-  // next tile's V loads until the stores have read it (producer.h, o_free).
+  static constexpr bool kSmemO = !kVarlen && !kMerge && kBytesTiles + kBlockM * kHeadDim * int(sizeof(TOut)) + 1024 <= 227 * 1024;
+  // Where it does not fit, the staging lies over V's stages (kOverV, FA3's scheme): the two warpgroups
+  // first wait for each other's last P V, and the producer holds the next tile's V loads until the
+  // stores have read it (producer.h, o_free). At hd256 +0-12% at base clock; at hd128's 176-key blocks
+  // -2 to 0% (bench/NOTES.md run 63), so those keep the register epilogue (RINGFA3_O_OVER_V=1: A/B).
 #ifndef RINGFA3_O_OVER_V
 #define RINGFA3_O_OVER_V 0
 #endif
-  static constexpr bool kOverV = RINGFA3_O_OVER_V && !kSmemO && !kVarlen && sizeof(TOut) == 2 &&
+  static constexpr bool kOverV = (RINGFA3_O_OVER_V || kHeadDim == 256) && !kSmemO && !kVarlen && !kMerge && sizeof(TOut) == 2 &&
                                  kStages * kBlockN >= kBlockM;
   using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<TOut>{},
                                              Shape<_64, Int<kHeadDim>, Int<kConsumerWG>>{}));
