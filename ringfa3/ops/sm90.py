@@ -13,6 +13,7 @@ reductions (1.28-1.32x faster at 16k, bench/NOTES-bwd.md run 8), not repeatable 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -134,8 +135,11 @@ def _load(path=_LIB_PATH):
     return lib
 
 
+_I64x3 = ctypes.c_int64 * 3
+
+
 def _strides3(t):   # (b, s, h, d) tensor -> element strides of (batch, seq, head); None: a pass's absent tensor
-    return (ctypes.c_int64 * 3)() if t is None else (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), t.stride(2))
+    return _I64x3() if t is None else _I64x3(*t.stride()[:3])
 
 
 def _ptr(t):
@@ -144,6 +148,23 @@ def _ptr(t):
 
 def _strides2(t):   # (b, h, s) tensor, or varlen's packed (h, s) -> element strides of (batch, head)
     return (ctypes.c_int64 * 2)(t.stride(0), t.stride(1)) if t.dim() == 3 else (ctypes.c_int64 * 2)(0, t.stride(0))
+
+
+def on_device(device):
+    """torch.cuda.device(device), entered only when `device` is not already the current one: entering
+    it costs microseconds on every call, which show next to a 40 us kernel (1k tokens)."""
+    if device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)   # absent from CPU-only builds
+
+
+def raw_stream(device) -> int:
+    """The handle of `device`'s current stream, without building a torch Stream object (a few us)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    return _raw_stream(idx) if _raw_stream is not None else torch.cuda.current_stream(idx).cuda_stream
 
 
 def _check_accumulators(q, out_acc, lse_acc):
@@ -235,12 +256,12 @@ class Sm90Backend:
 
     def __init__(self, lib):
         self._lib = lib
-        self._sms = {}
+        self._devices = {}
 
     def unsupported(self, q, k, v, causal=False, window=(-1, -1)):
         if not (q.is_cuda and k.is_cuda and v.is_cuda):
             return "sm90 needs CUDA tensors"
-        if torch.cuda.get_device_capability(q.device) != (9, 0):
+        if self._device(q.device)[0] != (9, 0):
             return "sm90 needs a Hopper (sm_90) device"
         if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             return "sm90 supports bf16/fp16 q, k, v of one dtype"
@@ -254,17 +275,20 @@ class Sm90Backend:
         if k.shape[1] == 0:
             return "sm90 needs s_k > 0"
         for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.stride(-1) != 1 or any(s % 8 for s in t.stride()[:3]) or t.data_ptr() % 16:
+            st = t.stride()
+            if st[3] != 1 or st[0] % 8 or st[1] % 8 or st[2] % 8 or t.data_ptr() % 16:
                 return f"sm90 needs {name} with a contiguous last dim, 16-byte aligned base and strides"
         if max(q.shape[1], k.shape[1]) >= (1 << 28):
             return "sequence too long for sm90's int32 indexing"
         return None
 
-    def _num_sms(self, device):
+    def _device(self, device):
+        """(capability, SM count) of a CUDA device, looked up once."""
         idx = device.index if device.index is not None else torch.cuda.current_device()
-        if idx not in self._sms:
-            self._sms[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-        return self._sms[idx]
+        if idx not in self._devices:
+            props = torch.cuda.get_device_properties(idx)
+            self._devices[idx] = ((props.major, props.minor), props.multi_processor_count)
+        return self._devices[idx]
 
     def _args(self, q, k, v, causal, softmax_scale, window, dtype=None):
         b, s_q, h, d = q.shape
@@ -276,12 +300,12 @@ class Sm90Backend:
         a.dtype = _DTYPES[q.dtype] if dtype is None else dtype
         a.window_left, a.window_right = int(left), int(right)
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
-        a.num_sms = self._num_sms(q.device)
-        a.stream = torch.cuda.current_stream(q.device).cuda_stream
+        a.num_sms = self._device(q.device)[1]
+        a.stream = raw_stream(q.device)
         return a
 
     def _call(self, a, device):
-        with torch.cuda.device(device):
+        with on_device(device):
             rc = self._lib.ringfa3_sm90_fwd(ctypes.byref(a))
         if rc != 0:
             raise RuntimeError(f"ringfa3 sm90 forward failed ({rc}): {self._lib.ringfa3_sm90_last_error().decode()}")
@@ -485,8 +509,8 @@ class Sm90Backend:
         a.dq_accumulate = int(dq_accumulate)
         a.ws_rows, a.phases = (0, 0) if ws is None else (ws_rows, phases)
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
-        a.stream = torch.cuda.current_stream(q.device).cuda_stream
-        with torch.cuda.device(q.device):
+        a.stream = raw_stream(q.device)
+        with on_device(q.device):
             rc = self._lib.ringfa3_sm90_bwd(ctypes.byref(a))
         if rc != 0:
             raise RuntimeError(f"ringfa3 sm90 backward failed ({rc}): {self._lib.ringfa3_sm90_bwd_last_error().decode()}")

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 
 from . import fp8
-from .sm90 import _DTYPES, Sm90Backend, _Fp8RowsArgs, _Fp8VArgs, _strides2, _strides3
+from .sm90 import _DTYPES, Sm90Backend, _Fp8RowsArgs, _Fp8VArgs, _strides2, _strides3, on_device, raw_stream
 
 _E4M3 = 2   # RingFa3FwdArgs.dtype
 _HEAD_DIMS = (128, 256)
@@ -74,7 +74,7 @@ class Sm90Fp8Backend:
         scale = torch.empty(b, -(-s // _SCALE_ROWS), h, device=x.device, dtype=torch.float32)   # (b, n, h)
         a = _Fp8RowsArgs(x.data_ptr(), None if signs is None else signs.data_ptr(), codes.data_ptr(),
                          scale.data_ptr(), _strides3(x), b, s, h, d, _DTYPES[x.dtype],
-                         torch.cuda.current_stream(x.device).cuda_stream)
+                         raw_stream(x.device))
         self._prep("ringfa3_sm90_fp8_quantize_rows", a, x.device)
         return codes, scale
 
@@ -83,13 +83,13 @@ class Sm90Fp8Backend:
         b, s_k, h_kv, d = v.shape
         vt = torch.empty(b, h_kv, d, -(-s_k // 16) * 16, device=v.device, dtype=fp8.E4M3)   # (b, h_kv, d, s_v)
         a = _Fp8VArgs(v.data_ptr(), v_scale.data_ptr(), vt.data_ptr(), _strides3(v), b, s_k, h_kv, d,
-                      _DTYPES[v.dtype], torch.cuda.current_stream(v.device).cuda_stream)
+                      _DTYPES[v.dtype], raw_stream(v.device))
         self._prep("ringfa3_sm90_fp8_v_transpose", a, v.device)
         return vt
 
     def _prep(self, entry, a, device):
         lib = self._sm90._lib
-        with torch.cuda.device(device):
+        with on_device(device):
             rc = getattr(lib, entry)(ctypes.byref(a))
         if rc != 0:
             msg = lib.ringfa3_sm90_fp8_prep_last_error().decode()
