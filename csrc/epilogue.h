@@ -56,8 +56,8 @@ __device__ __forceinline__ void merge_weights(float la, float lb, float inv, flo
 // its segment's first row (lse and lse_acc are then (h, total rows)).
 // kBatchLoads (the merge instantiations, kernel_traits.h kMerge): the merge issues a chunk's loads of
 // out_acc before its stores. The compiler cannot tell the stores from later loads, so interleaved, each
-// load waits out a full memory round trip (32 in a row at hd128); batched, the ring forward is 3.5% faster
-// (bench/NOTES.md run 66). The plain instantiations keep the interleaved form they never run: without
+// load waits out a full memory round trip (32 in a row at hd128); batched, the ring forward is 4-5% faster
+// (bench/NOTES.md run 67). The plain instantiations keep the interleaved form they never run: without
 // it ptxas schedules their key loop differently, 6-8% slower at hd128 8k-16k at base clock (run 66);
 // with this form both kinds get that faster loop (identical SASS, modulo registers).
 template <class T, class Frag, bool kBatchLoads = false>

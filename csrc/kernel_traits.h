@@ -95,7 +95,8 @@ struct FwdTraits {
 
   // The output tile staged in shared memory, one (64, d) slice per consumer warpgroup, leaves by one
   // TMA store per warpgroup: where the buffer fits beside Q and the K/V stages (not at hd128's 176-key
-  // blocks, nor hd256), and not for varlen, whose segment ends the box would write past.
+  // blocks, nor hd256), not for varlen, whose segment ends the box would write past, and not when
+  // merging (no out to write).
   static constexpr int kBytesTiles = int((kBlockM + 2 * kStages * kBlockN) * kHeadDim * sizeof(T));
   static constexpr bool kSmemO = !kVarlen && !kMerge && kBytesTiles + kBlockM * kHeadDim * int(sizeof(TOut)) + 1024 <= 227 * 1024;
   // Where it does not fit, the staging lies over V's stages (kOverV, FA3's scheme): the two warpgroups
