@@ -19,8 +19,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
     for (int i = 0; i < Tr::kStages; ++i) {
       FullBarrier::init(&ss.k_full[i], 1);
       FullBarrier::init(&ss.v_full[i], 1);
-      EmptyBarrier::init(&ss.k_empty[i], Tr::kConsumerWarps);
-      EmptyBarrier::init(&ss.v_empty[i], Tr::kConsumerWarps);
+      EmptyBarrier::init(&ss.k_empty[i], Tr::kConsumerWarps * Tr::kClusterM);   // both CTAs of a cluster
+      EmptyBarrier::init(&ss.v_empty[i], Tr::kConsumerWarps * Tr::kClusterM);
     }
     for (int i = 0; i < 2; ++i) {
       EmptyBarrier::init(&ss.tile_full[i], 1);
@@ -29,7 +29,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
     EmptyBarrier::init(&ss.o_free, Tr::kConsumerWG);
     cutlass::arch::fence_barrier_init();
   }
-  __syncthreads();
+  // In a cluster the peer arrives on these barriers and multicasts into this smem: its barriers must be
+  // initialized first, and neither CTA may exit while the other can still do either.
+  if constexpr (Tr::kClusterM > 1) {
+    cute::cluster_arrive_relaxed();
+    cute::cluster_wait();
+  } else {
+    __syncthreads();
+  }
 
   if (threadIdx.x / 128 == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
@@ -42,6 +49,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     consume<Tr>(p, ss, threadIdx.x - 128);
+  }
+  if constexpr (Tr::kClusterM > 1) {
+    __syncwarp();   // the producer warp reconverges: the cluster barrier is warp-aligned
+    cute::cluster_arrive();
+    cute::cluster_wait();
   }
 }
 

@@ -96,10 +96,10 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   FwdParams<Tr> p{
       make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Tr::SmemLayoutQ{},
                     Shape<Int<Tr::kBlockM>, Int<Tr::kHeadDim>>{}, _1{}),
-      make_tma_copy(SM90_TMA_LOAD{}, gK, take<0, 2>(typename Tr::SmemLayoutK{}),
-                    Shape<Int<Tr::kBlockN>, Int<Tr::kHeadDim>>{}, _1{}),
-      make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Tr::SmemLayoutV{}),
-                    Shape<Int<Tr::kHeadDim>, Int<Tr::kBlockN>>{}, _1{}),
+      make_tma_copy(typename Tr::TmaLoadKV{}, gK, take<0, 2>(typename Tr::SmemLayoutK{}),
+                    Shape<Int<Tr::kBlockN>, Int<Tr::kHeadDim>>{}, Int<Tr::kClusterM>{}),
+      make_tma_copy(typename Tr::TmaLoadKV{}, gV, take<0, 2>(typename Tr::SmemLayoutV{}),
+                    Shape<Int<Tr::kHeadDim>, Int<Tr::kBlockN>>{}, Int<Tr::kClusterM>{}),
       a,
       /*n_m_blocks=*/Tr::kVarlen ? a.n_varlen_tiles : (a.s_q + Tr::kBlockM - 1) / Tr::kBlockM,
       /*n_tiles=*/0,
@@ -140,6 +140,26 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   auto kernel = fwd_kernel<Tr>;
   err = set_max_dynamic_smem_once<fwd_kernel<Tr>>(dev, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
+  if constexpr (Tr::kClusterM > 1) {   // as many clusters as can be resident at once, static order
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = Tr::kClusterM;
+    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cfg.blockDim = dim3(Tr::kThreads);
+    cfg.dynamicSmemBytes = Tr::kSmemBytes;
+    cfg.stream = static_cast<cudaStream_t>(a.stream);
+    int clusters = 0;
+    cfg.gridDim = dim3(Tr::kClusterM * sms);
+    err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
+    if (err != cudaSuccess) return err;
+    if (clusters == 0) return cudaErrorLaunchOutOfResources;
+    int grid = Tr::kClusterM * clusters;
+    cfg.gridDim = dim3(p.n_tiles < grid ? p.n_tiles : grid);   // n_tiles is a multiple of the cluster
+    return cudaLaunchKernelEx(&cfg, kernel, p);
+  }
   int grid = p.n_tiles < sms ? p.n_tiles : sms;
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
   return cudaGetLastError();
@@ -150,6 +170,11 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
 // 4k, run 6; causal from 8k keys: +2.3-3.9% at 16k at base clock, runs 56-57).
 // Varlen (16 bit) and merging have instantiations of their own, so the plain dense kernels carry none
 // of their per-tile segment lookups or the merge's read-modify-write.
+// RINGFA3_CLUSTER (A/B, off): full attention at hd128 16-bit in clusters of two CTAs sharing K/V loads
+// by multicast (kernel_traits.h kClusterM).
+#ifndef RINGFA3_CLUSTER
+#define RINGFA3_CLUSTER 0
+#endif
 template <class T, int kHeadDim, bool kMerge>
 cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
   using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig<kHeadDim>, TileConfig<kHeadDim>>;
@@ -157,6 +182,13 @@ cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
     if constexpr (sizeof(T) == 2)
       return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, true, kMerge>>(a);
     return cudaErrorNotSupported;
+  }
+  if constexpr (RINGFA3_CLUSTER && sizeof(T) == 2 && kHeadDim == 128) {   // full attention, an even number of query blocks
+    if (a.window_left < 0 && a.window_right < 0 && (a.s_q + Cfg::kM - 1) / Cfg::kM % 2 == 0) {
+      if (a.s_k >= Cfg::kNFullMinKeys)
+        return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages, false, kMerge, 2>>(a);
+      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, false, kMerge, 2>>(a);
+    }
   }
   if constexpr (Cfg::kNFull != Cfg::kN) {
     if (a.window_left < 0 && a.window_right <= 0 && a.s_k >= Cfg::kNFullMinKeys)   // full or causal

@@ -22,7 +22,7 @@ template <class T, int kD, int kN, int kStages> struct VSmemLayout<true, T, kD, 
 };
 
 template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false,
-          bool kMerge_ = false>
+          bool kMerge_ = false, int kClusterM_ = 1>
 struct FwdTraits {
   using T = T_;
   static constexpr bool kVarlen = kVarlen_;   // packed segments (cu_seqlens): fwd_args.h
@@ -30,6 +30,11 @@ struct FwdTraits {
   // loads (epilogue.h). Batched loads in the one shared kernel cost the plain launches 3-6% at hd128
   // 8k-16k at base clock (ptxas scheduled the key loop differently; bench/NOTES.md run 65).
   static constexpr bool kMerge = kMerge_;
+  // CTAs per cluster along M (RINGFA3_CLUSTER, fwd_launch.h): the two take adjacent query blocks of one
+  // (batch, head), each loads half of every K/V block and multicasts it to both (FA3's cluster for
+  // full attention). Their K/V empty barriers count both CTAs' consumer warps.
+  static constexpr int kClusterM = kClusterM_;
+  static_assert(kClusterM == 1 || (kClusterM == 2 && !kVarlen), "clusters of 2, dense only");
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // query rows per CTA tile; 64 per consumer warpgroup
   static constexpr int kBlockN = kBlockN_;   // keys per pipeline stage
@@ -86,12 +91,13 @@ struct FwdTraits {
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{},
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideQK{}),
       SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
-  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{},
+  using TmaLoadKV = std::conditional_t<kClusterM == 1, SM90_TMA_LOAD, SM90_TMA_LOAD_MULTICAST>;
+  using TmaK = decltype(make_tma_copy(TmaLoadKV{},
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideQK{}),
-      take<0, 2>(SmemLayoutK{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
-  using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{},
+      take<0, 2>(SmemLayoutK{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, Int<kClusterM>{}));
+  using TmaV = decltype(make_tma_copy(TmaLoadKV{},
       make_tensor(make_gmem_ptr(static_cast<T const*>(nullptr)), ShapeG{}, StrideV{}),
-      take<0, 2>(SmemLayoutV{}), Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
+      take<0, 2>(SmemLayoutV{}), Shape<Int<kHeadDim>, Int<kBlockN>>{}, Int<kClusterM>{}));
 
   // The output tile staged in shared memory, one (64, d) slice per consumer warpgroup, leaves by one
   // TMA store per warpgroup: where the buffer fits beside Q and the K/V stages (not at hd128's 176-key
@@ -106,7 +112,8 @@ struct FwdTraits {
 #ifndef RINGFA3_O_OVER_V
 #define RINGFA3_O_OVER_V 0
 #endif
-  static constexpr bool kOverV = (RINGFA3_O_OVER_V || kHeadDim == 256) && !kSmemO && !kVarlen && !kMerge && sizeof(TOut) == 2 &&
+  static constexpr bool kOverV = (RINGFA3_O_OVER_V || kHeadDim == 256) && !kSmemO && !kVarlen && !kMerge &&
+                                 kClusterM == 1 && sizeof(TOut) == 2 &&
                                  kStages * kBlockN >= kBlockM;
   using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<TOut>{},
                                              Shape<_64, Int<kHeadDim>, Int<kConsumerWG>>{}));

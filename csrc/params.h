@@ -38,7 +38,7 @@ struct FwdParams {
 // The scheduled tile as the kernel computes it. Varlen schedules entries of the tile list
 // (tile.m_block indexes it, batch is 0) and becomes the listed (segment, query block).
 template <class Tr>
-__device__ __forceinline__ Extent locate(FwdParams<Tr> const& p, TileScheduler::Tile& tile) {
+__device__ __forceinline__ Extent locate(FwdParams<Tr> const& p, ScheduledTile& tile) {
   if constexpr (Tr::kVarlen) {
     int seg = p.a.varlen_tiles[2 * tile.m_block];
     tile.m_block = p.a.varlen_tiles[2 * tile.m_block + 1];

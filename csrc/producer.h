@@ -23,9 +23,13 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutV{});
 
-  TileScheduler sched{p.n_tiles, p.n_m_blocks, a.h, p.heads_per_chunk, p.tile_counter};
+  TileScheduler<Tr::kClusterM> sched{p.n_tiles, p.n_m_blocks, a.h, p.heads_per_chunk, p.tile_counter};
   TileRing ring{ss.tile_id, ss.tile_full, ss.tile_empty};
   PipeState<Tr::kStages> ks, vs;   // K and V rings advance in step (same block sequence)
+  auto cta_rank = [] {   // this CTA's slice of the K/V boxes (a constant 0 outside clusters)
+    if constexpr (Tr::kClusterM == 1) return Int<0>{};
+    else return int(cute::block_rank_in_cluster());
+  }();
   int q_round = 0;
   // Out staged over V's stages (Tr::kOverV): the V loads of tile j wait until tile j - 1's stores have
   // read the staging (phase j - 1 of o_free). Phases are awaited in order, one per tile, and never
@@ -35,7 +39,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   for (int t = blockIdx.x, j = 0;; ++j) {
     if (!Tr::kOverV || !sched.valid(t)) ring.publish(t);
     if (!sched.valid(t)) break;
-    int t_next = sched.draw_next();   // drawn early: atomic latency hides
+    int t_next = sched.draw_next(t);   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -57,19 +61,26 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
                            make_coord(_0{}, _));                                 // (d, kN, n)
     // (global TMA coords, smem) pairs: Q (TMA), K and V (TMA, block) / (TMA, stage)
     auto tQ = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
-    auto tK = tma_partition(p.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
-    auto tV = tma_partition(p.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+    // In a cluster each CTA loads its slice of every K/V block and multicasts it to both.
+    auto tK = tma_partition(p.tma_k, cta_rank, Layout<Int<Tr::kClusterM>>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    auto tV = tma_partition(p.tma_v, cta_rank, Layout<Int<Tr::kClusterM>>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
+    // A stage is refilled once every consumer warp that reads it (of both CTAs in a cluster) has let
+    // it go; its full barrier expects the whole block, both slices.
+    auto kv_copy = [&](auto const& tma, uint64_t& full) {
+      if constexpr (Tr::kClusterM == 1) return tma.with(full);
+      else return tma.with(full, uint16_t((1 << Tr::kClusterM) - 1));
+    };
     auto load_k = [&](int n) {
       EmptyBarrier::wait(&ss.k_empty[ks.index], ks.phase ^ 1);
       FullBarrier::arrive_and_expect_tx(&ss.k_full[ks.index], Tr::kBytesKV);
-      copy(p.tma_k.with(ss.k_full[ks.index]), get<0>(tK)(_, n), get<1>(tK)(_, ks.index));
+      copy(kv_copy(p.tma_k, ss.k_full[ks.index]), get<0>(tK)(_, n), get<1>(tK)(_, ks.index));
       ks.advance();
     };
     auto load_v = [&](int n) {
       EmptyBarrier::wait(&ss.v_empty[vs.index], vs.phase ^ 1);
       FullBarrier::arrive_and_expect_tx(&ss.v_full[vs.index], Tr::kBytesKV);
-      copy(p.tma_v.with(ss.v_full[vs.index]), get<0>(tV)(_, n), get<1>(tV)(_, vs.index));
+      copy(kv_copy(p.tma_v, ss.v_full[vs.index]), get<0>(tV)(_, n), get<1>(tV)(_, vs.index));
       vs.advance();
     };
 

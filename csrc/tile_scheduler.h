@@ -18,25 +18,37 @@
 
 namespace ringfa3 {
 
+struct ScheduledTile { int m_block, head, batch; };
+
+// kCluster 2 (full attention, kernel_traits.h kClusterM): tile t is CTA t % 2 of query-block pair t / 2,
+// the pairs in the order above; a cluster's two CTAs take the two blocks of one pair, so they share
+// the (batch, head) and its K/V. The order is static there (t + grid): both CTAs must walk the same
+// pairs, and full-attention tiles are all equally long.
+template <int kCluster = 1>
 struct TileScheduler {
   int n_tiles, n_m_blocks, h, heads_per_chunk;
   int* counter;   // [0] tiles drawn beyond the first wave, [1] CTAs finished drawing
-  struct Tile { int m_block, head, batch; };
+  using Tile = ScheduledTile;
 
   __device__ bool valid(int t) const { return t < n_tiles; }
   __device__ Tile decode(int t) const {
+    int u = t / kCluster, n_m = n_m_blocks / kCluster;   // query-block pairs when kCluster is 2
     int n_hb = n_tiles / n_m_blocks;                  // (head, batch) pairs
-    int chunk = t / (heads_per_chunk * n_m_blocks);
-    int r = t - chunk * heads_per_chunk * n_m_blocks;
+    int chunk = u / (heads_per_chunk * n_m);
+    int r = u - chunk * heads_per_chunk * n_m;
     int g = min(heads_per_chunk, n_hb - chunk * heads_per_chunk);   // last chunk may be short
     int hb = chunk * heads_per_chunk + r % g;
-    return Tile{n_m_blocks - 1 - r / g, hb % h, hb / h};
+    return Tile{kCluster * (n_m - 1 - r / g) + t % kCluster, hb % h, hb / h};
   }
-  // Producer thread only.
-  __device__ int draw_next() const { return int(gridDim.x) + atomicAdd(counter, 1); }
+  // Producer thread only: the tile after t.
+  __device__ int draw_next(int t) const {
+    if constexpr (kCluster > 1) return t + int(gridDim.x);
+    else return int(gridDim.x) + atomicAdd(counter, 1);
+  }
   // Producer thread, after drawing an invalid id: the last CTA to get there resets the counter
   // for the next launch (every CTA has finished drawing by then).
   __device__ void finish() const {
+    if (kCluster > 1) return;   // no counter drawn
     if (atomicAdd(counter + 1, 1) == int(gridDim.x) - 1) {
       atomicExch(counter, 0);
       atomicExch(counter + 1, 0);
