@@ -47,12 +47,14 @@ inline int balanced_chunk(int heads, int n_hb, int n_m_blocks, int sms, bool gro
   return (n_hb + chunks - 1) / chunks;
 }
 
+constexpr int kMaxDevices = 64;   // per-device host caches; a launch on a higher ordinal fails cleanly
+
 // Counter pairs for the dynamic tile scheduler, per device. The kernel leaves its pair at zero when
 // it exits, so launches need no memset; a ring of pairs (not one) lets launches on different
 // streams run at the same time (up to kSlots in flight). Allocated on the first call, which
 // therefore must not be inside CUDA-graph capture.
 inline int* tile_counter_slot() {
-  constexpr int kSlots = 64, kMaxDevices = 64;
+  constexpr int kSlots = 64;
   static int* base[kMaxDevices] = {};
   static std::mutex mu;
   static std::atomic<unsigned> next{0};
@@ -151,11 +153,14 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
     cfg.blockDim = dim3(Tr::kThreads);
     cfg.dynamicSmemBytes = Tr::kSmemBytes;
     cfg.stream = static_cast<cudaStream_t>(a.stream);
-    int clusters = 0;
-    cfg.gridDim = dim3(Tr::kClusterM * sms);
-    err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
-    if (err != cudaSuccess) return err;
-    if (clusters == 0) return cudaErrorLaunchOutOfResources;
+    static int resident[kMaxDevices] = {};   // clusters resident at once, per device (asked once)
+    if (resident[dev] == 0) {
+      cfg.gridDim = dim3(Tr::kClusterM * sms);
+      err = cudaOccupancyMaxActiveClusters(&resident[dev], kernel, &cfg);
+      if (err != cudaSuccess) return err;
+      if (resident[dev] == 0) return cudaErrorLaunchOutOfResources;
+    }
+    int clusters = resident[dev];
     int grid = Tr::kClusterM * clusters;
     cfg.gridDim = dim3(p.n_tiles < grid ? p.n_tiles : grid);   // n_tiles is a multiple of the cluster
     return cudaLaunchKernelEx(&cfg, kernel, p);
