@@ -160,8 +160,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       if (err != cudaSuccess) return err;
       if (resident[dev] == 0) return cudaErrorLaunchOutOfResources;
     }
-    int clusters = resident[dev];
-    int grid = Tr::kClusterM * clusters;
+    int grid = Tr::kClusterM * resident[dev];
     cfg.gridDim = dim3(p.n_tiles < grid ? p.n_tiles : grid);   // n_tiles is a multiple of the cluster
     return cudaLaunchKernelEx(&cfg, kernel, p);
   }
@@ -170,13 +169,23 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   return cudaGetLastError();
 }
 
-// One (dtype, head_dim) entry: the tile shape from TileConfig, the longer key block when no window
-// applies (full or causal) and the keys are many (176-key blocks: 10-17% slower at 1k, no faster at
-// 4k, run 6; causal from 8k keys: +2.3-3.9% at 16k at base clock, runs 56-57).
-// Varlen (16 bit) and merging have instantiations of their own, so the plain dense kernels carry none
-// of their per-tile segment lookups or the merge's read-modify-write.
-// RINGFA3_CLUSTER (A/B, off): full attention at hd128 16-bit in clusters of two CTAs sharing K/V loads
-// by multicast (kernel_traits.h kClusterM).
+// A dense launch: the tile shape from TileConfig, the longer key block when no window applies (full or
+// causal) and the keys are many (176-key blocks: 10-17% slower at 1k, no faster at 4k, run 6; causal
+// from 8k keys: +2.3-3.9% at 16k at base clock, runs 56-57).
+template <class T, int kHeadDim, bool kMerge, int kClusterM>
+cudaError_t launch_dense(RingFa3FwdArgs const& a) {
+  using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig<kHeadDim>, TileConfig<kHeadDim>>;
+  if constexpr (Cfg::kNFull != Cfg::kN) {
+    if (a.window_left < 0 && a.window_right <= 0 && a.s_k >= Cfg::kNFullMinKeys)
+      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages, false, kMerge, kClusterM>>(a);
+  }
+  return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, false, kMerge, kClusterM>>(a);
+}
+
+// One (dtype, head_dim) entry. Varlen (16 bit) and merging have instantiations of their own, so the
+// plain dense kernels carry none of their per-tile segment lookups or the merge's read-modify-write.
+// RINGFA3_CLUSTER (A/B, off): full attention at hd128 16-bit, with an even number of query blocks, in
+// clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM).
 #ifndef RINGFA3_CLUSTER
 #define RINGFA3_CLUSTER 0
 #endif
@@ -188,18 +197,11 @@ cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
       return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, true, kMerge>>(a);
     return cudaErrorNotSupported;
   }
-  if constexpr (RINGFA3_CLUSTER && sizeof(T) == 2 && kHeadDim == 128) {   // full attention, an even number of query blocks
-    if (a.window_left < 0 && a.window_right < 0 && (a.s_q + Cfg::kM - 1) / Cfg::kM % 2 == 0) {
-      if (a.s_k >= Cfg::kNFullMinKeys)
-        return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages, false, kMerge, 2>>(a);
-      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, false, kMerge, 2>>(a);
-    }
+  if constexpr (RINGFA3_CLUSTER && sizeof(T) == 2 && kHeadDim == 128) {
+    if (a.window_left < 0 && a.window_right < 0 && (a.s_q + Cfg::kM - 1) / Cfg::kM % 2 == 0)
+      return launch_dense<T, kHeadDim, kMerge, 2>(a);
   }
-  if constexpr (Cfg::kNFull != Cfg::kN) {
-    if (a.window_left < 0 && a.window_right <= 0 && a.s_k >= Cfg::kNFullMinKeys)   // full or causal
-      return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages, false, kMerge>>(a);
-  }
-  return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, false, kMerge>>(a);
+  return launch_dense<T, kHeadDim, kMerge, 1>(a);
 }
 
 template <class T, int kHeadDim>

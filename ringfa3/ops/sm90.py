@@ -161,9 +161,13 @@ def on_device(device):
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)   # absent from CPU-only builds
 
 
+def _index(device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def raw_stream(device) -> int:
     """The handle of `device`'s current stream, without building a torch Stream object (a few us)."""
-    idx = device.index if device.index is not None else torch.cuda.current_device()
+    idx = _index(device)
     return _raw_stream(idx) if _raw_stream is not None else torch.cuda.current_stream(idx).cuda_stream
 
 
@@ -284,7 +288,7 @@ class Sm90Backend:
 
     def _device(self, device):
         """(capability, SM count) of a CUDA device, looked up once."""
-        idx = device.index if device.index is not None else torch.cuda.current_device()
+        idx = _index(device)
         if idx not in self._devices:
             props = torch.cuda.get_device_properties(idx)
             self._devices[idx] = ((props.major, props.minor), props.multi_processor_count)
