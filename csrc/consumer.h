@@ -200,6 +200,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       }
     }
     int bi = Tr::kVarlen ? 0 : tile.batch, row_base = tile.m_block * kM + rows_base;
+    if constexpr (Tr::kMerge) asm volatile("griddepcontrol.wait;" ::: "memory");   // fwd_kernel.h
     store_output<typename Tr::TOut, decltype(tOrO), Tr::kMerge>(a, tOrO, inv, lse, bi, tile.head, e.q0, e.s_q, row_base, coord);
   }
   if constexpr (Tr::kSmemO || Tr::kOverV) {

@@ -13,6 +13,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
   extern __shared__ __align__(1024) unsigned char smem_buf[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_buf);
 
+  // Merging (a ring step, launched with programmatic stream serialization, fwd_launch.h): the next
+  // step may be scheduled at once, so its CTAs take the SMs this launch's tail leaves idle and run
+  // their key loops there. Each waits for this launch to finish before its merge touches out_acc and
+  // lse_acc (consumer.h); its Q/K/V are never what a merge writes.
+  if constexpr (Tr::kMerge) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.q_full, 1);
     EmptyBarrier::init(&ss.q_empty, Tr::kConsumerWarps);

@@ -142,17 +142,23 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   auto kernel = fwd_kernel<Tr>;
   err = set_max_dynamic_smem_once<fwd_kernel<Tr>>(dev, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[2];
+  cfg.attrs = attr;
+  cfg.blockDim = dim3(Tr::kThreads);
+  cfg.dynamicSmemBytes = Tr::kSmemBytes;
+  cfg.stream = static_cast<cudaStream_t>(a.stream);
+  int grid = p.n_tiles < sms ? p.n_tiles : sms;
+  if constexpr (Tr::kMerge) {   // a ring step may start under the previous step's tail (fwd_kernel.h)
+    cudaLaunchAttribute& pdl = attr[cfg.numAttrs++];
+    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl.val.programmaticStreamSerializationAllowed = 1;
+  }
   if constexpr (Tr::kClusterM > 1) {   // as many clusters as can be resident at once, static order
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = Tr::kClusterM;
-    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cfg.blockDim = dim3(Tr::kThreads);
-    cfg.dynamicSmemBytes = Tr::kSmemBytes;
-    cfg.stream = static_cast<cudaStream_t>(a.stream);
+    cudaLaunchAttribute& cluster = attr[cfg.numAttrs++];
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = Tr::kClusterM;
+    cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
     static int resident[kMaxDevices] = {};   // clusters resident at once, per device (asked once)
     if (resident[dev] == 0) {
       cfg.gridDim = dim3(Tr::kClusterM * sms);
@@ -160,13 +166,10 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       if (err != cudaSuccess) return err;
       if (resident[dev] == 0) return cudaErrorLaunchOutOfResources;
     }
-    int grid = Tr::kClusterM * resident[dev];
-    cfg.gridDim = dim3(p.n_tiles < grid ? p.n_tiles : grid);   // n_tiles is a multiple of the cluster
-    return cudaLaunchKernelEx(&cfg, kernel, p);
+    grid = std::min(p.n_tiles, Tr::kClusterM * resident[dev]);   // n_tiles is a multiple of the cluster
   }
-  int grid = p.n_tiles < sms ? p.n_tiles : sms;
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
-  return cudaGetLastError();
+  cfg.gridDim = dim3(grid);
+  return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
 // A dense launch: the tile shape from TileConfig, the longer key block when no window applies (full or

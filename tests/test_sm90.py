@@ -94,6 +94,33 @@ def test_out_fp32_and_merge():
     assert (lacc.double() - ref_lse).abs().max() < 1e-2
 
 
+def test_back_to_back_merges_equal_serialized():
+    """A merge launch may start under the previous one's tail (programmatic dependent launch,
+    csrc/fwd_kernel.h) and must still fold into that one's finished result: merges launched back to
+    back equal the same merges with a device sync between each, bit for bit, and match float64."""
+    b, s_q, s_k, h, d, steps = 1, 4096, 8192, 8, 128, 8   # 256 tiles per launch: two waves and a tail
+    q = torch.randn(b, s_q, h, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
+
+    def merged(sync):
+        acc = torch.zeros(b, s_q, h, d, device="cuda")
+        lacc = torch.full((b, h, s_q), -math.inf, device="cuda")
+        for keys in torch.arange(s_k).chunk(steps):
+            BACKEND.forward_merge(q, k[:, keys], v[:, keys], False, None, (-1, -1), acc, lacc)
+            if sync:
+                torch.cuda.synchronize()
+        return acc, lacc
+
+    serial = merged(sync=True)
+    for _ in range(3):
+        acc, lacc = merged(sync=False)
+        assert torch.equal(acc, serial[0]) and torch.equal(lacc, serial[1])
+    ref_o, ref_lse = attention64(q.double(), k.double(), v.double(), False, d ** -0.5)
+    assert rel(serial[0], ref_o) <= 3 * rounding_floor(ref_o, torch.bfloat16)
+    assert (serial[1].double() - ref_lse).abs().max() < 1e-2
+
+
 @pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: c["name"].replace(" ", "_"))
 def test_varlen_blocks_match_float64(case):
     """Packed documents through the varlen kernel (forward_blocks, merged into fp32 accumulators)."""
