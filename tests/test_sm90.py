@@ -97,24 +97,36 @@ def test_out_fp32_and_merge():
 def test_back_to_back_merges_equal_serialized():
     """A merge launch may start under the previous one's tail (programmatic dependent launch,
     csrc/fwd_kernel.h) and must still fold into that one's finished result: merges launched back to
-    back equal the same merges with a device sync between each, bit for bit, and match float64."""
+    back, eagerly or replayed from a CUDA graph, equal the same merges with a device sync between
+    each, bit for bit, and match float64."""
     b, s_q, s_k, h, d, steps = 1, 4096, 8192, 8, 128, 8   # 256 tiles per launch: two waves and a tail
     q = torch.randn(b, s_q, h, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
+    acc = torch.empty(b, s_q, h, d, device="cuda")
+    lacc = torch.empty(b, h, s_q, device="cuda")
 
-    def merged(sync):
-        acc = torch.zeros(b, s_q, h, d, device="cuda")
-        lacc = torch.full((b, h, s_q), -math.inf, device="cuda")
-        for keys in torch.arange(s_k).chunk(steps):
+    def merge_all(sync):   # key slices are views: nothing but the merges runs between them
+        acc.zero_()
+        lacc.fill_(-math.inf)
+        for i in range(steps):
+            keys = slice(i * s_k // steps, (i + 1) * s_k // steps)
             BACKEND.forward_merge(q, k[:, keys], v[:, keys], False, None, (-1, -1), acc, lacc)
             if sync:
                 torch.cuda.synchronize()
-        return acc, lacc
 
-    serial = merged(sync=True)
+    merge_all(sync=True)
+    serial = acc.clone(), lacc.clone()
     for _ in range(3):
-        acc, lacc = merged(sync=False)
+        merge_all(sync=False)
+        assert torch.equal(acc, serial[0]) and torch.equal(lacc, serial[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        merge_all(sync=False)
+    for _ in range(3):
+        acc.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
         assert torch.equal(acc, serial[0]) and torch.equal(lacc, serial[1])
     ref_o, ref_lse = attention64(q.double(), k.double(), v.double(), False, d ** -0.5)
     assert rel(serial[0], ref_o) <= 3 * rounding_floor(ref_o, torch.bfloat16)
