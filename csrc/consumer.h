@@ -113,7 +113,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
       constexpr int kRows = Tr::kSplitSoftmax ? 1 : 2;
       softmax.template step<decltype(first)::value, Tr::kFp8, 0, kRows>(tSrS, rescale, c);
-      warp_release_after<Tr::kClusterM>(&ss.k_empty[kv.index], Tr::kSplitSoftmax ? softmax.row_sum[0]
+      warp_release_after(&ss.k_empty[kv.index], Tr::kSplitSoftmax ? softmax.row_sum[0]
                                                                   : softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
     };
     auto softmax_rest = [&](auto first, float (&rescale)[2]) {
@@ -170,7 +170,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         warpgroup_wait<1>();   // S(n) is done; P V may still run
         softmax_part(cute::false_type{}, n, rescale);
         warpgroup_wait<0>();
-        warp_release<Tr::kClusterM>(&ss.v_empty[prev.index]);
+        warp_release(&ss.v_empty[prev.index]);
         softmax_rest(cute::false_type{}, rescale);
         convert_p();
         if constexpr (Tr::kLateRescale) rescale_o();
@@ -183,7 +183,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
       pingpong_signal<Tr>(wg);
       warpgroup_wait<0>();
-      warp_release<Tr::kClusterM>(&ss.v_empty[prev.index]);
+      warp_release(&ss.v_empty[prev.index]);
       ++q_round;
     }
     float inv[2], lse[2];

@@ -24,8 +24,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
     for (int i = 0; i < Tr::kStages; ++i) {
       FullBarrier::init(&ss.k_full[i], 1);
       FullBarrier::init(&ss.v_full[i], 1);
-      EmptyBarrier::init(&ss.k_empty[i], Tr::kConsumerWarps * Tr::kClusterM);   // both CTAs of a cluster
-      EmptyBarrier::init(&ss.v_empty[i], Tr::kConsumerWarps * Tr::kClusterM);
+      EmptyBarrier::init(&ss.k_empty[i], Tr::kConsumerWarps);
+      EmptyBarrier::init(&ss.v_empty[i], Tr::kConsumerWarps);
+      if constexpr (Tr::kClusterM > 1) {   // one arrive per CTA of the cluster (producer.h)
+        EmptyBarrier::init(&ss.pair.k[i], Tr::kClusterM);
+        EmptyBarrier::init(&ss.pair.v[i], Tr::kClusterM);
+      }
     }
     for (int i = 0; i < 2; ++i) {
       EmptyBarrier::init(&ss.tile_full[i], 1);
@@ -34,8 +38,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
     EmptyBarrier::init(&ss.o_free, Tr::kConsumerWG);
     cutlass::arch::fence_barrier_init();
   }
-  // In a cluster the peer arrives on these barriers and multicasts into this smem: its barriers must be
-  // initialized first, and neither CTA may exit while the other can still do either.
+  // In a cluster the peer arrives on the pair barriers and multicasts into this smem: its barriers must be
+  // initialized first. (Neither CTA may exit while the other can still do either: produce() ends by
+  // waiting until both CTAs have released every stage.)
   if constexpr (Tr::kClusterM > 1) {
     cute::cluster_arrive_relaxed();
     cute::cluster_wait();
@@ -54,11 +59,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     consume<Tr>(p, ss, threadIdx.x - 128);
-  }
-  if constexpr (Tr::kClusterM > 1) {
-    __syncwarp();   // the producer warp reconverges: the cluster barrier is warp-aligned
-    cute::cluster_arrive();
-    cute::cluster_wait();
   }
 }
 

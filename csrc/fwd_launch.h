@@ -187,10 +187,16 @@ cudaError_t launch_dense(RingFa3FwdArgs const& a) {
 
 // One (dtype, head_dim) entry. Varlen (16 bit) and merging have instantiations of their own, so the
 // plain dense kernels carry none of their per-tile segment lookups or the merge's read-modify-write.
-// RINGFA3_CLUSTER (A/B, off): full attention at hd128 16-bit, with an even number of query blocks, in
-// clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM).
+// RINGFA3_CLUSTER=1: full attention at hd128 16-bit, with an even number of query blocks and from 4k
+// keys, runs in clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM; FA3's
+// cluster). At the power cap the halved L2 traffic buys clock: +4-5% at 4k-16k in do_bench, the ring's
+// steps 3% faster; at 1k 7% slower (bench/NOTES.md run 82). Off by default until the cuda test suite
+// has run with it: its 176-key and fp16 kernels have not yet been checked on a GPU.
 #ifndef RINGFA3_CLUSTER
 #define RINGFA3_CLUSTER 0
+#endif
+#ifndef RINGFA3_CLUSTER_MIN_KEYS
+#define RINGFA3_CLUSTER_MIN_KEYS 4096
 #endif
 template <class T, int kHeadDim, bool kMerge>
 cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
@@ -201,7 +207,8 @@ cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
     return cudaErrorNotSupported;
   }
   if constexpr (RINGFA3_CLUSTER && sizeof(T) == 2 && kHeadDim == 128) {
-    if (a.window_left < 0 && a.window_right < 0 && (a.s_q + Cfg::kM - 1) / Cfg::kM % 2 == 0)
+    if (a.window_left < 0 && a.window_right < 0 && a.s_k >= RINGFA3_CLUSTER_MIN_KEYS &&
+        (a.s_q + Cfg::kM - 1) / Cfg::kM % 2 == 0)
       return launch_dense<T, kHeadDim, kMerge, 2>(a);
   }
   return launch_dense<T, kHeadDim, kMerge, 1>(a);

@@ -32,7 +32,7 @@ struct FwdTraits {
   static constexpr bool kMerge = kMerge_;
   // CTAs per cluster along M (RINGFA3_CLUSTER, fwd_launch.h): the two take adjacent query blocks of one
   // (batch, head), each loads half of every K/V block and multicasts it to both (FA3's cluster for
-  // full attention). Their K/V empty barriers count both CTAs' consumer warps.
+  // full attention). The producers exchange the stages' releases (producer.h).
   static constexpr int kClusterM = kClusterM_;
   static_assert(kClusterM == 1 || (kClusterM == 2 && !kVarlen), "clusters of 2, dense only");
   static constexpr int kHeadDim = kHeadDim_;
@@ -134,6 +134,11 @@ struct FwdTraits {
     uint64_t tile_full[2], tile_empty[2];
     uint64_t o_free;   // kOverV: count = consumer warpgroups, one phase per tile
     int tile_id[2];
+    // Clusters: a stage is free in both CTAs (producer.h); after everything else, so that the other
+    // kernels' layout is unchanged.
+    struct PairBarriers { uint64_t k[kStages], v[kStages]; };
+    struct NoPairBarriers {};
+    std::conditional_t<(kClusterM > 1), PairBarriers, NoPairBarriers> pair;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit shared memory");

@@ -17,18 +17,10 @@ struct PipeState {
   }
 };
 
-// A consumer warp marks a stage free: one arrive per warp (barrier count = consumer warps). With
-// kPeers CTAs in a cluster sharing the stage (multicast K/V), on the barrier at the same smem offset
-// in each of them (count = consumer warps x kPeers).
-template <int kPeers = 1>
+// A consumer warp marks a stage free: one arrive per warp (barrier count = consumer warps).
 __device__ __forceinline__ void warp_release(uint64_t* bar) {
   if (threadIdx.x % 32 != 0) return;
-  if constexpr (kPeers == 1) {
-    EmptyBarrier::arrive(bar);
-  } else {
-#pragma unroll
-    for (int c = 0; c < kPeers; ++c) EmptyBarrier::arrive(bar, c, 1);
-  }
+  EmptyBarrier::arrive(bar);
 }
 
 // The same, ordered after `after` has been computed. ptxas keeps mbarrier arrives and WGMMA waits in
@@ -36,9 +28,8 @@ __device__ __forceinline__ void warp_release(uint64_t* bar) {
 // wait ahead of the softmax meant to run under that GEMM. An arrive whose condition reads the softmax
 // result cannot move above it, and so neither can the wait after it. `nonzero` is a runtime value
 // that is never 0 (a sequence length), so the condition always holds yet cannot be folded away.
-template <int kPeers = 1>
 __device__ __forceinline__ void warp_release_after(uint64_t* bar, float after, int nonzero) {
-  if ((__float_as_uint(after) | uint32_t(nonzero)) != 0u) warp_release<kPeers>(bar);
+  if ((__float_as_uint(after) | uint32_t(nonzero)) != 0u) warp_release(bar);
 }
 
 }  // namespace ringfa3

@@ -30,6 +30,25 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     if constexpr (Tr::kClusterM == 1) return Int<0>{};
     else return int(cute::block_rank_in_cluster());
   }();
+  // A stage is free once this CTA's consumer warps have released it (count: consumer warps). In a
+  // cluster the two producers then pass that on to both CTAs' pair barrier (count 2), and load (by
+  // multicast) only when both have: the consumers' releases stay local arrives, and their key loop the
+  // plain kernel's (remote arrives from the consumers made ptxas schedule it differently, 2-3.5%
+  // slower per clock, bench/NOTES.md runs 74 and 82).
+  [[maybe_unused]] uint64_t* pair_k = nullptr;
+  [[maybe_unused]] uint64_t* pair_v = nullptr;
+  if constexpr (Tr::kClusterM > 1) {
+    pair_k = ss.pair.k;
+    pair_v = ss.pair.v;
+  }
+  auto acquire_stage = [](uint64_t* empty, uint64_t* pair, PipeState<Tr::kStages> const& st) {
+    EmptyBarrier::wait(&empty[st.index], st.phase ^ 1);
+    if constexpr (Tr::kClusterM > 1) {
+#pragma unroll
+      for (int c = 0; c < Tr::kClusterM; ++c) EmptyBarrier::arrive(&pair[st.index], c, 1);
+      EmptyBarrier::wait(&pair[st.index], st.phase);   // both CTAs' releases of this use
+    }
+  };
   int q_round = 0;
   // Out staged over V's stages (Tr::kOverV): the V loads of tile j wait until tile j - 1's stores have
   // read the staging (phase j - 1 of o_free). Phases are awaited in order, one per tile, and never
@@ -72,13 +91,13 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
       else return tma.with(full, uint16_t((1 << Tr::kClusterM) - 1));
     };
     auto load_k = [&](int n) {
-      EmptyBarrier::wait(&ss.k_empty[ks.index], ks.phase ^ 1);
+      acquire_stage(ss.k_empty, pair_k, ks);
       FullBarrier::arrive_and_expect_tx(&ss.k_full[ks.index], Tr::kBytesKV);
       copy(kv_copy(p.tma_k, ss.k_full[ks.index]), get<0>(tK)(_, n), get<1>(tK)(_, ks.index));
       ks.advance();
     };
     auto load_v = [&](int n) {
-      EmptyBarrier::wait(&ss.v_empty[vs.index], vs.phase ^ 1);
+      acquire_stage(ss.v_empty, pair_v, vs);
       FullBarrier::arrive_and_expect_tx(&ss.v_full[vs.index], Tr::kBytesKV);
       copy(kv_copy(p.tma_v, ss.v_full[vs.index]), get<0>(tV)(_, n), get<1>(tV)(_, vs.index));
       vs.advance();
@@ -112,6 +131,18 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     }
   }
   sched.finish();
+  // In a cluster the CTA stays until the peer has made its last arrives on the pair barriers: one more
+  // round of every stage, without loads. Not unrolled: unrolled (or as a cluster barrier at exit) it
+  // made ptxas schedule the consumers' key loop differently (bench/NOTES.md run 82).
+  if constexpr (Tr::kClusterM > 1) {
+#pragma unroll 1
+    for (int i = 0; i < Tr::kStages; ++i) {
+      acquire_stage(ss.k_empty, pair_k, ks);
+      acquire_stage(ss.v_empty, pair_v, vs);
+      ks.advance();
+      vs.advance();
+    }
+  }
 }
 
 }  // namespace ringfa3

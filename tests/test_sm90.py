@@ -55,6 +55,10 @@ CASES = [
     (1, 8200, 8200, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
     (1, 5000, 9000, 4, 2, 128, torch.float16, True, (-1, -1)),
     (1, 9000, 9000, 2, 2, 128, torch.bfloat16, True, (300, 0)),
+    # full attention from 4k keys with an even number of query blocks: 2-CTA clusters (K/V multicast)
+    (1, 4096, 4096, 4, 4, 128, torch.bfloat16, False, (-1, -1)),
+    (2, 8192, 9000, 4, 2, 128, torch.float16, False, (-1, -1)),
+    (1, 256, 5000, 2, 1, 128, torch.bfloat16, False, (-1, -1)),
 ]
 
 
@@ -94,12 +98,13 @@ def test_out_fp32_and_merge():
     assert (lacc.double() - ref_lse).abs().max() < 1e-2
 
 
-def test_back_to_back_merges_equal_serialized():
+@pytest.mark.parametrize("s_k,steps", [(8192, 8), (16384, 2)])   # 1k-key merges; 8k-key ones run in clusters
+def test_back_to_back_merges_equal_serialized(s_k, steps):
     """A merge launch may start under the previous one's tail (programmatic dependent launch,
     csrc/fwd_kernel.h) and must still fold into that one's finished result: merges launched back to
     back, eagerly or replayed from a CUDA graph, equal the same merges with a device sync between
     each, bit for bit, and match float64."""
-    b, s_q, s_k, h, d, steps = 1, 4096, 8192, 8, 128, 8   # 256 tiles per launch: two waves and a tail
+    b, s_q, h, d = 1, 4096, 8, 128   # 256 tiles per launch: two waves and a tail
     q = torch.randn(b, s_q, h, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(b, s_k, h, d, device="cuda", dtype=torch.bfloat16)
