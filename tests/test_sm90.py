@@ -55,7 +55,7 @@ CASES = [
     (1, 8200, 8200, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
     (1, 5000, 9000, 4, 2, 128, torch.float16, True, (-1, -1)),
     (1, 9000, 9000, 2, 2, 128, torch.bfloat16, True, (300, 0)),
-    # full attention from 4k keys with an even number of query blocks: 2-CTA clusters (K/V multicast)
+    # full attention from 4k keys, an even number of query blocks: 2-CTA clusters in a RINGFA3_CLUSTER build
     (1, 4096, 4096, 4, 4, 128, torch.bfloat16, False, (-1, -1)),
     (2, 8192, 9000, 4, 2, 128, torch.float16, False, (-1, -1)),
     (1, 256, 5000, 2, 1, 128, torch.bfloat16, False, (-1, -1)),
@@ -98,7 +98,7 @@ def test_out_fp32_and_merge():
     assert (lacc.double() - ref_lse).abs().max() < 1e-2
 
 
-@pytest.mark.parametrize("s_k,steps", [(8192, 8), (16384, 2)])   # 1k-key merges; 8k-key ones run in clusters
+@pytest.mark.parametrize("s_k,steps", [(8192, 8), (16384, 2)])   # 1k-key and 8k-key merges (176-key blocks)
 def test_back_to_back_merges_equal_serialized(s_k, steps):
     """A merge launch may start under the previous one's tail (programmatic dependent launch,
     csrc/fwd_kernel.h) and must still fold into that one's finished result: merges launched back to
