@@ -137,6 +137,12 @@ CASES = [
     dict(name="hd64 full many", shape=(2, 2000, 2000, 16, 16, 64)),
     dict(name="hd128 full sq<sk odd", shape=(2, 300, 777, 2, 2, 128)),
     dict(name="hd128 full many", shape=(2, 2000, 2000, 16, 16, 128)),
+    # full attention from 4k keys with an even number of query blocks: 2-CTA clusters in a
+    # RINGFA3_CLUSTER build (128-key and 176-key blocks, key and query tails, GQA, fp16, ring-step merges)
+    dict(name="cluster full", shape=(1, 4096, 4100, 4, 4, 128)),
+    dict(name="cluster long gqa fp16", shape=(1, 8192, 9000, 4, 2, 128), dtype="fp16"),
+    dict(name="cluster long query tail", shape=(1, 8100, 8200, 2, 2, 128)),
+    dict(name="cluster long merge", shape=(1, 4096, 16384, 2, 2, 128), merge=True, split=8192),
     # many tiles, several launches in a row: the dynamic counter must come back to zero each time
     dict(name="dynamic sched again 1", shape=(3, 1536, 1536, 16, 16, 128), causal=True),
     dict(name="dynamic sched again 2", shape=(3, 1536, 1536, 16, 16, 128)),
@@ -160,7 +166,8 @@ def alt_backends(alt_libs):
 # The subset an --alt-lib build is checked on: every head dim, tails, masks, merge, many tiles.
 ALT_CASES = {"long causal", "long sq<sk causal gqa", "hd128 odd full", "hd128 odd causal", "window (128,64)", "causal+window 200", "hd64 odd full",
              "hd64 odd causal", "hd64 gqa window", "hd256 odd full", "hd256 causal", "merge gqa odd",
-             "hd128 full many", "hd64 many tiles", "hd128 full", "merge full", "hd64 full many"}
+             "hd128 full many", "hd64 many tiles", "hd128 full", "merge full", "hd64 full many", "cluster full",
+             "cluster long gqa fp16", "cluster long query tail", "cluster long merge"}
 
 
 def part_check(out_dir, alt_libs=()):
