@@ -148,7 +148,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   cfg.blockDim = dim3(Tr::kThreads);
   cfg.dynamicSmemBytes = Tr::kSmemBytes;
   cfg.stream = static_cast<cudaStream_t>(a.stream);
-  int grid = p.n_tiles < sms ? p.n_tiles : sms;
+  int grid = std::min(p.n_tiles, sms);
   if constexpr (Tr::kMerge) {   // a ring step may start under the previous step's tail (fwd_kernel.h)
     cudaLaunchAttribute& pdl = attr[cfg.numAttrs++];
     pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -19,8 +19,7 @@ struct PipeState {
 
 // A consumer warp marks a stage free: one arrive per warp (barrier count = consumer warps).
 __device__ __forceinline__ void warp_release(uint64_t* bar) {
-  if (threadIdx.x % 32 != 0) return;
-  EmptyBarrier::arrive(bar);
+  if (threadIdx.x % 32 == 0) EmptyBarrier::arrive(bar);
 }
 
 // The same, ordered after `after` has been computed. ptxas keeps mbarrier arrives and WGMMA waits in

@@ -48,7 +48,7 @@ struct TileScheduler {
   // Producer thread, after drawing an invalid id: the last CTA to get there resets the counter
   // for the next launch (every CTA has finished drawing by then).
   __device__ void finish() const {
-    if (kCluster > 1) return;   // no counter drawn
+    if constexpr (kCluster > 1) return;   // no counter drawn
     if (atomicAdd(counter + 1, 1) == int(gridDim.x) - 1) {
       atomicExch(counter, 0);
       atomicExch(counter + 1, 0);
