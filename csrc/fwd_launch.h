@@ -187,13 +187,12 @@ cudaError_t launch_dense(RingFa3FwdArgs const& a) {
 
 // One (dtype, head_dim) entry. Varlen (16 bit) and merging have instantiations of their own, so the
 // plain dense kernels carry none of their per-tile segment lookups or the merge's read-modify-write.
-// RINGFA3_CLUSTER=1: full attention at hd128 16-bit, with an even number of query blocks and from 4k
-// keys, runs in clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM; FA3's
-// cluster). At the power cap the halved L2 traffic buys clock: +4-5% at 4k-16k in do_bench, the ring's
-// steps 3% faster; at 1k 7% slower (bench/NOTES.md run 82). Off by default until the cuda test suite
-// has run with it: its 176-key and fp16 kernels have not yet been checked on a GPU.
+// RINGFA3_CLUSTER (default 1): full attention at hd128 16-bit, with an even number of query blocks and
+// from 4k keys, runs in clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM;
+// FA3's cluster). At the power cap the halved L2 traffic buys clock: +4-5% at 4k-16k in do_bench, the
+// ring's steps 3% faster; at 1k 7% slower, hence the threshold (bench/NOTES.md runs 82, 84).
 #ifndef RINGFA3_CLUSTER
-#define RINGFA3_CLUSTER 0
+#define RINGFA3_CLUSTER 1
 #endif
 #ifndef RINGFA3_CLUSTER_MIN_KEYS
 #define RINGFA3_CLUSTER_MIN_KEYS 4096
