@@ -188,14 +188,14 @@ cudaError_t launch_dense(RingFa3FwdArgs const& a) {
 // One (dtype, head_dim) entry. Varlen (16 bit) and merging have instantiations of their own, so the
 // plain dense kernels carry none of their per-tile segment lookups or the merge's read-modify-write.
 // RINGFA3_CLUSTER (default 1): full attention at hd128 16-bit, with an even number of query blocks and
-// from 4k keys, runs in clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM;
-// FA3's cluster). At the power cap the halved L2 traffic buys clock: +4-5% at 4k-16k in do_bench, the
-// ring's steps 3% faster; at 1k 7% slower, hence the threshold (bench/NOTES.md runs 82, 84).
+// from 1k keys, runs in clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM;
+// FA3's cluster). At the power cap the halved L2 traffic buys clock: +4-5% at 4k-16k, +5-6% at 1k-2k
+// (bench/NOTES.md runs 82, 93; below 1k keys unmeasured).
 #ifndef RINGFA3_CLUSTER
 #define RINGFA3_CLUSTER 1
 #endif
 #ifndef RINGFA3_CLUSTER_MIN_KEYS
-#define RINGFA3_CLUSTER_MIN_KEYS 4096
+#define RINGFA3_CLUSTER_MIN_KEYS 1024
 #endif
 template <class T, int kHeadDim, bool kMerge>
 cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {

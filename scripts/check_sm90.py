@@ -137,8 +137,8 @@ CASES = [
     dict(name="hd64 full many", shape=(2, 2000, 2000, 16, 16, 64)),
     dict(name="hd128 full sq<sk odd", shape=(2, 300, 777, 2, 2, 128)),
     dict(name="hd128 full many", shape=(2, 2000, 2000, 16, 16, 128)),
-    # full attention from 4k keys with an even number of query blocks: 2-CTA clusters in a
-    # RINGFA3_CLUSTER build (128-key and 176-key blocks, key and query tails, GQA, fp16, ring-step merges)
+    # full attention from 1k keys with an even number of query blocks: 2-CTA clusters (RINGFA3_CLUSTER;
+    # 128-key and 176-key blocks, key and query tails, GQA, fp16, ring-step merges)
     dict(name="cluster full", shape=(1, 4096, 4100, 4, 4, 128)),
     dict(name="cluster long gqa fp16", shape=(1, 8192, 9000, 4, 2, 128), dtype="fp16"),
     dict(name="cluster long query tail", shape=(1, 8100, 8200, 2, 2, 128)),

@@ -55,10 +55,11 @@ CASES = [
     (1, 8200, 8200, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
     (1, 5000, 9000, 4, 2, 128, torch.float16, True, (-1, -1)),
     (1, 9000, 9000, 2, 2, 128, torch.bfloat16, True, (300, 0)),
-    # full attention from 4k keys, an even number of query blocks: 2-CTA clusters in a RINGFA3_CLUSTER build
+    # full attention from 1k keys, an even number of query blocks: 2-CTA clusters (RINGFA3_CLUSTER)
     (1, 4096, 4096, 4, 4, 128, torch.bfloat16, False, (-1, -1)),
     (2, 8192, 9000, 4, 2, 128, torch.float16, False, (-1, -1)),
     (1, 256, 5000, 2, 1, 128, torch.bfloat16, False, (-1, -1)),
+    (2, 1500, 1100, 4, 2, 128, torch.float16, False, (-1, -1)),   # 1k-2k keys: query and key tails
 ]
 
 
