@@ -255,9 +255,8 @@ def time_rotated(fns, flops, rounds):
                     out.setdefault(name + "_rounds", []).append(round(flops / ms / 1e9, 1))
                 except Exception as e:   # noqa: BLE001
                     out[name + "_error"] = repr(e)[:160]
-    for name in names:
-        if name + "_rounds" in out:
-            out[name] = statistics.median(out[name + "_rounds"])
+    for name in fns:   # a contender that failed reads nan, its error beside it
+        out[name] = statistics.median(out[name + "_rounds"]) if name + "_rounds" in out else float("nan")
     return out
 
 
