@@ -117,7 +117,8 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
                                                                   : softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
     };
     auto softmax_rest = [&](auto first, float (&rescale)[2]) {
-      if constexpr (Tr::kSplitSoftmax) softmax.template step<decltype(first)::value, Tr::kFp8, 1, 2>(tSrS, rescale, c);
+      if constexpr (Tr::kSplitSoftmax)
+        softmax.template step<decltype(first)::value, Tr::kFp8, 1, 2, Tr::kPinRowOrder>(tSrS, rescale, c);
     };
     auto convert_p = [&]() {
       if constexpr (Tr::kFp8) {

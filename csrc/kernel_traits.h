@@ -59,6 +59,13 @@ struct FwdTraits {
   // GEMM issues: +0.4-5.6% at base clock for hd128's 128-key blocks, -1 to -2% with 176-key blocks,
   // 0 to -4% at hd64 / hd256 (bench/NOTES.md runs 53-54).
   static constexpr bool kLateRescale = kHeadDim == 128 && kBlockN == 128;
+  // The second row's max chain pinned behind the first row's max (softmax.h kPinRow1, FA3's order):
+  // at base clock +1.6-1.8% at 4k causal with 128-key blocks, 0.97-1.01 with 176-key blocks
+  // (bench/NOTES.md run 95). A/B knob until a device run decides (RINGFA3_ROW_ORDER=1).
+#ifndef RINGFA3_ROW_ORDER
+#define RINGFA3_ROW_ORDER 0
+#endif
+  static constexpr bool kPinRowOrder = RINGFA3_ROW_ORDER && kSplitSoftmax && kBlockN == 128 && !kFp8;
   static constexpr int kFp8ScaleRows = 128;
   static_assert(!kFp8 || (kBlockM == kFp8ScaleRows && kFp8ScaleRows % kBlockN == 0 && kBlockN % 32 == 0),
                 "e4m3 tiles: one Q scale per tile, one K scale per key block, 32-key k-steps");

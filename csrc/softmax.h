@@ -32,7 +32,10 @@ struct OnlineSoftmax {
   // kScaled (e4m3): the raw scores are the true ones divided by `c` > 0 (their dequantization
   // scale for this block): the max is taken raw and scaled once per row, and c joins the exp2's FMA,
   // instead of a multiply per score.
-  template <bool kFirst, bool kScaled, int kRow0, int kRow1, class Frag>
+  // kPinRow1: the second row's max chain starts only once the first row's max is known (x - inf is
+  // -inf, or NaN, which fmaxf drops), so ptxas runs it under the first row's exponentials (FA3's
+  // order) instead of ahead of them.
+  template <bool kFirst, bool kScaled, int kRow0, int kRow1, bool kPinRow1 = false, class Frag>
   __device__ void step(Frag& s, float (&rescale)[2], float c = 1.f) {
     constexpr int N = int(cute::size(Frag{}));
     auto mine = [](int i) { return AccCoord::row_half(i) >= kRow0 && AccCoord::row_half(i) < kRow1; };
@@ -43,6 +46,7 @@ struct OnlineSoftmax {
       mx[0] = row_max[0];
       mx[1] = row_max[1];
     }
+    if constexpr (kPinRow1 && kRow0 == 1) mx[1] = fmaxf(mx[1], row_max[0] - INFINITY);
 #pragma unroll
     for (int i = 0; i < N; ++i)
       if (mine(i)) mx[AccCoord::row_half(i)] = fmaxf(mx[AccCoord::row_half(i)], s(i));
