@@ -246,7 +246,7 @@ def time_rotated(fns, flops, rounds):
             except Exception as e:   # noqa: BLE001 - keep timing the rest
                 out[name + "_error"] = repr(e)[:160]
         names = list(timed)
-        for r in range(rounds):
+        for r in range(rounds if names else 0):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 if name + "_error" in out:
                     continue

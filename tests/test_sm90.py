@@ -129,8 +129,7 @@ def test_back_to_back_merges_equal_serialized(s_k, steps):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         merge_all(sync=False)
-    for _ in range(3):
-        acc.zero_()
+    for _ in range(3):   # the graph resets acc and lacc itself (merge_all)
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(acc, serial[0]) and torch.equal(lacc, serial[1])
