@@ -20,6 +20,16 @@ extern "C" int ringfa3_sm90_fwd_block_m(int d) {
        : d == 256 ? ringfa3::TileConfig<256>::kM : 0;
 }
 
+// The key block of the e4m3 launch for these arguments (window as in RingFa3FwdArgs): K is quantized
+// with one scale per block of this many keys. 0 for a head dim without an e4m3 kernel.
+extern "C" int ringfa3_sm90_fp8_key_rows(int d, int s_k, int window_left, int window_right) {
+  auto rows = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    return ringfa3::takes_full_block<Cfg>(s_k, window_left, window_right) ? Cfg::kNFull : Cfg::kN;
+  };
+  return d == 128 ? rows(ringfa3::Fp8TileConfig<128>{}) : d == 256 ? rows(ringfa3::Fp8TileConfig<256>{}) : 0;
+}
+
 extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3FwdArgs& a = *args;

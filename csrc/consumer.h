@@ -93,32 +93,50 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       issue_gemm<true, false>(mma_qk, q, tSrK(_, _, _, kv.index), tSrS);
     };
     // e4m3: the scores' dequantization scale, q_scale of the tile times k_scale of key block n
-    // (k_scale row of this batch and kv head, strided by h_kv over 128-key blocks).
-    [[maybe_unused]] float q_scale = 1.f;
+    // (k_scale row of this batch and kv head, strided by h_kv over kN-key blocks). Each block's
+    // k_scale is loaded one block ahead: read once S had landed, its global-load latency stalled
+    // the softmax of every block.
+    [[maybe_unused]] float q_scale = 1.f, k_next = 1.f;
     [[maybe_unused]] float const* k_scale = nullptr;
     if constexpr (Tr::kFp8) {
-      int n_kb = (a.s_k + Tr::kFp8ScaleRows - 1) / Tr::kFp8ScaleRows;
+      int n_kb = (a.s_k + kN - 1) / kN;
       q_scale = a.q_scale[(size_t(tile.batch) * p.n_m_blocks + tile.m_block) * a.h + tile.head];
       k_scale = a.k_scale + size_t(tile.batch) * n_kb * a.h_kv + tile.head / p.group;
+      if (ne > nb) k_next = k_scale[(ne - 1) * a.h_kv];
     }
     // Once S(n) has landed: mask, softmax, then free its K stage (and Q after the tile's last block).
     // The K release reads the softmax result, which pins the P V wait that follows it behind the
     // exponentials (see warp_release_after), so P V runs under them. With kSplitSoftmax the release
     // and wait come after the first row half: the second half then overlaps the P conversion, which
     // has to wait for P V.
+    auto rescale_o = [&](float const (&rescale)[2]) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[AccCoord::row_half(i)];
+    };
     float c = 1.f;   // e4m3: raw scores x c are the true ones (softmax.h, kScaled)
+    [[maybe_unused]] float base[2];   // kRescaleUnderExp: the exp2 offsets from max_step to exp_step
     auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
       if (n == nb) warp_release(&ss.q_empty);
-      if constexpr (Tr::kFp8) c = q_scale * k_scale[n * kN / Tr::kFp8ScaleRows * a.h_kv];
+      if constexpr (Tr::kFp8) {   // blocks run from ne - 1 down to nb
+        c = q_scale * k_next;
+        k_next = k_scale[max(n - 1, nb) * a.h_kv];
+      }
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
       constexpr int kRows = Tr::kSplitSoftmax ? 1 : 2;
-      softmax.template step<decltype(first)::value, Tr::kFp8, 0, kRows>(tSrS, rescale, c);
+      if constexpr (Tr::kRescaleUnderExp)
+        softmax.template max_step<decltype(first)::value, Tr::kFp8, 0, 2>(tSrS, rescale, base, c);
+      else
+        softmax.template step<decltype(first)::value, Tr::kFp8, 0, kRows>(tSrS, rescale, c);
       warp_release_after(&ss.k_empty[kv.index], Tr::kSplitSoftmax ? softmax.row_sum[0]
                                                                   : softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
     };
     auto softmax_rest = [&](auto first, float (&rescale)[2]) {
-      if constexpr (Tr::kSplitSoftmax)
+      if constexpr (Tr::kRescaleUnderExp) {
+        if constexpr (!decltype(first)::value) rescale_o(rescale);
+        softmax.template exp_step<Tr::kFp8, 0, 2>(tSrS, base, c);
+      } else if constexpr (Tr::kSplitSoftmax) {
         softmax.template step<decltype(first)::value, Tr::kFp8, 1, 2, Tr::kPinRowOrder>(tSrS, rescale, c);
+      }
     };
     auto convert_p = [&]() {
       if constexpr (Tr::kFp8) {
@@ -138,10 +156,6 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       }
     };
     float rescale[2];
-    auto rescale_o = [&]() {
-      CUTE_UNROLL
-      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[AccCoord::row_half(i)];
-    };
 
     if (ne > nb) {
       FullBarrier::wait(&ss.q_full, q_round & 1);
@@ -164,7 +178,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         pingpong_wait<Tr>(wg);
         scores();
         // O holds P V up to block prev + 1, relative to the max before block prev (late: before block n).
-        if constexpr (!Tr::kLateRescale) rescale_o();
+        if constexpr (!Tr::kLateRescale && !Tr::kRescaleUnderExp) rescale_o(rescale);
         FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
         issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
         pingpong_signal<Tr>(wg);
@@ -174,12 +188,12 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         warp_release(&ss.v_empty[prev.index]);
         softmax_rest(cute::false_type{}, rescale);
         convert_p();
-        if constexpr (Tr::kLateRescale) rescale_o();
+        if constexpr (Tr::kLateRescale) rescale_o(rescale);
         prev = kv;
         kv.advance();
       }
       pingpong_wait<Tr>(wg);
-      if constexpr (!Tr::kLateRescale) rescale_o();
+      if constexpr (!Tr::kLateRescale && !Tr::kRescaleUnderExp) rescale_o(rescale);
       FullBarrier::wait(&ss.v_full[prev.index], prev.phase);
       issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
       pingpong_signal<Tr>(wg);

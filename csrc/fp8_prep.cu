@@ -1,6 +1,6 @@
 // FP8 input preparation: ringfa3/ops/fp8.py's torch spec in one pass over each tensor.
-// - rows (Q, K): sign flip, Walsh-Hadamard, * d^-0.5 (fp8.rotate), then one scale per 128 rows of a
-//   head and e4m3 codes (fp8.quantize);
+// - rows (Q, K): sign flip, Walsh-Hadamard, * d^-0.5 (fp8.rotate), then one scale per `rows` rows of
+//   a head (128 for Q; K's key block) and e4m3 codes (fp8.quantize);
 // - V: e4m3 codes of v / scale laid out as the forward kernel's V^T (fp8.v_transposed).
 // Each float operation is the one torch's CUDA kernels do, in the same order and rounding, so the
 // outputs are bitwise those of the spec run on the GPU.
@@ -15,9 +15,7 @@
 namespace ringfa3 {
 namespace {
 
-constexpr int kScaleRows = 128;                      // rows per Q/K scale (kFp8ScaleRows, kernel_traits.h)
-constexpr int kRowWarps = 16;                        // a warp per row at a time
-constexpr int kRowsPerWarp = kScaleRows / kRowWarps;
+constexpr int kRowsPerWarp = 8;                      // a block of R rows takes R / 8 warps, one row at a time
 constexpr int kVKeys = 64;                           // keys per V tile: four 16-key groups
 constexpr int kVThreads = 256;
 
@@ -84,10 +82,12 @@ __device__ __forceinline__ void rotate_row(float (&v)[D / 32], const float (&sig
   for (int j = 0; j < E; ++j) v[j] = __fmul_rn(v[j], kNorm);
 }
 
-// One CTA per (128-row block, head, batch): the block's rows rotated and held in registers (warp w
-// holds rows w, w + 16, ...), their |x| max, then the scale and the codes. Rows past s: not touched.
-template <typename T, int D>
+// One CTA per (block of kRowWarps * 8 rows, head, batch): the block's rows rotated and held in registers
+// (warp w holds rows w, w + kRowWarps, ...), their |x| max, then the scale and the codes. Rows past s:
+// not touched.
+template <typename T, int D, int kRowWarps>
 __global__ void __launch_bounds__(kRowWarps * 32) fp8_rows_kernel(RingFa3Fp8RowsArgs a) {
+  constexpr int kScaleRows = kRowWarps * kRowsPerWarp;
   constexpr int E = D / 32;
   using In = std::conditional_t<E == 8, uint4, uint2>;       // a lane's E inputs: one load
   using Out = std::conditional_t<E == 8, uint2, uint32_t>;   // its E codes: one store
@@ -236,8 +236,18 @@ extern "C" const char* ringfa3_sm90_fp8_prep_last_error(void) { return ringfa3::
 extern "C" int ringfa3_sm90_fp8_quantize_rows(const RingFa3Fp8RowsArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3Fp8RowsArgs& a = *args;
-  return ringfa3::launch_prep(a, a.x, a.x_stride, a.codes, a.scale, ringfa3::kScaleRows, ringfa3::kRowWarps * 32,
-                              [](auto t, auto dim) { return ringfa3::fp8_rows_kernel<decltype(t), decltype(dim)::value>; });
+  auto launch = [&](auto warps) {
+    constexpr int kWarps = decltype(warps)::value;
+    return ringfa3::launch_prep(a, a.x, a.x_stride, a.codes, a.scale, kWarps * ringfa3::kRowsPerWarp, kWarps * 32,
+        [](auto t, auto dim) { return ringfa3::fp8_rows_kernel<decltype(t), decltype(dim)::value, kWarps>; });
+  };
+  switch (a.rows) {
+    case 128: return launch(std::integral_constant<int, 16>{});
+    case 192: return launch(std::integral_constant<int, 24>{});
+    case 224: return launch(std::integral_constant<int, 28>{});
+    case 256: return launch(std::integral_constant<int, 32>{});
+    default:  return fail(5, "rows (rows per scale) must be 128, 192, 224 or 256");
+  }
 }
 
 extern "C" int ringfa3_sm90_fp8_v_transpose(const RingFa3Fp8VArgs* args) {

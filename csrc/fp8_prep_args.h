@@ -13,10 +13,11 @@ typedef struct RingFa3Fp8RowsArgs {
   const void* x;         // (b, s, h, d) bf16 or fp16, d contiguous
   const float* signs;    // (d,) +-1: rotate by diag(signs) H / sqrt(d) first; NULL = no rotation
   void* codes;           // (b, s, h, d) e4m3, contiguous
-  float* scale;          // (b, ceil(s / 128), h) float32, contiguous: one per 128 rows of a head
+  float* scale;          // (b, ceil(s / rows), h) float32, contiguous: one per `rows` rows of a head
   int64_t x_stride[3];   // element strides of (batch, seq, head); the head-dim stride must be 1
   int32_t b, s, h, d;
   int32_t dtype;         // 0 = bf16, 1 = fp16
+  int32_t rows;          // rows per scale: 128, 192, 224 or 256 (Q: 128; K: ringfa3_sm90_fp8_key_rows)
   void* stream;          // cudaStream_t
 } RingFa3Fp8RowsArgs;
 
@@ -34,6 +35,7 @@ typedef struct RingFa3Fp8VArgs {
 // 0 on success, else a nonzero code; the message of the last failure on this thread is
 // ringfa3_sm90_fp8_prep_last_error(). Both only enqueue work on the stream.
 int ringfa3_sm90_fp8_quantize_rows(const RingFa3Fp8RowsArgs* args);
+int ringfa3_sm90_fp8_key_rows(int d, int s_k, int window_left, int window_right);   // api.cu
 int ringfa3_sm90_fp8_v_transpose(const RingFa3Fp8VArgs* args);
 const char* ringfa3_sm90_fp8_prep_last_error(void);
 

@@ -179,7 +179,7 @@ template <class T, int kHeadDim, bool kMerge, int kClusterM>
 cudaError_t launch_dense(RingFa3FwdArgs const& a) {
   using Cfg = std::conditional_t<sizeof(T) == 1, Fp8TileConfig<kHeadDim>, TileConfig<kHeadDim>>;
   if constexpr (Cfg::kNFull != Cfg::kN) {
-    if (a.window_left < 0 && a.window_right <= 0 && a.s_k >= Cfg::kNFullMinKeys)
+    if (takes_full_block<Cfg>(a.s_k, a.window_left, a.window_right))
       return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kNFull, Cfg::kStages, false, kMerge, kClusterM>>(a);
   }
   return launch_fwd<FwdTraits<T, kHeadDim, Cfg::kM, Cfg::kN, Cfg::kStages, false, kMerge, kClusterM>>(a);

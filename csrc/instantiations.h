@@ -37,15 +37,32 @@ template <> struct TileConfig<64>  { static constexpr int kM = RINGFA3_HD64_M, k
 template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kNFull = RINGFA3_HD128_NFULL, kStages = 2;
                                      static constexpr int kNFullMinKeys = RINGFA3_HD128_NFULL_MIN_KEYS; };
 template <> struct TileConfig<256> { static constexpr int kM = 128, kN = RINGFA3_HD256_N, kNFull = RINGFA3_HD256_N, kStages = 2, kNFullMinKeys = 0; };
-// e4m3 (hd 128 and 256): one Q scale per 128-row tile, one K scale per 128-key block. At hd128 the
-// K/V stages take half the smem of bf16's, so more fit (up to 4; untimed, hence the A/B macro).
+// e4m3 (hd 128 and 256): one Q scale per 128-row tile, one K scale per key block, so the prep kernels
+// quantize K by the block the launch will take (ringfa3_sm90_fp8_key_rows). hd128 takes 224-key
+// blocks (FA3's e4m3 tile) from 4k keys: at base clock +6-9% at 8k-16k, +2-5% at 4k, but 5-8% slower
+// at 1k (bench/NOTES-fp8.md, runs 97-99). At hd128 the K/V stages take half the smem of bf16's, so
+// more fit (3 or 4: no faster, runs 1 and 97).
 #ifndef RINGFA3_FP8_HD128_STAGES
 #define RINGFA3_FP8_HD128_STAGES 2
 #endif
+#ifndef RINGFA3_FP8_HD128_NFULL
+#define RINGFA3_FP8_HD128_NFULL 224
+#endif
+#ifndef RINGFA3_FP8_HD128_NFULL_MIN_KEYS
+#define RINGFA3_FP8_HD128_NFULL_MIN_KEYS 4096
+#endif
 template <int kHeadDim> struct Fp8TileConfig {
-  static constexpr int kM = 128, kN = 128, kNFull = 128, kNFullMinKeys = 0;
+  static constexpr int kM = 128, kN = 128;
+  static constexpr int kNFull = kHeadDim == 128 ? RINGFA3_FP8_HD128_NFULL : kN;
+  static constexpr int kNFullMinKeys = RINGFA3_FP8_HD128_NFULL_MIN_KEYS;
   static constexpr int kStages = kHeadDim == 128 ? RINGFA3_FP8_HD128_STAGES : 2;
 };
+
+// Whether a dense launch takes Cfg's longer key block: no window (full or causal) and enough keys.
+template <class Cfg>
+constexpr bool takes_full_block(int s_k, int window_left, int window_right) {
+  return Cfg::kNFull != Cfg::kN && window_left < 0 && window_right <= 0 && s_k >= Cfg::kNFullMinKeys;
+}
 
 // One entry per generated file (a library built with --only links stubs for the rest).
 cudaError_t run_fwd_bf16_hd64(RingFa3FwdArgs const& a);

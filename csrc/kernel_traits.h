@@ -17,8 +17,13 @@ template <bool kFp8, class T, int kD, int kN, int kStages> struct VSmemLayout {
   using type = decltype(tile_to_shape(GMMA::Layout_MN_SW128_Atom<T>{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{},
                                       Step<_2, _1, _3>{}));
 };
+// The K-major atom is the widest swizzle whose row (128, 64 or 32 bytes of keys) tiles the key block.
 template <class T, int kD, int kN, int kStages> struct VSmemLayout<true, T, kD, kN, kStages> {
-  using type = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{}));
+  static constexpr int kRowBytes = kN * int(sizeof(T));
+  using Atom = std::conditional_t<kRowBytes % 128 == 0, GMMA::Layout_K_SW128_Atom<T>,
+               std::conditional_t<kRowBytes % 64 == 0, GMMA::Layout_K_SW64_Atom<T>, GMMA::Layout_K_SW32_Atom<T>>>;
+  static_assert(kRowBytes % 32 == 0, "e4m3 V^T: the key block must fill 32-byte swizzle rows");
+  using type = decltype(tile_to_shape(Atom{}, Shape<Int<kD>, Int<kN>, Int<kStages>>{}));
 };
 
 template <class T_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kVarlen_ = false,
@@ -49,16 +54,22 @@ struct FwdTraits {
   static_assert(reg_split_fits(kProducerRegs, kConsumerRegs, kConsumerWG), "register budget");
   static_assert(kHeadDim % 64 == 0, "128-byte swizzle needs head_dim % 64 == 0");
   static_assert(kBlockN % 16 == 0, "P @ V consumes kBlockN in k-steps of 16");
-  // e4m3: FP8 WGMMA takes both operands K-major and 32-deep k-steps; one Q scale per tile and one
-  // K scale per key block (blocks of kFp8ScaleRows rows, ops/fp8.py).
+  // e4m3: FP8 WGMMA takes both operands K-major and 32-deep k-steps; one Q scale per query tile and
+  // one K scale per key block (ops/fp8.py block_q, block_k: the prep kernels quantize Q by kBlockM
+  // rows and K by kBlockN rows, ringfa3_sm90_fp8_key_rows).
   static constexpr bool kFp8 = sizeof(T) == 1;
+  // e4m3 with long key blocks: FA3's FP8 order. Once S has landed, both rows' maxima; then the P V
+  // wait; then O's rescale among the exponentials, whose MUFU time is what an e4m3 block is short of.
+  // With 224-key blocks at base clock: +4-6% over the split softmax with the late rescale; with 128
+  // keys no different (bench/NOTES-fp8.md, run 99).
+  static constexpr bool kRescaleUnderExp = kFp8 && kBlockN > 128;
   // The P V wait placed after the first row half's exponentials (consumer.h): +1.4-3.1% at hd128 4k-16k,
   // but 0-4% slower at hd64 and up to 9% at hd256 (bench/NOTES.md run 15), which keep it after both.
-  static constexpr bool kSplitSoftmax = kHeadDim == 128;
+  static constexpr bool kSplitSoftmax = kHeadDim == 128 && !kRescaleUnderExp;
   // O's rescale after the P conversion (FA3's order for head dims <= 128) instead of between the two
   // GEMM issues: +0.4-5.6% at base clock for hd128's 128-key blocks, -1 to -2% with 176-key blocks,
   // 0 to -4% at hd64 / hd256 (bench/NOTES.md runs 53-54).
-  static constexpr bool kLateRescale = kHeadDim == 128 && kBlockN == 128;
+  static constexpr bool kLateRescale = kHeadDim == 128 && kBlockN == 128 && !kRescaleUnderExp;
   // The second row's max chain pinned behind the first row's max (softmax.h kPinRow1, FA3's order):
   // at base clock +1.6-1.8% at 4k causal with 128-key blocks, 0.97-1.01 with 176-key blocks
   // (bench/NOTES.md run 95). A/B knob until a device run decides (RINGFA3_ROW_ORDER=1).
@@ -66,9 +77,7 @@ struct FwdTraits {
 #define RINGFA3_ROW_ORDER 0
 #endif
   static constexpr bool kPinRowOrder = RINGFA3_ROW_ORDER && kSplitSoftmax && kBlockN == 128 && !kFp8;
-  static constexpr int kFp8ScaleRows = 128;
-  static_assert(!kFp8 || (kBlockM == kFp8ScaleRows && kFp8ScaleRows % kBlockN == 0 && kBlockN % 32 == 0),
-                "e4m3 tiles: one Q scale per tile, one K scale per key block, 32-key k-steps");
+  static_assert(!kFp8 || kBlockN % 32 == 0, "e4m3 tiles: 32-key k-steps");
   using TOut = std::conditional_t<kFp8, cutlass::bfloat16_t, T>;   // out dtype unless out_fp32
   static_assert(!(kFp8 && kVarlen), "varlen is 16-bit only");
 

@@ -19,6 +19,9 @@ struct OnlineSoftmax {
   float row_sum[2];   // partial sum of exp2 over this thread's columns
   float scale_log2;
 
+  template <int kRow0, int kRow1>
+  __device__ static constexpr bool mine(int i) { return AccCoord::row_half(i) >= kRow0 && AccCoord::row_half(i) < kRow1; }
+
   __device__ explicit OnlineSoftmax(float scale_log2_) : scale_log2(scale_log2_) {
     row_max[0] = row_max[1] = -INFINITY;
     row_sum[0] = row_sum[1] = 0.f;
@@ -37,8 +40,17 @@ struct OnlineSoftmax {
   // order) instead of ahead of them.
   template <bool kFirst, bool kScaled, int kRow0, int kRow1, bool kPinRow1 = false, class Frag>
   __device__ void step(Frag& s, float (&rescale)[2], float c = 1.f) {
+    float base[2];
+    max_step<kFirst, kScaled, kRow0, kRow1, kPinRow1>(s, rescale, base, c);
+    exp_step<kScaled, kRow0, kRow1>(s, base, c);
+  }
+
+  // step's two halves, for callers that work between them (consumer.h, kRescaleUnderExp): the
+  // rows' new maxima, rescale factors and exp2 offsets (base: row_max * scale_log2, 0 while the row is
+  // hidden), then the exponentials and row sums.
+  template <bool kFirst, bool kScaled, int kRow0, int kRow1, bool kPinRow1 = false, class Frag>
+  __device__ void max_step(Frag& s, float (&rescale)[2], float (&base)[2], float c = 1.f) {
     constexpr int N = int(cute::size(Frag{}));
-    auto mine = [](int i) { return AccCoord::row_half(i) >= kRow0 && AccCoord::row_half(i) < kRow1; };
     float mx[2];
     if constexpr (kScaled) {
       mx[0] = mx[1] = -INFINITY;
@@ -49,8 +61,7 @@ struct OnlineSoftmax {
     if constexpr (kPinRow1 && kRow0 == 1) mx[1] = fmaxf(mx[1], row_max[0] - INFINITY);
 #pragma unroll
     for (int i = 0; i < N; ++i)
-      if (mine(i)) mx[AccCoord::row_half(i)] = fmaxf(mx[AccCoord::row_half(i)], s(i));
-    float base[2];
+      if (mine<kRow0, kRow1>(i)) mx[AccCoord::row_half(i)] = fmaxf(mx[AccCoord::row_half(i)], s(i));
 #pragma unroll
     for (int r = kRow0; r < kRow1; ++r) {
       mx[r] = quad_max(mx[r]);
@@ -62,10 +73,15 @@ struct OnlineSoftmax {
       row_max[r] = mx[r];
       row_sum[r] *= rescale[r];
     }
+  }
+
+  template <bool kScaled, int kRow0, int kRow1, class Frag>
+  __device__ void exp_step(Frag& s, float const (&base)[2], float c = 1.f) {
+    constexpr int N = int(cute::size(Frag{}));
     float scale_s = kScaled ? scale_log2 * c : scale_log2;
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      if (!mine(i)) continue;
+      if (!mine<kRow0, kRow1>(i)) continue;
       int r = AccCoord::row_half(i);
       float p = fast_exp2(fmaf(s(i), scale_s, -base[r]));
       s(i) = p;

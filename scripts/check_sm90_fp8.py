@@ -17,6 +17,9 @@ The bench part (FA3 convention, 16k tokens per batch, hidden 2048) times, in the
 - cuDNN bf16.
 
     PYTHONUNBUFFERED=1 python3 scripts/check_sm90_fp8.py --out $OUT [--parts check,bench] [--alt-lib NAME=PATH]
+
+The basetime part (`--part basetime [--hds 128] [--seqs ...]`, not among the default parts) times the
+kernel alone, each --alt-lib build and FA3's e4m3 under ncu at locked base clocks, for A/B of builds.
 """
 import argparse
 import json
@@ -36,6 +39,10 @@ CASES = [dict(name=f"hd{d} {'causal' if c else 'full'} s{s}{' outliers' if o els
     dict(name="hd128 window 128 left", shape=(1, 2048, 2048, 4, 4, 128), causal=True, window=(128, 0), outliers=False),
     dict(name="hd128 sq>sk causal (hidden rows)", shape=(1, 900, 300, 4, 4, 128), causal=True, outliers=False),
     dict(name="hd256 gqa8 full sq!=sk", shape=(1, 333, 777, 8, 1, 256), causal=False, outliers=True),
+    # from 4k keys hd128 runs 224-key blocks (K quantized by them)
+    dict(name="hd128 full s4500", shape=(1, 4500, 4500, 4, 4, 128), causal=False, outliers=True),
+    dict(name="hd128 causal s4500", shape=(1, 4500, 4500, 4, 4, 128), causal=True, outliers=False),
+    dict(name="hd128 gqa4 causal sq<sk 4200", shape=(1, 1000, 4200, 8, 2, 128), causal=True, outliers=True),
 ]
 
 
@@ -136,6 +143,59 @@ def part_bench(out_dir, alt_libs=()):
     (out_dir / "sm90_fp8_bench.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
 
 
+def basetime_plan(hds, seqs, alt_libs):
+    """(label, hd, seq, causal) of every timed launch group of the basetime part, in launch order."""
+    libs = ["ours"] + [spec.split("=", 1)[0] for spec in alt_libs] + ["fa3_fp8"]
+    return [(lib, hd, s, causal) for hd in hds for s in seqs for causal in (False, True) for lib in libs]
+
+
+def part_basetime_target(hds, seqs, alt_libs, reps):
+    """The launches the basetime part profiles: per row, each build on the same prepared inputs, then FA3."""
+    import torch
+    import fa3_fwd_interface as fa3
+    from ringfa3.ops.backends import BACKENDS
+    from ringfa3.ops.sm90_fp8 import Sm90Fp8Backend
+    libs = dict(ours=BACKENDS["sm90_fp8"], **{n: Sm90Fp8Backend(be) for n, be in alt_backends(alt_libs).items()})
+    for lib, hd, s, causal in basetime_plan(hds, seqs, alt_libs):
+        if lib == "ours":   # FA3 convention: 16k tokens, hidden 2048
+            q, k, v = (torch.randn(16384 // s, s, 2048 // hd, hd, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            x = libs["ours"].prepare(q, k, v)
+            q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+        for _ in range(reps):
+            if lib == "fa3_fp8":
+                fa3.flash_attn_func(q8, k8, v8, causal=causal)
+            else:
+                libs[lib].run(x, causal)
+        torch.cuda.synchronize()
+
+
+def part_basetime(out_dir, hds, seqs, alt_libs, reps=4):
+    """Kernel durations under ncu at locked base clocks (work per clock, for A/B of builds): the first
+    launch of each group warms up, the median of the rest is kept."""
+    import statistics
+    from check_sm90 import ncu_base_durations
+    target = [sys.executable, __file__, "--part", "basetime_target", "--hds", ",".join(map(str, hds)),
+              "--seqs", ",".join(map(str, seqs)), *[f"--alt-lib={x}" for x in alt_libs]]
+    launches, err = ncu_base_durations(target, "fwd_kernel|device_kernel", out_dir / "sm90_fp8_basetime_raw.csv")
+    plan = basetime_plan(hds, seqs, alt_libs)
+    if len(launches) != len(plan) * reps:
+        print(f"basetime: {len(launches)} launches profiled, {len(plan) * reps} expected\n{err[-3000:]}")
+        return 1
+    out = []
+    for i, (lib, hd, s, causal) in enumerate(plan):
+        t = statistics.median(us for _, us in launches[i * reps + 1:(i + 1) * reps])
+        flops = 4 * 16384 * s * 2048 / (2 if causal else 1)
+        out.append(dict(lib=lib, hd=hd, seq=s, causal=causal, us=round(t, 2), tflops_base=round(flops / t / 1e6, 1)))
+    (out_dir / "sm90_fp8_basetime.json").write_text(json.dumps(out, indent=1))
+    libs = list(dict.fromkeys(x["lib"] for x in out))
+    print(f"{'hd':>4} {'seq':>6} {'mask':>6} " + " ".join(f"{lib:>11}" for lib in libs) + "   (TF/s at base clock; ratio to ours)")
+    for i in range(0, len(out), len(libs)):
+        grp = out[i:i + len(libs)]
+        print(f"{grp[0]['hd']:>4} {grp[0]['seq']:>6} {'causal' if grp[0]['causal'] else 'full':>6} " +
+              " ".join(f"{x['tflops_base']:>5.0f}({x['tflops_base'] / grp[0]['tflops_base']:.3f})" for x in grp))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".")
@@ -143,9 +203,16 @@ def main():
     ap.add_argument("--part", help=argparse.SUPPRESS)   # one part, in this process
     ap.add_argument("--timeout", type=float, default=240, help="seconds per part")
     ap.add_argument("--alt-lib", action="append", default=[], help="NAME=PATH: another build, timed beside")
+    ap.add_argument("--hds", default="128,256", help="basetime part: head dims")
+    ap.add_argument("--seqs", default="1024,4096,8192,16384", help="basetime part: sequence lengths")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    hds, seqs = [int(x) for x in args.hds.split(",")], [int(x) for x in args.seqs.split(",")]
+    if args.part == "basetime_target":
+        return part_basetime_target(hds, seqs, args.alt_lib, reps=4)
+    if args.part == "basetime":
+        return part_basetime(out_dir, hds, seqs, args.alt_lib)
     if args.part:
         return part_check(out_dir) if args.part == "check" else part_bench(out_dir, args.alt_lib)
     for part in args.parts.split(","):

@@ -17,8 +17,9 @@ pytestmark = [
 
 @pytest.mark.parametrize("d", [128, 256])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", [(2, 1000, 1000, 4, 4), (1, 300, 777, 8, 2)])
+@pytest.mark.parametrize("shape", [(2, 1000, 1000, 4, 4), (1, 300, 777, 8, 2), (1, 513, 4500, 4, 2)])
 def test_fp8_kernel_matches_the_fp8_numerics(d, causal, shape):
+    # (1, 513, 4500): from 4k keys hd128 takes 224-key blocks, K quantized by the same blocks
     b, s_q, s_k, h, h_kv = shape
     g = torch.Generator(device="cuda").manual_seed(d + s_q + causal)
     q = torch.randn(b, s_q, h, d, device="cuda", generator=g)
@@ -61,11 +62,35 @@ def test_fp8_kernel_merges_a_ring_step_in_its_epilogue():
     assert rel_err(out_acc, ref) <= 1.25 * rel_err(spec, ref) + 2e-3
 
 
-def spec_inputs(q, k, v, seed=0):
+def test_fp8_merge_of_long_and_short_key_blocks():
+    # full attention over 4608 keys as two merged steps: 4352 keys (224-key blocks) then 256 (128-key)
+    g = torch.Generator(device="cuda").manual_seed(4)
+    q = torch.randn(1, 300, 4, 128, device="cuda", generator=g).bfloat16()                   # (b, s_q, h, d)
+    k, v = (torch.randn(1, 4608, 2, 128, device="cuda", generator=g).bfloat16() for _ in range(2))
+    ref, _ = attention64(q.double(), k.double(), v.double(), False)
+    spec, _ = BACKENDS["reference_fp8"].forward(q, k, v, False, 128 ** -0.5, (-1, -1), False)
+    out_acc = torch.zeros(1, 300, 4, 128, device="cuda")
+    lse_acc = torch.full((1, 4, 300), float("-inf"), device="cuda")
+    for keys in (slice(0, 4352), slice(4352, 4608)):
+        BACKENDS["sm90_fp8"].forward_merge(q, k[:, keys], v[:, keys], False, None, (-1, -1), out_acc, lse_acc)
+    assert rel_err(out_acc, ref) <= 1.25 * rel_err(spec, ref) + 2e-3
+
+
+def test_inputs_prepared_for_another_mask_are_refused():
+    q = torch.randn(1, 64, 2, 128, device="cuda").bfloat16()
+    k, v = (torch.randn(1, 4200, 2, 128, device="cuda").bfloat16() for _ in range(2))
+    ours = BACKENDS["sm90_fp8"]
+    x = ours.prepare(q, k, v, causal=True)                  # 224-key blocks
+    assert x.k_rows == 224 and ours.key_rows(128, 4200, window=(128, 0)) == 128
+    with pytest.raises(ValueError, match="prepare"):
+        ours.run(x, True, None, (128, 0))
+
+
+def spec_inputs(q, k, v, seed=0, k_rows=128):
     """Sm90Fp8Backend.prepare as ops/fp8.py computes it in torch (on q's device)."""
     signs = fp8.random_signs(q.shape[-1], seed, q.device)
     q8, q_scale = fp8.quantize(fp8.rotate(q.float(), signs), 128)
-    k8, k_scale = fp8.quantize(fp8.rotate(k.float(), signs), 128)
+    k8, k_scale = fp8.quantize(fp8.rotate(k.float(), signs), k_rows)
     v8, v_scale = fp8.quantize(v, None)
     return q8, k8, fp8.v_transposed(v8), q_scale, k_scale, v_scale
 
@@ -76,7 +101,7 @@ def bits(t):   # bitwise view: e4m3 codes as bytes, float32 scales as int32
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("d", [128, 256])
-@pytest.mark.parametrize("s_q, s_k", [(1000, 1000), (1, 129), (129, 1), (300, 777)])
+@pytest.mark.parametrize("s_q, s_k", [(1000, 1000), (1, 129), (129, 1), (300, 777), (129, 4500)])
 def test_prepare_is_bitwise_the_torch_spec(dtype, d, s_q, s_k):
     b, h, h_kv = 2, 4, 2
     g = torch.Generator(device="cuda").manual_seed(d + s_q + s_k)
@@ -89,20 +114,24 @@ def test_prepare_is_bitwise_the_torch_spec(dtype, d, s_q, s_k):
     # slices of the packed tensor: non-contiguous, strides of (s, h + 2 h_kv, d)
     q, k, v = packed[:, :s_q, :h], packed[:, :s_k, h:h + h_kv], packed[:, :s_k, h + h_kv:]
     ours = BACKENDS["sm90_fp8"].prepare(q, k, v, seed=5)
-    spec = spec_inputs(q, k, v, seed=5)
+    assert ours.k_rows == (224 if d == 128 and s_k >= 4096 else 128)
+    spec = spec_inputs(q, k, v, seed=5, k_rows=ours.k_rows)
     for name, x, y in zip(("q8", "k8", "vt", "q_scale", "k_scale", "v_scale"), ours, spec):
         assert x.dtype == y.dtype and x.shape == y.shape and x.is_contiguous(), name
         assert torch.equal(bits(x), bits(y)), (name, (bits(x) != bits(y)).sum().item())
 
 
-def test_quantize_rows_without_signs_is_the_block_quantization():
-    x = torch.randn(1, 200, 3, 128, device="cuda").bfloat16()
-    codes, scale = BACKENDS["sm90_fp8"]._quantize_rows(x, None)
-    spec_codes, spec_scale = fp8.quantize(x, 128)
+@pytest.mark.parametrize("rows", [128, 192, 224, 256])
+def test_quantize_rows_without_signs_is_the_block_quantization(rows):
+    x = torch.randn(1, 700, 3, 128, device="cuda").bfloat16()
+    codes, scale = BACKENDS["sm90_fp8"]._quantize_rows(x, None, rows)
+    spec_codes, spec_scale = fp8.quantize(x, rows)
     assert torch.equal(bits(codes), bits(spec_codes)) and torch.equal(bits(scale), bits(spec_scale))
 
 
 def test_prep_errors_carry_the_library_message():
     x = torch.randn(1, 16, 2, 64, device="cuda").bfloat16()
     with pytest.raises(RuntimeError, match="head_dim 128 or 256"):
-        BACKENDS["sm90_fp8"]._quantize_rows(x, None)
+        BACKENDS["sm90_fp8"]._quantize_rows(x, None, 128)
+    with pytest.raises(RuntimeError, match="rows per scale"):
+        BACKENDS["sm90_fp8"]._quantize_rows(torch.zeros(1, 16, 2, 128, device="cuda").bfloat16(), None, 100)

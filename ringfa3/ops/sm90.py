@@ -84,7 +84,7 @@ class _Fp8RowsArgs(ctypes.Structure):
         ("x", ctypes.c_void_p), ("signs", ctypes.c_void_p), ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p),
         ("x_stride", ctypes.c_int64 * 3),
         ("b", ctypes.c_int32), ("s", ctypes.c_int32), ("h", ctypes.c_int32), ("d", ctypes.c_int32),
-        ("dtype", ctypes.c_int32), ("stream", ctypes.c_void_p),
+        ("dtype", ctypes.c_int32), ("rows", ctypes.c_int32), ("stream", ctypes.c_void_p),
     ]
 
 
@@ -125,8 +125,11 @@ def _load(path=_LIB_PATH):
         if lib.has_bwd:
             lib.ringfa3_sm90_bwd_block_m.restype = ctypes.c_int
             lib.ringfa3_sm90_bwd_block_n.restype = ctypes.c_int
-    lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows")   # absent from builds before it
+    # absent from builds before it, or before its K scale followed the kernel's key block
+    lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows") and hasattr(lib, "ringfa3_sm90_fp8_key_rows")
     if lib.has_fp8_prep:
+        lib.ringfa3_sm90_fp8_key_rows.argtypes = [ctypes.c_int] * 4
+        lib.ringfa3_sm90_fp8_key_rows.restype = ctypes.c_int
         lib.ringfa3_sm90_fp8_quantize_rows.argtypes = [ctypes.POINTER(_Fp8RowsArgs)]
         lib.ringfa3_sm90_fp8_quantize_rows.restype = ctypes.c_int
         lib.ringfa3_sm90_fp8_v_transpose.argtypes = [ctypes.POINTER(_Fp8VArgs)]

@@ -1,7 +1,9 @@
 """The `sm90_fp8` backend: the e4m3 forward kernel of the sm90 library (dtype 2 of the same C entry),
 computing what ops/fp8.py specifies. Each call first prepares the inputs with the library's prep
 kernels (csrc/fp8_prep.cu), bitwise what fp8.py computes on the GPU:
-- rotates Q and K (incoherent processing) and quantizes them per 128 rows of a head, one pass each;
+- rotates Q and K (incoherent processing) and quantizes them, one pass each: Q per 128 rows of a
+  head (the query tile), K per key block of the launch that will run (224 keys at hd128 from 4k keys
+  without a window, else 128: ringfa3_sm90_fp8_key_rows), so each block has one scale;
 - quantizes V per head (its scale from one torch reduction) and lays it out as the kernel's V^T
   (fp8.v_transposed), one pass.
 The kernel then runs S = Q K^T and O = P V on e4m3 tensor cores with float32 scores, softmax and
@@ -19,11 +21,12 @@ from typing import NamedTuple
 import torch
 
 from . import fp8
+from .masks import effective_window
 from .sm90 import _DTYPES, Sm90Backend, _Fp8RowsArgs, _Fp8VArgs, _strides2, _strides3, on_device, raw_stream
 
 _E4M3 = 2   # RingFa3FwdArgs.dtype
 _HEAD_DIMS = (128, 256)
-_SCALE_ROWS = 128   # kFp8ScaleRows in csrc/kernel_traits.h
+_Q_ROWS = 128   # Fp8TileConfig::kM in csrc/instantiations.h: one Q scale per query tile
 
 
 @functools.lru_cache(maxsize=64)
@@ -54,26 +57,33 @@ class Sm90Fp8Backend:
             return "this build of the sm90 library has no fp8 prep kernels (rebuild with scripts/build_csrc.py)"
         return None
 
-    def prepare(self, q, k, v, seed=0):
-        """The kernel's inputs: rotated, quantized Q and K, V^T, and their scales, on the current stream;
-        bitwise fp8.quantize(fp8.rotate(x.float(), signs), 128) and fp8.v_transposed(fp8.quantize(v, None))."""
+    def key_rows(self, d, s_k, causal=False, window=(-1, -1)):
+        """Keys per K scale: the key block the e4m3 launch takes for this shape and mask."""
+        left, right = effective_window(causal, window)
+        return self._sm90._lib.ringfa3_sm90_fp8_key_rows(d, s_k, int(left), int(right))
+
+    def prepare(self, q, k, v, seed=0, causal=False, window=(-1, -1)):
+        """The kernel's inputs for attention with this mask: rotated, quantized Q and K, V^T, and their
+        scales, on the current stream; bitwise fp8.quantize(fp8.rotate(x.float(), signs), rows) (128
+        for Q, key_rows for K) and fp8.v_transposed(fp8.quantize(v, None))."""
         signs = signs_on(q.shape[-1], seed, q.device)
-        q8, q_scale = self._quantize_rows(q, signs)   # (b, s_q, h, d), (b, n_q, h)
-        k8, k_scale = self._quantize_rows(k, signs)   # (b, s_k, h_kv, d), (b, n_k, h_kv)
+        k_rows = self.key_rows(q.shape[-1], k.shape[1], causal, window)
+        q8, q_scale = self._quantize_rows(q, signs, _Q_ROWS)   # (b, s_q, h, d), (b, n_q, h)
+        k8, k_scale = self._quantize_rows(k, signs, k_rows)    # (b, s_k, h_kv, d), (b, n_k, h_kv)
         # fp8.quantize(v, None)'s scale: the |v| max per head is exact in v's dtype, and the division
         # is the same torch op. vector_norm(inf) takes it in one pass, without a |v| temporary.
         amax = torch.linalg.vector_norm(v, math.inf, dim=(1, 3)).float()                   # (b, h_kv)
         v_scale = torch.where(amax > 0, amax / fp8.E4M3_MAX, torch.ones_like(amax))[:, None]   # (b, 1, h_kv)
-        return Fp8Inputs(q8, k8, self._v_transposed(v, v_scale), q_scale, k_scale, v_scale)
+        return Fp8Inputs(q8, k8, self._v_transposed(v, v_scale), q_scale, k_scale, v_scale, k_rows)
 
-    def _quantize_rows(self, x, signs):
+    def _quantize_rows(self, x, signs, rows):
         """x (b, s, h, d) rotated by signs (None: not rotated), as e4m3 codes (b, s, h, d) and scales
-        (b, ceil(s / 128), h)."""
+        (b, ceil(s / rows), h)."""
         b, s, h, d = x.shape
-        codes = torch.empty(b, s, h, d, device=x.device, dtype=fp8.E4M3)                         # (b, s, h, d)
-        scale = torch.empty(b, -(-s // _SCALE_ROWS), h, device=x.device, dtype=torch.float32)   # (b, n, h)
+        codes = torch.empty(b, s, h, d, device=x.device, dtype=fp8.E4M3)                   # (b, s, h, d)
+        scale = torch.empty(b, -(-s // rows), h, device=x.device, dtype=torch.float32)   # (b, n, h)
         a = _Fp8RowsArgs(x.data_ptr(), None if signs is None else signs.data_ptr(), codes.data_ptr(),
-                         scale.data_ptr(), _strides3(x), b, s, h, d, _DTYPES[x.dtype],
+                         scale.data_ptr(), _strides3(x), b, s, h, d, _DTYPES[x.dtype], rows,
                          raw_stream(x.device))
         self._prep("ringfa3_sm90_fp8_quantize_rows", a, x.device)
         return codes, scale
@@ -103,7 +113,7 @@ class Sm90Fp8Backend:
             b, s_q, h, d = q.shape
             return (torch.empty(b, s_q, h, d, device=q.device, dtype=torch.float32 if out_fp32 else q.dtype),
                     torch.full((b, h, s_q), -math.inf, device=q.device))
-        out, lse = self.run(self.prepare(q, k, v, seed), causal, softmax_scale, window, out_fp32)
+        out, lse = self.run(self.prepare(q, k, v, seed, causal, window), causal, softmax_scale, window, out_fp32)
         return (out if out_fp32 else out.to(q.dtype)), lse
 
     def forward_merge(self, q, k, v, causal, softmax_scale, window, out_acc, lse_acc, seed=0):
@@ -113,7 +123,8 @@ class Sm90Fp8Backend:
         if why:
             raise ValueError(why)
         self._sm90.merge_call(q, out_acc, lse_acc,
-                              lambda: self._args(self.prepare(q, k, v, seed), causal, softmax_scale, window))
+                              lambda: self._args(self.prepare(q, k, v, seed, causal, window), causal, softmax_scale,
+                                                 window))
 
     def run(self, x: "Fp8Inputs", causal=False, softmax_scale=None, window=(-1, -1), out_fp32=False):
         """The kernel alone on prepared inputs: out (b, s_q, h, d) bf16 (fp32 if out_fp32), lse (b, h, s_q)."""
@@ -127,6 +138,10 @@ class Sm90Fp8Backend:
         return out, lse
 
     def _args(self, x: "Fp8Inputs", causal, softmax_scale, window):
+        rows = self.key_rows(x.q8.shape[-1], x.k8.shape[1], causal, window)
+        if x.k_rows != rows:
+            raise ValueError(f"these fp8 inputs were prepared with one K scale per {x.k_rows} keys, but this mask "
+                             f"runs {rows}-key blocks: call prepare() with the causal and window of the call")
         a = self._sm90._args(x.q8, x.k8, x.k8, causal, softmax_scale, window, dtype=_E4M3)
         a.v = x.vt.data_ptr()
         a.v_stride = (ctypes.c_int64 * 3)(x.vt.stride(0), x.vt.stride(2), x.vt.stride(1))   # (batch, d, head)
@@ -139,5 +154,6 @@ class Fp8Inputs(NamedTuple):
     k8: torch.Tensor        # (b, s_k, h_kv, d) e4m3, rotated
     vt: torch.Tensor        # (b, h_kv, d, s_v) e4m3, fp8.v_transposed
     q_scale: torch.Tensor   # (b, ceil(s_q / 128), h) float32
-    k_scale: torch.Tensor   # (b, ceil(s_k / 128), h_kv) float32
+    k_scale: torch.Tensor   # (b, ceil(s_k / k_rows), h_kv) float32
     v_scale: torch.Tensor   # (b, 1, h_kv) float32
+    k_rows: int             # keys per K scale (Sm90Fp8Backend.key_rows)
