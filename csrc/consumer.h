@@ -108,13 +108,14 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     // The K release reads the softmax result, which pins the P V wait that follows it behind the
     // exponentials (see warp_release_after), so P V runs under them. With kSplitSoftmax the release
     // and wait come after the first row half: the second half then overlaps the P conversion, which
-    // has to wait for P V.
+    // has to wait for P V. With kRescaleUnderExp they come after the first row's max; the second
+    // row's max, O's rescale and both rows' exponentials follow.
     auto rescale_o = [&](float const (&rescale)[2]) {
       CUTE_UNROLL
       for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= rescale[AccCoord::row_half(i)];
     };
     float c = 1.f;   // e4m3: raw scores x c are the true ones (softmax.h, kScaled)
-    [[maybe_unused]] float base[2];   // kRescaleUnderExp: the exp2 offsets from max_step to exp_step
+    [[maybe_unused]] float exp_base[2];   // kRescaleUnderExp: the exp2 offsets from max_step to exp_step
     auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
       if (n == nb) warp_release(&ss.q_empty);
       if constexpr (Tr::kFp8) {   // blocks run from ne - 1 down to nb
@@ -122,18 +123,18 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         k_next = k_scale[max(n - 1, nb) * a.h_kv];
       }
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
-      constexpr int kRows = Tr::kSplitSoftmax ? 1 : 2;
       if constexpr (Tr::kRescaleUnderExp)
-        softmax.template max_step<decltype(first)::value, Tr::kFp8, 0, 2>(tSrS, rescale, base, c);
+        softmax.template max_step<decltype(first)::value, Tr::kFp8, 0, 1>(tSrS, rescale, exp_base, c);
       else
-        softmax.template step<decltype(first)::value, Tr::kFp8, 0, kRows>(tSrS, rescale, c);
-      warp_release_after(&ss.k_empty[kv.index], Tr::kSplitSoftmax ? softmax.row_sum[0]
+        softmax.template step<decltype(first)::value, Tr::kFp8, 0, Tr::kSplitSoftmax ? 1 : 2>(tSrS, rescale, c);
+      warp_release_after(&ss.k_empty[kv.index], Tr::kSplitSoftmax || Tr::kRescaleUnderExp ? softmax.row_sum[0]
                                                                   : softmax.row_sum[0] + softmax.row_sum[1], a.s_k);
     };
     auto softmax_rest = [&](auto first, float (&rescale)[2]) {
       if constexpr (Tr::kRescaleUnderExp) {
+        softmax.template max_step<decltype(first)::value, Tr::kFp8, 1, 2, true>(tSrS, rescale, exp_base, c);
         if constexpr (!decltype(first)::value) rescale_o(rescale);
-        softmax.template exp_step<Tr::kFp8, 0, 2>(tSrS, base, c);
+        softmax.template exp_step<Tr::kFp8, 0, 2>(tSrS, exp_base, c);
       } else if constexpr (Tr::kSplitSoftmax) {
         softmax.template step<decltype(first)::value, Tr::kFp8, 1, 2, Tr::kPinRowOrder>(tSrS, rescale, c);
       }

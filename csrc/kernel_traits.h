@@ -58,10 +58,11 @@ struct FwdTraits {
   // one K scale per key block (ops/fp8.py block_q, block_k: the prep kernels quantize Q by kBlockM
   // rows and K by kBlockN rows, ringfa3_sm90_fp8_key_rows).
   static constexpr bool kFp8 = sizeof(T) == 1;
-  // e4m3 with long key blocks: FA3's FP8 order. Once S has landed, both rows' maxima; then the P V
-  // wait; then O's rescale among the exponentials, whose MUFU time is what an e4m3 block is short of.
-  // With 224-key blocks at base clock: +4-6% over the split softmax with the late rescale; with 128
-  // keys no different (bench/NOTES-fp8.md, run 99).
+  // e4m3 with long key blocks: FA3's FP8 order. Once S has landed, the first row's max; then the P V
+  // wait; then the second row's max under the first row's exponentials, and O's rescale among them
+  // (MUFU time is what an e4m3 block is short of). With 224-key blocks at base clock: +8-10% at 8k-16k
+  // over the split softmax with the late rescale (both rows' maxima first: +4-6%; in 4 chains each: no
+  // faster); with 128 keys no different (bench/NOTES-fp8.md, runs 99, 101).
   static constexpr bool kRescaleUnderExp = kFp8 && kBlockN > 128;
   // The P V wait placed after the first row half's exponentials (consumer.h): +1.4-3.1% at hd128 4k-16k,
   // but 0-4% slower at hd64 and up to 9% at hd256 (bench/NOTES.md run 15), which keep it after both.
@@ -71,12 +72,9 @@ struct FwdTraits {
   // 0 to -4% at hd64 / hd256 (bench/NOTES.md runs 53-54).
   static constexpr bool kLateRescale = kHeadDim == 128 && kBlockN == 128 && !kRescaleUnderExp;
   // The second row's max chain pinned behind the first row's max (softmax.h kPinRow1, FA3's order):
-  // at base clock +1.6-1.8% at 4k causal with 128-key blocks, 0.97-1.01 with 176-key blocks
-  // (bench/NOTES.md run 95). A/B knob until a device run decides (RINGFA3_ROW_ORDER=1).
-#ifndef RINGFA3_ROW_ORDER
-#define RINGFA3_ROW_ORDER 0
-#endif
-  static constexpr bool kPinRowOrder = RINGFA3_ROW_ORDER && kSplitSoftmax && kBlockN == 128 && !kFp8;
+  // at base clock +0.9 to +1.8% at 4k causal in four runs with 128-key blocks (+0.7% on average over
+  // 1k-16k), 0.97-1.01 with 176-key blocks (bench/NOTES.md runs 95-96).
+  static constexpr bool kPinRowOrder = kSplitSoftmax && kBlockN == 128 && !kFp8;
   static_assert(!kFp8 || kBlockN % 32 == 0, "e4m3 tiles: 32-key k-steps");
   using TOut = std::conditional_t<kFp8, cutlass::bfloat16_t, T>;   // out dtype unless out_fp32
   static_assert(!(kFp8 && kVarlen), "varlen is 16-bit only");
