@@ -82,12 +82,12 @@ __device__ __forceinline__ void rotate_row(float (&v)[D / 32], const float (&sig
   for (int j = 0; j < E; ++j) v[j] = __fmul_rn(v[j], kNorm);
 }
 
-// One CTA per (block of kRowWarps * 8 rows, head, batch): the block's rows rotated and held in registers
-// (warp w holds rows w, w + kRowWarps, ...), their |x| max, then the scale and the codes. Rows past s:
-// not touched.
-template <typename T, int D, int kRowWarps>
-__global__ void __launch_bounds__(kRowWarps * 32) fp8_rows_kernel(RingFa3Fp8RowsArgs a) {
-  constexpr int kScaleRows = kRowWarps * kRowsPerWarp;
+// One CTA per (kScaleRows-row block, head, batch): the block's rows rotated and held in registers (warp
+// w of W = kScaleRows / 8 holds rows w, w + W, ...), their |x| max, then the scale and the codes. Rows
+// past s: not touched.
+template <typename T, int D, int kScaleRows>
+__global__ void __launch_bounds__(kScaleRows / kRowsPerWarp * 32) fp8_rows_kernel(RingFa3Fp8RowsArgs a) {
+  constexpr int kRowWarps = kScaleRows / kRowsPerWarp;
   constexpr int E = D / 32;
   using In = std::conditional_t<E == 8, uint4, uint2>;       // a lane's E inputs: one load
   using Out = std::conditional_t<E == 8, uint2, uint32_t>;   // its E codes: one store
@@ -236,18 +236,19 @@ extern "C" const char* ringfa3_sm90_fp8_prep_last_error(void) { return ringfa3::
 extern "C" int ringfa3_sm90_fp8_quantize_rows(const RingFa3Fp8RowsArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3Fp8RowsArgs& a = *args;
-  auto launch = [&](auto warps) {
-    constexpr int kWarps = decltype(warps)::value;
-    return ringfa3::launch_prep(a, a.x, a.x_stride, a.codes, a.scale, kWarps * ringfa3::kRowsPerWarp, kWarps * 32,
-        [](auto t, auto dim) { return ringfa3::fp8_rows_kernel<decltype(t), decltype(dim)::value, kWarps>; });
+  // The blocks the e4m3 kernel quantizes by (instantiations.h): 128 rows, and 224 at hd128 (28 warps; at
+  // hd256 more than 16 warps of 8 rows would not fit the registers).
+  auto launch = [&](auto rows) {
+    constexpr int kRows = decltype(rows)::value;
+    return ringfa3::launch_prep(a, a.x, a.x_stride, a.codes, a.scale, kRows, kRows / ringfa3::kRowsPerWarp * 32,
+        [](auto t, auto dim) {   // hd256 never gets here with 224 rows (below): no such instantiation
+          constexpr int D = decltype(dim)::value;
+          return ringfa3::fp8_rows_kernel<decltype(t), D, D == 128 ? kRows : 128>;
+        });
   };
-  switch (a.rows) {
-    case 128: return launch(std::integral_constant<int, 16>{});
-    case 192: return launch(std::integral_constant<int, 24>{});
-    case 224: return launch(std::integral_constant<int, 28>{});
-    case 256: return launch(std::integral_constant<int, 32>{});
-    default:  return fail(5, "rows (rows per scale) must be 128, 192, 224 or 256");
-  }
+  if (a.rows == 128) return launch(std::integral_constant<int, 128>{});
+  if (a.rows == 224 && a.d == 128) return launch(std::integral_constant<int, 224>{});
+  return fail(5, "rows (rows per scale) must be 128, or 224 at head_dim 128");
 }
 
 extern "C" int ringfa3_sm90_fp8_v_transpose(const RingFa3Fp8VArgs* args) {

@@ -17,7 +17,7 @@ typedef struct RingFa3Fp8RowsArgs {
   int64_t x_stride[3];   // element strides of (batch, seq, head); the head-dim stride must be 1
   int32_t b, s, h, d;
   int32_t dtype;         // 0 = bf16, 1 = fp16
-  int32_t rows;          // rows per scale: 128, 192, 224 or 256 (Q: 128; K: ringfa3_sm90_fp8_key_rows)
+  int32_t rows;          // rows per scale: 128, or 224 at d 128 (Q: 128; K: ringfa3_sm90_fp8_key_rows)
   void* stream;          // cudaStream_t
 } RingFa3Fp8RowsArgs;
 

@@ -58,12 +58,13 @@ struct FwdTraits {
   // one K scale per key block (ops/fp8.py block_q, block_k: the prep kernels quantize Q by kBlockM
   // rows and K by kBlockN rows, ringfa3_sm90_fp8_key_rows).
   static constexpr bool kFp8 = sizeof(T) == 1;
-  // e4m3 with long key blocks: FA3's FP8 order. Once S has landed, the first row's max; then the P V
-  // wait; then the second row's max under the first row's exponentials, and O's rescale among them
-  // (MUFU time is what an e4m3 block is short of). With 224-key blocks at base clock: +8-10% at 8k-16k
-  // over the split softmax with the late rescale (both rows' maxima first: +4-6%; in 4 chains each: no
-  // faster); with 128 keys no different (bench/NOTES-fp8.md, runs 99, 101).
-  static constexpr bool kRescaleUnderExp = kFp8 && kBlockN > 128;
+  // e4m3: FA3's FP8 order. Once S has landed, the first row's max; then the P V wait; then the second
+  // row's max under the first row's exponentials, and O's rescale among them (MUFU time is what an
+  // e4m3 block is short of). At base clock, over the split softmax with the late rescale: +8-10% at
+  // hd128 8k-16k (224-key blocks), +3-8% at hd128 1k-2k and +5-7% at hd256 (128-key blocks). Both
+  // rows' maxima first gained only half of it, and 4 max chains per row nothing (bench/NOTES-fp8.md,
+  // runs 99, 101, 104).
+  static constexpr bool kRescaleUnderExp = kFp8;
   // The P V wait placed after the first row half's exponentials (consumer.h): +1.4-3.1% at hd128 4k-16k,
   // but 0-4% slower at hd64 and up to 9% at hd256 (bench/NOTES.md run 15), which keep it after both.
   static constexpr bool kSplitSoftmax = kHeadDim == 128 && !kRescaleUnderExp;

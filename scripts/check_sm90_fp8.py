@@ -114,11 +114,12 @@ def part_bench(out_dir, alt_libs=()):
                 tf = lambda ms: round(f / ms / 1e9)  # noqa: E731, B023
                 q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
                 row = dict(hd=d, seq=s, causal=causal)
-                x = ours.prepare(q, k, v)
+                x = ours.prepare(q, k, v, causal=causal)
                 row["ours"] = tf(do_bench(lambda: ours.run(x, causal), warmup=25, rep=200, return_mode="median"))  # noqa: B023
                 for name, alt in alts.items():
                     try:   # an alternate build may hold only some head dims (build_csrc.py --only)
-                        row[name] = tf(do_bench(lambda: alt.run(x, causal), warmup=25, rep=200, return_mode="median"))  # noqa: B023
+                        xa = alt.prepare(q, k, v, causal=causal)   # quantized by its own key block
+                        row[name] = tf(do_bench(lambda: alt.run(xa, causal), warmup=25, rep=200, return_mode="median"))  # noqa: B023
                     except RuntimeError as e:
                         row[name] = None
                         print(f"{name}: {e}", flush=True)
@@ -159,8 +160,9 @@ def part_basetime_target(hds, seqs, alt_libs, reps):
     for lib, hd, s, causal in basetime_plan(hds, seqs, alt_libs):
         if lib == "ours":   # FA3 convention: 16k tokens, hidden 2048
             q, k, v = (torch.randn(16384 // s, s, 2048 // hd, hd, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-            x = libs["ours"].prepare(q, k, v)
             q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+        if lib != "fa3_fp8":   # each build quantizes K by its own key block
+            x = libs[lib].prepare(q, k, v, causal=causal)
         for _ in range(reps):
             if lib == "fa3_fp8":
                 fa3.flash_attn_func(q8, k8, v8, causal=causal)

@@ -121,7 +121,7 @@ def test_prepare_is_bitwise_the_torch_spec(dtype, d, s_q, s_k):
         assert torch.equal(bits(x), bits(y)), (name, (bits(x) != bits(y)).sum().item())
 
 
-@pytest.mark.parametrize("rows", [128, 192, 224, 256])
+@pytest.mark.parametrize("rows", [128, 224])
 def test_quantize_rows_without_signs_is_the_block_quantization(rows):
     x = torch.randn(1, 700, 3, 128, device="cuda").bfloat16()
     codes, scale = BACKENDS["sm90_fp8"]._quantize_rows(x, None, rows)
@@ -133,5 +133,6 @@ def test_prep_errors_carry_the_library_message():
     x = torch.randn(1, 16, 2, 64, device="cuda").bfloat16()
     with pytest.raises(RuntimeError, match="head_dim 128 or 256"):
         BACKENDS["sm90_fp8"]._quantize_rows(x, None, 128)
-    with pytest.raises(RuntimeError, match="rows per scale"):
-        BACKENDS["sm90_fp8"]._quantize_rows(torch.zeros(1, 16, 2, 128, device="cuda").bfloat16(), None, 100)
+    for d, rows in ((128, 100), (256, 224)):
+        with pytest.raises(RuntimeError, match="rows per scale"):
+            BACKENDS["sm90_fp8"]._quantize_rows(torch.zeros(1, 16, 2, d, device="cuda").bfloat16(), None, rows)
