@@ -60,8 +60,8 @@ struct FwdTraits {
   static constexpr bool kFp8 = sizeof(T) == 1;
   // e4m3: FA3's FP8 order. Once S has landed, the first row's max; then the P V wait; then the second
   // row's max under the first row's exponentials, and O's rescale among them (MUFU time is what an
-  // e4m3 block is short of). At base clock, over the split softmax with the late rescale: +8-10% at
-  // hd128 8k-16k (224-key blocks), +3-8% at hd128 1k-2k and +5-7% at hd256 (128-key blocks). Both
+  // e4m3 block is short of). At base clock, over the 16-bit kernels' order: +8-10% at hd128 8k-16k
+  // (224-key blocks), +3-8% at hd128 1k-2k and +5-7% at hd256 (128-key blocks). Both
   // rows' maxima first gained only half of it, and 4 max chains per row nothing (bench/NOTES-fp8.md,
   // runs 99, 101, 104).
   static constexpr bool kRescaleUnderExp = kFp8;
