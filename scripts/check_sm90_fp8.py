@@ -151,7 +151,8 @@ def basetime_plan(hds, seqs, alt_libs):
 
 
 def part_basetime_target(hds, seqs, alt_libs, reps):
-    """The launches the basetime part profiles: per row, each build on the same prepared inputs, then FA3."""
+    """The launches the basetime part profiles: per row, each build on the same q, k, v (quantized by its own
+    key block), then FA3."""
     import torch
     import fa3_fwd_interface as fa3
     from ringfa3.ops.backends import BACKENDS
