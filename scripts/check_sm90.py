@@ -494,9 +494,10 @@ def part_ncu(out_dir, causal=False, seq=16384):
         print("\n".join(keep[:40]))
 
 
-def basetime_plan(hds, seqs, alt_libs):
-    """(label, hd, seq, causal) of every timed launch group of --part basetime, in launch order."""
-    libs = ["ours"] + [spec.split("=", 1)[0] for spec in alt_libs] + ["fa3"]
+def basetime_plan(hds, seqs, alt_libs, anchor="fa3"):
+    """(label, hd, seq, causal) of every timed launch group of --part basetime, in launch order: ours,
+    each --alt-lib build, then the anchor."""
+    libs = ["ours"] + [spec.split("=", 1)[0] for spec in alt_libs] + [anchor]
     return [(lib, hd, s, causal) for hd in hds for s in seqs for causal in (False, True) for lib in libs]
 
 
@@ -540,18 +541,20 @@ def ncu_base_durations(target_cmd, kernel_regex, raw_path):
     return parse_ncu_durations(raw), r.stderr
 
 
-def part_basetime(out_dir, hds, seqs, alt_libs, reps=4):
+def part_basetime(out_dir, hds, seqs, alt_libs, reps=4, script=__file__, anchor="fa3", stem="sm90"):
     """Kernel durations under ncu at locked base clocks (FA3 convention), for A/B of builds whose
     difference do_bench's noise at the power cap hides: work per clock, not the clock the power cap
-    allows. The first launch of each group is a warm-up; the median of the rest is kept."""
+    allows. The first launch of each group is a warm-up; the median of the rest is kept. `script`'s
+    `--part basetime_target` makes the launches of basetime_plan(..., anchor) (check_sm90_fp8.py reuses
+    this for e4m3); the results go to {stem}_basetime.json."""
     import statistics
-    target = [sys.executable, __file__, "--part", "basetime_target", "--seqs", ",".join(map(str, seqs)),
+    target = [sys.executable, script, "--part", "basetime_target", "--seqs", ",".join(map(str, seqs)),
               "--hds", ",".join(map(str, hds))]
     for spec in alt_libs:
         target += ["--alt-lib", spec]
-    launches, err = ncu_base_durations(target, "fwd_kernel|device_kernel", Path(out_dir) / "sm90_basetime_raw.csv")
+    launches, err = ncu_base_durations(target, "fwd_kernel|device_kernel", Path(out_dir) / f"{stem}_basetime_raw.csv")
     us = [t for _, t in launches]
-    plan = basetime_plan(hds, seqs, alt_libs)
+    plan = basetime_plan(hds, seqs, alt_libs, anchor)
     if len(us) != len(plan) * reps:
         print(f"basetime: {len(us)} launches profiled, {len(plan) * reps} expected")
         print(err[-3000:])
@@ -561,7 +564,7 @@ def part_basetime(out_dir, hds, seqs, alt_libs, reps=4):
         t = statistics.median(us[i * reps + 1:(i + 1) * reps])
         flops = 4 * 16384 * s * 2048 / (2 if causal else 1)
         out.append(dict(lib=lib, hd=hd, seq=s, causal=causal, us=round(t, 2), tflops_base=round(flops / t / 1e6, 1)))
-    (Path(out_dir) / "sm90_basetime.json").write_text(json.dumps(out, indent=1))
+    (Path(out_dir) / f"{stem}_basetime.json").write_text(json.dumps(out, indent=1))
     print(f"{'hd':>4} {'seq':>6} {'mask':>6} " + " ".join(f"{lib:>11}" for lib in dict.fromkeys(x['lib'] for x in out))
           + "   (TF/s at base clock; ratio to ours)")
     for hd in hds:

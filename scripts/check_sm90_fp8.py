@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from check_sm90 import alt_backends, ref_attention, rel_err  # noqa: E402
+from check_sm90 import alt_backends, basetime_plan, part_basetime, ref_attention, rel_err  # noqa: E402
 
 CASES = [dict(name=f"hd{d} {'causal' if c else 'full'} s{s}{' outliers' if o else ''}", shape=(2, s, s, 8, 8, d),
               causal=c, outliers=o)
@@ -144,12 +144,6 @@ def part_bench(out_dir, alt_libs=()):
     (out_dir / "sm90_fp8_bench.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
 
 
-def basetime_plan(hds, seqs, alt_libs):
-    """(label, hd, seq, causal) of every timed launch group of the basetime part, in launch order."""
-    libs = ["ours"] + [spec.split("=", 1)[0] for spec in alt_libs] + ["fa3_fp8"]
-    return [(lib, hd, s, causal) for hd in hds for s in seqs for causal in (False, True) for lib in libs]
-
-
 def part_basetime_target(hds, seqs, alt_libs, reps):
     """The launches the basetime part profiles: per row, each build on the same q, k, v (quantized by its own
     key block), then FA3."""
@@ -158,7 +152,7 @@ def part_basetime_target(hds, seqs, alt_libs, reps):
     from ringfa3.ops.backends import BACKENDS
     from ringfa3.ops.sm90_fp8 import Sm90Fp8Backend
     libs = dict(ours=BACKENDS["sm90_fp8"], **{n: Sm90Fp8Backend(be) for n, be in alt_backends(alt_libs).items()})
-    for lib, hd, s, causal in basetime_plan(hds, seqs, alt_libs):
+    for lib, hd, s, causal in basetime_plan(hds, seqs, alt_libs, anchor="fa3_fp8"):
         if lib == "ours":   # FA3 convention: 16k tokens, hidden 2048
             q, k, v = (torch.randn(16384 // s, s, 2048 // hd, hd, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
@@ -170,33 +164,6 @@ def part_basetime_target(hds, seqs, alt_libs, reps):
             else:
                 libs[lib].run(x, causal)
         torch.cuda.synchronize()
-
-
-def part_basetime(out_dir, hds, seqs, alt_libs, reps=4):
-    """Kernel durations under ncu at locked base clocks (work per clock, for A/B of builds): the first
-    launch of each group warms up, the median of the rest is kept."""
-    import statistics
-    from check_sm90 import ncu_base_durations
-    target = [sys.executable, __file__, "--part", "basetime_target", "--hds", ",".join(map(str, hds)),
-              "--seqs", ",".join(map(str, seqs)), *[f"--alt-lib={x}" for x in alt_libs]]
-    launches, err = ncu_base_durations(target, "fwd_kernel|device_kernel", out_dir / "sm90_fp8_basetime_raw.csv")
-    plan = basetime_plan(hds, seqs, alt_libs)
-    if len(launches) != len(plan) * reps:
-        print(f"basetime: {len(launches)} launches profiled, {len(plan) * reps} expected\n{err[-3000:]}")
-        return 1
-    out = []
-    for i, (lib, hd, s, causal) in enumerate(plan):
-        t = statistics.median(us for _, us in launches[i * reps + 1:(i + 1) * reps])
-        flops = 4 * 16384 * s * 2048 / (2 if causal else 1)
-        out.append(dict(lib=lib, hd=hd, seq=s, causal=causal, us=round(t, 2), tflops_base=round(flops / t / 1e6, 1)))
-    (out_dir / "sm90_fp8_basetime.json").write_text(json.dumps(out, indent=1))
-    libs = list(dict.fromkeys(x["lib"] for x in out))
-    print(f"{'hd':>4} {'seq':>6} {'mask':>6} " + " ".join(f"{lib:>11}" for lib in libs) + "   (TF/s at base clock; ratio to ours)")
-    for i in range(0, len(out), len(libs)):
-        grp = out[i:i + len(libs)]
-        print(f"{grp[0]['hd']:>4} {grp[0]['seq']:>6} {'causal' if grp[0]['causal'] else 'full':>6} " +
-              " ".join(f"{x['tflops_base']:>5.0f}({x['tflops_base'] / grp[0]['tflops_base']:.3f})" for x in grp))
-    return 0
 
 
 def main():
@@ -215,7 +182,7 @@ def main():
     if args.part == "basetime_target":
         return part_basetime_target(hds, seqs, args.alt_lib, reps=4)
     if args.part == "basetime":
-        return part_basetime(out_dir, hds, seqs, args.alt_lib)
+        return part_basetime(out_dir, hds, seqs, args.alt_lib, script=__file__, anchor="fa3_fp8", stem="sm90_fp8")
     if args.part:
         return part_check(out_dir) if args.part == "check" else part_bench(out_dir, args.alt_lib)
     for part in args.parts.split(","):
