@@ -116,13 +116,16 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     };
     float c = 1.f;   // e4m3: raw scores x c are the true ones (softmax.h, kScaled)
     [[maybe_unused]] float exp_base[2];   // kRescaleUnderExp: the exp2 offsets from max_step to exp_step
-    auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
-      if (n == nb) warp_release(&ss.q_empty);
+    auto scale_and_mask = [&](int n) {
       if constexpr (Tr::kFp8) {   // blocks run from ne - 1 down to nb
         c = q_scale * k_next;
         k_next = k_scale[max(n - 1, nb) * a.h_kv];
       }
       if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
+    };
+    auto softmax_part = [&](auto first, int n, float (&rescale)[2]) {
+      if (n == nb) warp_release(&ss.q_empty);
+      scale_and_mask(n);
       if constexpr (Tr::kRescaleUnderExp)
         softmax.template max_step<decltype(first)::value, Tr::kFp8, 0, 1>(tSrS, rescale, exp_base, c);
       else
@@ -157,6 +160,27 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       }
     };
     float rescale[2];
+    // kLazyMax: a block after the tile's first, once S has landed (P V may still run), up to P V's end. If
+    // any thread of the warpgroup votes for the exact step, S is computed again (K and Q stay until here)
+    // and the block takes softmax_part and softmax_rest's work. The vote uses the warpgroup's epilogue
+    // barrier (the same 128 threads; the epilogue comes after the loop).
+    auto lazy_softmax = [&](int n) {
+      scale_and_mask(n);
+      float blk[2];
+      bool exact = any_sync(epilogue_barrier<Tr>(wg), 128, softmax.template lazy_exp_step<Tr::kFp8>(tSrS, blk, c));
+      warpgroup_wait<0>();   // P V too, on both paths (a wait on one path only serializes every WGMMA: ptxas C7515)
+      if (exact) {
+        issue_gemm<true, false>(mma_qk, opaque_desc(tSrQ), tSrK(_, _, _, kv.index), tSrS);
+        warpgroup_wait<0>();
+        if (mask.partial(n)) mask.apply(tSrS, n, rows_base, coord);
+        softmax.template step<false, Tr::kFp8, 0, 2>(tSrS, rescale, c);
+        rescale_o(rescale);
+      } else {
+        softmax.add_block_sums(blk);
+      }
+      if (n == nb) warp_release(&ss.q_empty);
+      warp_release(&ss.k_empty[kv.index]);
+    };
 
     if (ne > nb) {
       FullBarrier::wait(&ss.q_full, q_round & 1);
@@ -184,10 +208,15 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
         issue_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, prev.index), tOrO);
         pingpong_signal<Tr>(wg);
         warpgroup_wait<1>();   // S(n) is done; P V may still run
-        softmax_part(cute::false_type{}, n, rescale);
-        warpgroup_wait<0>();
-        warp_release(&ss.v_empty[prev.index]);
-        softmax_rest(cute::false_type{}, rescale);
+        if constexpr (Tr::kLazyMax) {
+          lazy_softmax(n);
+          warp_release(&ss.v_empty[prev.index]);
+        } else {
+          softmax_part(cute::false_type{}, n, rescale);
+          warpgroup_wait<0>();
+          warp_release(&ss.v_empty[prev.index]);
+          softmax_rest(cute::false_type{}, rescale);
+        }
         convert_p();
         if constexpr (Tr::kLateRescale) rescale_o(rescale);
         prev = kv;

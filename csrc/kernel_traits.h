@@ -65,6 +65,11 @@ struct FwdTraits {
   // rows' maxima first gained only half of it, and 4 max chains per row nothing (bench/NOTES-fp8.md,
   // runs 99, 101, 104).
   static constexpr bool kRescaleUnderExp = kFp8;
+  // e4m3 hd256: after a tile's first block, exponentials against the running max without the block's own
+  // max (softmax.h lazy_exp_step); the warpgroup votes, and the rare block that needs it is recomputed
+  // exactly. At base clock +4-8% at 4k-16k, 0.94-0.99 at 1k; at hd128 0.96-1.02, so not there
+  // (bench/NOTES-fp8.md runs 109-112).
+  static constexpr bool kLazyMax = kFp8 && kHeadDim == 256;
   // The P V wait placed after the first row half's exponentials (consumer.h): +1.4-3.1% at hd128 4k-16k,
   // but 0-4% slower at hd64 and up to 9% at hd256 (bench/NOTES.md run 15), which keep it after both.
   static constexpr bool kSplitSoftmax = kHeadDim == 128 && !kRescaleUnderExp;

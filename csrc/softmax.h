@@ -89,6 +89,39 @@ struct OnlineSoftmax {
     }
   }
 
+  // Lazy max (e4m3, consumer.h kLazyMax): the exponentials of a block against the running max as it stands,
+  // without this block's max first (a dependent FMNMX chain and two shuffles before the first exp2). While
+  // no score of the block exceeds that max by more than log2(448), each probability stays within e4m3's
+  // range and the result equals the exact step's except for P's scale. Sums over this block go to blk;
+  // returns whether this thread needs the exact step instead: a per-thread block sum above 448 (so some
+  // probability may be; also inf and NaN), or keys of a row that had seen none (its max must be set).
+  template <bool kScaled, class Frag>
+  __device__ bool lazy_exp_step(Frag& s, float (&blk)[2], float c = 1.f) {
+    constexpr int N = int(cute::size(Frag{}));
+    float scale_s = kScaled ? scale_log2 * c : scale_log2;
+    float base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      base[r] = (row_max[r] == -INFINITY ? 0.f : row_max[r]) * scale_log2;
+      blk[r] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      int r = AccCoord::row_half(i);
+      float p = fast_exp2(fmaf(s(i), scale_s, -base[r]));
+      s(i) = p;
+      blk[r] += p;
+    }
+    bool exact = false;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) exact |= !(blk[r] <= 448.f) || (row_max[r] == -INFINITY && blk[r] > 0.f);
+    return exact;
+  }
+  __device__ void add_block_sums(float const (&blk)[2]) {
+    row_sum[0] += blk[0];
+    row_sum[1] += blk[1];
+  }
+
   // Final per-row normalizer 1/sum and lse (natural log); fully hidden rows give 0 and -inf.
   __device__ void finish(float softmax_scale, float (&inv)[2], float (&lse)[2]) {
 #pragma unroll

@@ -30,4 +30,12 @@ __device__ __forceinline__ void issue_gemm(Mma& mma, TA const& a, TB const& b, T
 __device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 __device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory"); }
 
+// Whether `pred` holds in any thread of the `n` that reach named barrier `id` (a barrier: all of them wait).
+__device__ __forceinline__ bool any_sync(int id, int n, bool pred) {
+  int any;
+  asm volatile("{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n barrier.red.or.pred q, %2, %3, p;\n selp.u32 %0, 1, 0, q;\n}"
+               : "=r"(any) : "r"(int(pred)), "r"(id), "r"(n) : "memory");
+  return any;
+}
+
 }  // namespace ringfa3

@@ -476,18 +476,19 @@ def ncu_profile(kernel, target_cmd, out_txt, out_csv, sections, keep_pattern):
     return [ln for ln in r2.stdout.splitlines() if re.search(keep_pattern, ln)]
 
 
-def part_ncu(out_dir, causal=False, seq=16384):
+def part_ncu(out_dir, causal=False, seq=16384, script=__file__, stem="sm90"):
     """ncu of ours and of FA3 at hd128, `seq` rows (full, or causal): the summary sections, and warp-stall samples
     per SASS instruction (where the consumer warps wait), exported as CSV for reading on the CPU machine.
-    ncu locks the clocks at base: for the power cap's share see --part clock (run 17)."""
+    ncu locks the clocks at base: for the power cap's share see --part clock (run 17). `script`'s
+    `--part ncu_target` makes the launches (check_sm90_fp8.py reuses this for e4m3, files {stem}_ncu*)."""
     sections = ["SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "Occupancy",
                 "SourceCounters"]
     for which, kernel in (("ours", "fwd_kernel"), ("fa3", "device_kernel")):
         suffix = ("" if which == "ours" else "_fa3") + ("_causal" if causal else "") + ("" if seq == 16384 else f"_{seq}")
-        target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which", which, "--ncu-seq", str(seq)]
+        target = [sys.executable, script, "--part", "ncu_target", "--ncu-which", which, "--ncu-seq", str(seq)]
         target += ["--causal"] if causal else []
         keep = ncu_profile(kernel, target,
-                           Path(out_dir) / f"sm90_ncu{suffix}.txt", Path(out_dir) / f"sm90_ncu_source{suffix}.csv",
+                           Path(out_dir) / f"{stem}_ncu{suffix}.txt", Path(out_dir) / f"{stem}_ncu_source{suffix}.csv",
                            sections, r"Duration|Throughput|Pipe|Issue|Stall|Eligible|Active Warps|No Eligible|"
                                      r"Executed Ipc|Registers")
         print(f"--- {which}")

@@ -20,6 +20,8 @@ The bench part (FA3 convention, 16k tokens per batch, hidden 2048) times, in the
 
 The basetime part (`--part basetime [--hds 128] [--seqs ...]`, not among the default parts) times the
 kernel alone, each --alt-lib build and FA3's e4m3 under ncu at locked base clocks, for A/B of builds.
+The ncu part (`--part ncu [--ncu-seq S] [--causal]`) profiles the hd128 kernel alone and FA3's e4m3 on the
+same shape (pipes, warp states, stall samples per SASS instruction).
 """
 import argparse
 import json
@@ -30,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from check_sm90 import alt_backends, basetime_plan, part_basetime, ref_attention, rel_err  # noqa: E402
+from check_sm90 import alt_backends, basetime_plan, part_basetime, part_ncu, ref_attention, rel_err  # noqa: E402
 
 CASES = [dict(name=f"hd{d} {'causal' if c else 'full'} s{s}{' outliers' if o else ''}", shape=(2, s, s, 8, 8, d),
               causal=c, outliers=o)
@@ -166,6 +168,25 @@ def part_basetime_target(hds, seqs, alt_libs, reps):
         torch.cuda.synchronize()
 
 
+def part_ncu_target(which, causal, seq):
+    """Three launches at hd128 (FA3 convention) for ncu, which profiles the third: our kernel alone on
+    prepared inputs, or FA3's e4m3 forward."""
+    import torch
+    from ringfa3.ops.backends import BACKENDS
+    q, k, v = (torch.randn(16384 // seq, seq, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    if which == "fa3":
+        import fa3_fwd_interface as fa3
+        q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+        fn = lambda: fa3.flash_attn_func(q8, k8, v8, causal=causal)   # noqa: E731
+    else:
+        ours = BACKENDS["sm90_fp8"]
+        x = ours.prepare(q, k, v, causal=causal)
+        fn = lambda: ours.run(x, causal)   # noqa: E731
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".")
@@ -175,12 +196,19 @@ def main():
     ap.add_argument("--alt-lib", action="append", default=[], help="NAME=PATH: another build, timed beside")
     ap.add_argument("--hds", default="128,256", help="basetime part: head dims")
     ap.add_argument("--seqs", default="1024,4096,8192,16384", help="basetime part: sequence lengths")
+    ap.add_argument("--ncu-which", choices=["ours", "fa3"], default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--ncu-seq", type=int, default=16384, help="ncu part: rows per sequence")
+    ap.add_argument("--causal", action="store_true", help="ncu part: the causal mask")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     hds, seqs = [int(x) for x in args.hds.split(",")], [int(x) for x in args.seqs.split(",")]
     if args.part == "basetime_target":
         return part_basetime_target(hds, seqs, args.alt_lib, reps=4)
+    if args.part == "ncu_target":
+        return part_ncu_target(args.ncu_which, args.causal, args.ncu_seq)
+    if args.part == "ncu":
+        return part_ncu(out_dir, args.causal, args.ncu_seq, script=__file__, stem="sm90_fp8")
     if args.part == "basetime":
         return part_basetime(out_dir, hds, seqs, args.alt_lib, script=__file__, anchor="fa3_fp8", stem="sm90_fp8")
     if args.part:

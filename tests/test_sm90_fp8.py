@@ -1,5 +1,7 @@
 """The e4m3 forward kernel (backend sm90_fp8) against float64 and beside the torch FP8 reference that
 specifies its numerics (ops/fp8.py). Skipped without a Hopper GPU and the built library."""
+import math
+
 import pytest
 import torch
 from reference import attention64, rel_err
@@ -36,6 +38,34 @@ def test_fp8_kernel_matches_the_fp8_numerics(d, causal, shape):
     seen = torch.isfinite(ref_lse)
     assert torch.isneginf(lse[~seen]).all() and (out.transpose(1, 2)[~seen] == 0).all()
     assert rel_err(torch.where(seen, lse, 0), torch.where(seen, ref_lse, 0)) < 0.02
+
+
+@pytest.mark.parametrize("d", [128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("s_k", [1000, 4500])
+@pytest.mark.parametrize("sink", [False, True])
+def test_fp8_kernel_when_later_blocks_raise_the_row_max(d, causal, s_k, sink):
+    # Key blocks run from the last to the first, so scores that grow toward key 0 raise every row's max
+    # block after block (by 7-13 log2 units per block at hd128), and a sink (keys 0-63 far above the
+    # rest) jumps past exp2's range at the running max. Each block must still be weighted exactly. V
+    # varies slowly along the keys, so the e4m3 noise of such large scores barely moves the output while
+    # a block weighted wrongly would.
+    g = torch.Generator(device="cuda").manual_seed(d + s_k + causal + 2 * sink)
+    q = torch.randn(1, 700, 4, d, device="cuda", generator=g)
+    k = torch.randn(1, s_k, 2, d, device="cuda", generator=g)
+    phase = 2 * math.pi * torch.rand(d, device="cuda", generator=g)
+    v = torch.sin(2 * math.pi * torch.arange(s_k, device="cuda")[:, None] / 2048 + phase)[None, :, None, :]
+    v = v + 0.1 * torch.randn(1, s_k, 2, d, device="cuda", generator=g)
+    q[..., 0] = 8.0
+    k[..., 0] = 250.0 * (1 - torch.arange(s_k, device="cuda") / s_k)[None, :, None] * (s_k / 4500)
+    if sink:
+        k[:, :64, :, 0] = 2000.0
+    q, k, v = (x.bfloat16() for x in (q, k, v))
+    ref, _ = attention64(q.double(), k.double(), v.double(), causal)
+    out, lse = BACKENDS["sm90_fp8"].forward(q, k, v, causal)
+    spec, _ = BACKENDS["reference_fp8"].forward(q, k, v, causal, d ** -0.5, (-1, -1), False)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    assert rel_err(out, ref) <= 1.25 * rel_err(spec, ref) + 2e-3, (rel_err(out, ref), rel_err(spec, ref))
 
 
 def test_fp8_kernel_refuses_a_backward():
