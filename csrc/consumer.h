@@ -137,7 +137,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       if constexpr (Tr::kRescaleUnderExp) {
         softmax.template max_step<decltype(first)::value, Tr::kFp8, 1, 2, true>(tSrS, rescale, exp_base, c);
         if constexpr (!decltype(first)::value) rescale_o(rescale);
-        softmax.template exp_step<Tr::kFp8, 0, 2>(tSrS, exp_base, c);
+        softmax.template exp_step<Tr::kFp8, 0, 2>(tSrS, exp_base, softmax.row_sum, c);
       } else if constexpr (Tr::kSplitSoftmax) {
         softmax.template step<decltype(first)::value, Tr::kFp8, 1, 2, Tr::kPinRowOrder>(tSrS, rescale, c);
       }

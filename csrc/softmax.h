@@ -42,12 +42,16 @@ struct OnlineSoftmax {
   __device__ void step(Frag& s, float (&rescale)[2], float c = 1.f) {
     float base[2];
     max_step<kFirst, kScaled, kRow0, kRow1, kPinRow1>(s, rescale, base, c);
-    exp_step<kScaled, kRow0, kRow1>(s, base, c);
+    exp_step<kScaled, kRow0, kRow1>(s, base, row_sum, c);
   }
 
+  // exp2's offset for a row whose max is m: a row with no visible key yet keeps max -inf; subtract 0
+  // so exp2(-inf) stays 0, not NaN.
+  __device__ float exp_offset(float m) const { return (m == -INFINITY ? 0.f : m) * scale_log2; }
+
   // step's two halves, for callers that work between them (consumer.h, kRescaleUnderExp): the
-  // rows' new maxima, rescale factors and exp2 offsets (base: row_max * scale_log2, 0 while the row is
-  // hidden), then the exponentials and row sums.
+  // rows' new maxima, rescale factors and exp2 offsets (base), then the exponentials, summed into
+  // `sums` (row_sum, or a block's own sums: lazy_exp_step).
   template <bool kFirst, bool kScaled, int kRow0, int kRow1, bool kPinRow1 = false, class Frag>
   __device__ void max_step(Frag& s, float (&rescale)[2], float (&base)[2], float c = 1.f) {
     constexpr int N = int(cute::size(Frag{}));
@@ -66,8 +70,7 @@ struct OnlineSoftmax {
     for (int r = kRow0; r < kRow1; ++r) {
       mx[r] = quad_max(mx[r]);
       if constexpr (kScaled) mx[r] = fmaxf(row_max[r], mx[r] * c);
-      // A row with no visible key yet keeps max -inf; subtract 0 so exp2(-inf) stays 0, not NaN.
-      base[r] = (mx[r] == -INFINITY ? 0.f : mx[r]) * scale_log2;
+      base[r] = exp_offset(mx[r]);
       rescale[r] = kFirst ? 1.f : fast_exp2(row_max[r] * scale_log2 - base[r]);
       if (!kFirst && row_max[r] == -INFINITY) rescale[r] = 0.f;   // nothing accumulated yet
       row_max[r] = mx[r];
@@ -76,7 +79,7 @@ struct OnlineSoftmax {
   }
 
   template <bool kScaled, int kRow0, int kRow1, class Frag>
-  __device__ void exp_step(Frag& s, float const (&base)[2], float c = 1.f) {
+  __device__ void exp_step(Frag& s, float const (&base)[2], float (&sums)[2], float c = 1.f) {
     constexpr int N = int(cute::size(Frag{}));
     float scale_s = kScaled ? scale_log2 * c : scale_log2;
 #pragma unroll
@@ -85,7 +88,7 @@ struct OnlineSoftmax {
       int r = AccCoord::row_half(i);
       float p = fast_exp2(fmaf(s(i), scale_s, -base[r]));
       s(i) = p;
-      row_sum[r] += p;
+      sums[r] += p;
     }
   }
 
@@ -97,21 +100,9 @@ struct OnlineSoftmax {
   // probability may be; also inf and NaN), or keys of a row that had seen none (its max must be set).
   template <bool kScaled, class Frag>
   __device__ bool lazy_exp_step(Frag& s, float (&blk)[2], float c = 1.f) {
-    constexpr int N = int(cute::size(Frag{}));
-    float scale_s = kScaled ? scale_log2 * c : scale_log2;
-    float base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      base[r] = (row_max[r] == -INFINITY ? 0.f : row_max[r]) * scale_log2;
-      blk[r] = 0.f;
-    }
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      int r = AccCoord::row_half(i);
-      float p = fast_exp2(fmaf(s(i), scale_s, -base[r]));
-      s(i) = p;
-      blk[r] += p;
-    }
+    float base[2] = {exp_offset(row_max[0]), exp_offset(row_max[1])};
+    blk[0] = blk[1] = 0.f;
+    exp_step<kScaled, 0, 2>(s, base, blk, c);
     bool exact = false;
 #pragma unroll
     for (int r = 0; r < 2; ++r) exact |= !(blk[r] <= 448.f) || (row_max[r] == -INFINITY && blk[r] > 0.f);
