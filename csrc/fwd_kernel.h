@@ -31,6 +31,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fwd_kernel(CUTE_GRID_CONSTANT
         EmptyBarrier::init(&ss.pair.v[i], Tr::kClusterM);
       }
     }
+    if constexpr (Tr::kClusterM > 1) {
+      for (int i = 0; i < 2; ++i) {
+        FullBarrier::init(&ss.pair.unit_full[i], 1);
+        EmptyBarrier::init(&ss.pair.unit_empty[i], 1);
+      }
+    }
     for (int i = 0; i < 2; ++i) {
       EmptyBarrier::init(&ss.tile_full[i], 1);
       EmptyBarrier::init(&ss.tile_empty[i], Tr::kConsumerWarps);

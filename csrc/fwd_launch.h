@@ -154,7 +154,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
     pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     pdl.val.programmaticStreamSerializationAllowed = 1;
   }
-  if constexpr (Tr::kClusterM > 1) {   // as many clusters as can be resident at once, static order
+  if constexpr (Tr::kClusterM > 1) {   // as many clusters as can be resident at once
     cudaLaunchAttribute& cluster = attr[cfg.numAttrs++];
     cluster.id = cudaLaunchAttributeClusterDimension;
     cluster.val.clusterDim.x = Tr::kClusterM;
@@ -187,15 +187,21 @@ cudaError_t launch_dense(RingFa3FwdArgs const& a) {
 
 // One (dtype, head_dim) entry. Varlen (16 bit) and merging have instantiations of their own, so the
 // plain dense kernels carry none of their per-tile segment lookups or the merge's read-modify-write.
-// RINGFA3_CLUSTER (default 1): full attention at hd128 16-bit, with an even number of query blocks and
-// from 1k keys, runs in clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM;
-// FA3's cluster). At the power cap the halved L2 traffic buys clock: +4-5% at 4k-16k, +5-6% at 1k-2k
-// (bench/NOTES.md runs 82, 93; below 1k keys unmeasured).
+// RINGFA3_CLUSTER (default 1): hd128 16-bit without a left window, with an even number of query blocks,
+// runs in clusters of two CTAs sharing K/V loads by multicast (kernel_traits.h kClusterM; FA3's
+// cluster). At the power cap the halved L2 traffic buys clock: full attention +4-5% at 4k-16k, +5-6%
+// at 1k-2k (bench/NOTES.md runs 82, 93; below 1k keys unmeasured), so from 1k keys. Under a causal
+// mask (or any right window) the pair's lower tile also walks its peer's extra block, fully masked:
+// +3% at 8k, +5% at 16k, but -2% at 4k, whose 128-key blocks make that block a larger share (run
+// 115), so from 8k keys.
 #ifndef RINGFA3_CLUSTER
 #define RINGFA3_CLUSTER 1
 #endif
 #ifndef RINGFA3_CLUSTER_MIN_KEYS
 #define RINGFA3_CLUSTER_MIN_KEYS 1024
+#endif
+#ifndef RINGFA3_CLUSTER_MASKED_MIN_KEYS
+#define RINGFA3_CLUSTER_MASKED_MIN_KEYS 8192
 #endif
 template <class T, int kHeadDim, bool kMerge>
 cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
@@ -206,7 +212,8 @@ cudaError_t run_fwd_as(RingFa3FwdArgs const& a) {
     return cudaErrorNotSupported;
   }
   if constexpr (RINGFA3_CLUSTER && sizeof(T) == 2 && kHeadDim == 128) {
-    if (a.window_left < 0 && a.window_right < 0 && a.s_k >= RINGFA3_CLUSTER_MIN_KEYS &&
+    int min_keys = a.window_right < 0 ? RINGFA3_CLUSTER_MIN_KEYS : RINGFA3_CLUSTER_MASKED_MIN_KEYS;
+    if (a.window_left < 0 && a.s_k >= min_keys &&
         (a.s_q + Cfg::kM - 1) / Cfg::kM % 2 == 0)
       return launch_dense<T, kHeadDim, kMerge, 2>(a);
   }

@@ -36,8 +36,9 @@ struct FwdTraits {
   // 8k-16k at base clock (ptxas scheduled the key loop differently; bench/NOTES.md run 65).
   static constexpr bool kMerge = kMerge_;
   // CTAs per cluster along M (RINGFA3_CLUSTER, fwd_launch.h): the two take adjacent query blocks of one
-  // (batch, head), each loads half of every K/V block and multicasts it to both (FA3's cluster for
-  // full attention). The producers exchange the stages' releases (producer.h).
+  // (batch, head) and walk the union of their key blocks (under a causal mask the lower block's extra
+  // block is fully masked); each loads half of every K/V block and multicasts it to both (FA3's
+  // cluster, which FA3 keeps to full attention). The producers exchange the stages' releases (producer.h).
   static constexpr int kClusterM = kClusterM_;
   static_assert(kClusterM == 1 || (kClusterM == 2 && !kVarlen), "clusters of 2, dense only");
   static constexpr int kHeadDim = kHeadDim_;
@@ -156,7 +157,11 @@ struct FwdTraits {
     int tile_id[2];
     // Clusters: a stage is free in both CTAs (producer.h); after everything else, so that the other
     // kernels' layout is unchanged.
-    struct PairBarriers { uint64_t k[kStages], v[kStages]; };
+    struct PairBarriers {
+      uint64_t k[kStages], v[kStages];
+      uint64_t unit_full[2], unit_empty[2];   // the drawn pairs' mailbox (tile_scheduler.h)
+      int unit[2];
+    };
     struct NoPairBarriers {};
     std::conditional_t<(kClusterM > 1), PairBarriers, NoPairBarriers> pair;
   };

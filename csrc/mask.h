@@ -20,8 +20,14 @@ struct BlockMask {
   }
   // Key blocks [n_begin, n_end) hold every visible key; empty when n_end <= n_begin.
   __device__ int n_begin() const { return max(0, row_lo + off - left) / kBlockN; }
-  __device__ int n_end() const {
-    int last = min(s_k - 1, row_hi + off + right);   // last visible key of the tile, may be < 0
+  __device__ int n_end() const { return n_end_to(row_hi); }
+  // A cluster's pair walks the union of its two tiles' blocks (tile_scheduler.h); without a left
+  // window (fwd_launch.h) both begin at block 0, and the union ends where the later one ends.
+  __device__ int n_end_with(int peer_m_block) const {
+    return max(n_end(), n_end_to(min((peer_m_block + 1) * kBlockM, s_q) - 1));
+  }
+  __device__ int n_end_to(int last_row) const {
+    int last = min(s_k - 1, last_row + off + right);   // last visible key up to that row, may be < 0
     return last < 0 ? 0 : last / kBlockN + 1;
   }
   // True when some element of block n is hidden (tail of s_k, diagonal, or left window edge).

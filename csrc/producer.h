@@ -24,6 +24,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemLayoutV{});
 
   TileScheduler<Tr::kClusterM> sched{p.n_tiles, p.n_m_blocks, a.h, p.heads_per_chunk, p.tile_counter};
+  if constexpr (Tr::kClusterM > 1) sched.mail = {ss.pair.unit, ss.pair.unit_full, ss.pair.unit_empty};
   TileRing ring{ss.tile_id, ss.tile_full, ss.tile_empty};
   PipeState<Tr::kStages> ks, vs;   // K and V rings advance in step (same block sequence)
   auto cta_rank = [] {   // this CTA's slice of the K/V boxes (a constant 0 outside clusters)
@@ -58,11 +59,12 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   for (int t = blockIdx.x, j = 0;; ++j) {
     if (!Tr::kOverV || !sched.valid(t)) ring.publish(t);
     if (!sched.valid(t)) break;
-    int t_next = sched.draw_next(t);   // drawn early: atomic latency hides
+    int t_next = sched.draw_next();   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
-    int nb = mask.n_begin(), ne = mask.n_end();
+    // A cluster's pair walks the union of its tiles' key blocks (mask.h, consumer.h).
+    int nb = mask.n_begin(), ne = Tr::kClusterM > 1 ? mask.n_end_with(tile.m_block ^ 1) : mask.n_end();
     bool await_o = o_over_v && j > 0;
     if constexpr (Tr::kOverV) {
       if (await_o && ne <= nb) EmptyBarrier::wait(&ss.o_free, (j - 1) & 1);

@@ -14,20 +14,54 @@
 // Varlen: the query-block axis is the host's list of (segment, query block) tiles, taken from its
 // last entry down (params.h, locate), so the host puts the longest last.
 #pragma once
+#include <cute/arch/cluster_sm90.hpp>
 #include "pipeline.h"
 
 namespace ringfa3 {
 
 struct ScheduledTile { int m_block, head, batch; };
 
-// kCluster 2 (full attention, kernel_traits.h kClusterM): tile t is CTA t % 2 of query-block pair t / 2,
-// the pairs in the order above; a cluster's two CTAs take the two blocks of one pair, so they share
-// the (batch, head) and its K/V. The order is static there (t + grid): both CTAs must walk the same
-// pairs, and full-attention tiles are all equally long.
+// A cluster's draws reach its second CTA through a 2-slot mailbox in that CTA's shared memory: the
+// first CTA's producer thread stores the drawn pair by st.async, which completes the slot's full
+// barrier there; the receiver frees the slot by a remote arrive on the sender's empty barrier.
+struct PairMailbox {
+  int* slot;         // [2]
+  uint64_t* full;    // [2], count 1: the receiver's expect_tx, completed by the sender's store
+  uint64_t* empty;   // [2], count 1: the receiver's remote arrive
+  PipeState<2> st;
+
+  __device__ void send(int u) {   // CTA 0 -> CTA 1
+    EmptyBarrier::wait(&empty[st.index], st.phase ^ 1);
+    asm volatile("{\n .reg .b32 d, b;\n mapa.shared::cluster.u32 d, %0, 1;\n mapa.shared::cluster.u32 b, %1, 1;\n"
+                 " st.async.shared::cluster.mbarrier::complete_tx::bytes.u32 [d], %2, [b];\n}"
+                 :: "r"(cute::cast_smem_ptr_to_uint(&slot[st.index])),
+                    "r"(cute::cast_smem_ptr_to_uint(&full[st.index])), "r"(u) : "memory");
+    st.advance();
+  }
+  // CTA 1. The last message (u >= n_units: nothing left) is not freed, so no arrive can reach a sender
+  // that has moved on to its exit.
+  __device__ int receive(int n_units) {
+    FullBarrier::arrive_and_expect_tx(&full[st.index], sizeof(int));
+    FullBarrier::wait(&full[st.index], st.phase);
+    int u;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(u) : "r"(cute::cast_smem_ptr_to_uint(&slot[st.index])) : "memory");
+    if (u < n_units)
+      asm volatile("{\n .reg .b32 b;\n mapa.shared::cluster.u32 b, %0, 0;\n"
+                   " mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b];\n}"
+                   :: "r"(cute::cast_smem_ptr_to_uint(&empty[st.index])) : "memory");
+    st.advance();
+    return u;
+  }
+};
+
+// kCluster 2 (kernel_traits.h kClusterM): the unit drawn is a query-block pair, in the order above; the
+// cluster's two CTAs take its two blocks (tile t is block t % 2 of pair t / 2, CTA t % 2), so they
+// share the (batch, head) and its K/V.
 template <int kCluster = 1>
 struct TileScheduler {
   int n_tiles, n_m_blocks, h, heads_per_chunk;
-  int* counter;   // [0] tiles drawn beyond the first wave, [1] CTAs finished drawing
+  int* counter;   // [0] units drawn beyond the first wave, [1] drawing CTAs finished
+  PairMailbox mail = {};   // kCluster 2, producer thread
   using Tile = ScheduledTile;
 
   __device__ bool valid(int t) const { return t < n_tiles; }
@@ -40,16 +74,26 @@ struct TileScheduler {
     int hb = chunk * heads_per_chunk + r % g;
     return Tile{kCluster * (n_m - 1 - r / g) + t % kCluster, hb % h, hb / h};
   }
-  // Producer thread only: the tile after t.
-  __device__ int draw_next(int t) const {
-    if constexpr (kCluster > 1) return t + int(gridDim.x);
-    else return int(gridDim.x) + atomicAdd(counter, 1);
+  // Producer thread only: the tile after the current one (the first is blockIdx.x).
+  __device__ int draw_next() {
+    if constexpr (kCluster == 1) {
+      return int(gridDim.x) + atomicAdd(counter, 1);
+    } else {
+      int rank = int(cute::block_rank_in_cluster()), u;
+      if (rank == 0) {
+        u = int(gridDim.x) / 2 + atomicAdd(counter, 1);
+        mail.send(u);
+      } else {
+        u = mail.receive(n_tiles / 2);
+      }
+      return 2 * u + rank;
+    }
   }
-  // Producer thread, after drawing an invalid id: the last CTA to get there resets the counter
+  // Producer thread, after drawing an invalid id: the last drawing CTA to get there resets the counter
   // for the next launch (every CTA has finished drawing by then).
   __device__ void finish() const {
-    if constexpr (kCluster > 1) return;   // no counter drawn
-    if (atomicAdd(counter + 1, 1) == int(gridDim.x) - 1) {
+    if (kCluster > 1 && cute::block_rank_in_cluster() != 0) return;   // the peer draws nothing
+    if (atomicAdd(counter + 1, 1) == int(gridDim.x) / kCluster - 1) {
       atomicExch(counter, 0);
       atomicExch(counter + 1, 0);
     }

@@ -143,6 +143,12 @@ CASES = [
     dict(name="cluster long gqa fp16", shape=(1, 8192, 9000, 4, 2, 128), dtype="fp16"),
     dict(name="cluster long query tail", shape=(1, 8100, 8200, 2, 2, 128)),
     dict(name="cluster long merge", shape=(1, 4096, 16384, 2, 2, 128), merge=True, split=8192),
+    # causal and right-only windows from 8k keys: the pair walks the union of its tiles' key blocks;
+    # rows < 1950 see no key, so query blocks 14 and 15 pair an empty tile with a live one
+    dict(name="cluster long causal fp16", shape=(1, 8192, 8192, 2, 2, 128), dtype="fp16", causal=True),
+    dict(name="cluster causal half-empty pair", shape=(1, 10400, 8450, 1, 1, 128), causal=True),
+    dict(name="cluster right window", shape=(1, 8192, 8192, 2, 2, 128), window=(-1, 300)),
+    dict(name="cluster causal merge", shape=(1, 4096, 16384, 2, 2, 128), merge=True, split=8192, causal=True),
     # many tiles, several launches in a row: the dynamic counter must come back to zero each time
     dict(name="dynamic sched again 1", shape=(3, 1536, 1536, 16, 16, 128), causal=True),
     dict(name="dynamic sched again 2", shape=(3, 1536, 1536, 16, 16, 128)),
@@ -167,7 +173,8 @@ def alt_backends(alt_libs):
 ALT_CASES = {"long causal", "long sq<sk causal gqa", "hd128 odd full", "hd128 odd causal", "window (128,64)", "causal+window 200", "hd64 odd full",
              "hd64 odd causal", "hd64 gqa window", "hd256 odd full", "hd256 causal", "merge gqa odd",
              "hd128 full many", "hd64 many tiles", "hd128 full", "merge full", "hd64 full many", "cluster full",
-             "cluster long gqa fp16", "cluster long query tail", "cluster long merge"}
+             "cluster long gqa fp16", "cluster long query tail", "cluster long merge", "cluster long causal fp16",
+             "cluster causal half-empty pair", "cluster right window", "cluster causal merge"}
 
 
 def part_check(out_dir, alt_libs=()):

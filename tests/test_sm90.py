@@ -55,11 +55,16 @@ CASES = [
     (1, 8200, 8200, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
     (1, 5000, 9000, 4, 2, 128, torch.float16, True, (-1, -1)),
     (1, 9000, 9000, 2, 2, 128, torch.bfloat16, True, (300, 0)),
-    # full attention from 1k keys, an even number of query blocks: 2-CTA clusters (RINGFA3_CLUSTER)
+    # from 1k keys, an even number of query blocks, no left window: 2-CTA clusters (RINGFA3_CLUSTER)
     (1, 4096, 4096, 4, 4, 128, torch.bfloat16, False, (-1, -1)),
     (2, 8192, 9000, 4, 2, 128, torch.float16, False, (-1, -1)),
     (1, 256, 5000, 2, 1, 128, torch.bfloat16, False, (-1, -1)),
     (2, 1500, 1100, 4, 2, 128, torch.float16, False, (-1, -1)),   # 1k-2k keys: query and key tails
+    # causal and right-only windows in clusters, from 8k keys: the pair walks the union of its tiles'
+    # key blocks; rows < 1950 see no key, so query blocks 14 and 15 pair an empty tile with a live one
+    (1, 8192, 8192, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
+    (1, 10400, 8450, 1, 1, 128, torch.bfloat16, True, (-1, -1)),
+    (1, 8192, 8192, 2, 2, 128, torch.float16, False, (-1, 300)),
 ]
 
 
