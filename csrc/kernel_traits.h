@@ -36,9 +36,10 @@ struct FwdTraits {
   // 8k-16k at base clock (ptxas scheduled the key loop differently; bench/NOTES.md run 65).
   static constexpr bool kMerge = kMerge_;
   // CTAs per cluster along M (RINGFA3_CLUSTER, fwd_launch.h): the two take adjacent query blocks of one
-  // (batch, head) and walk the union of their key blocks (under a causal mask the lower block's extra
-  // block is fully masked); each loads half of every K/V block and multicasts it to both (FA3's
-  // cluster, which FA3 keeps to full attention). The producers exchange the stages' releases (producer.h).
+  // (batch, head) and walk the union of their key blocks (under a causal mask the lower query block's
+  // extra key block is fully masked); each loads half of every K/V block and multicasts it to both
+  // (FA3's cluster, which FA3 keeps to full attention). The producers exchange the stages' releases
+  // (producer.h).
   static constexpr int kClusterM = kClusterM_;
   static_assert(kClusterM == 1 || (kClusterM == 2 && !kVarlen), "clusters of 2, dense only");
   static constexpr int kHeadDim = kHeadDim_;
