@@ -80,9 +80,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
-    // A cluster's pair walks the union of its tiles' key blocks (mask.h); here the blocks above this
-    // tile's own are fully masked.
-    int nb = mask.n_begin(), ne = Tr::kClusterM > 1 ? mask.n_end_with(tile.m_block ^ 1) : mask.n_end();
+    int nb = mask.n_begin(), ne = mask.template n_end_walked<Tr::kClusterM>();
     Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kM>, Int<kD>>{});   // (MMA, 1, 1) fp32
     clear(tOrO);
     OnlineSoftmax softmax(p.scale_log2);

@@ -21,10 +21,15 @@ struct BlockMask {
   // Key blocks [n_begin, n_end) hold every visible key; empty when n_end <= n_begin.
   __device__ int n_begin() const { return max(0, row_lo + off - left) / kBlockN; }
   __device__ int n_end() const { return n_end_to(row_hi); }
-  // A cluster's pair walks the union of its two tiles' blocks (tile_scheduler.h); without a left
-  // window (fwd_launch.h) both begin at block 0, and the union ends where the later one ends.
-  __device__ int n_end_with(int peer_m_block) const {
-    return max(n_end(), n_end_to(min((peer_m_block + 1) * kBlockM, s_q) - 1));
+  // The end of the blocks this tile's CTA walks (producer.h, consumer.h): its own, or in a cluster of
+  // two (kernel_traits.h kClusterM) the union with its peer's, query block m_block ^ 1 (tile_scheduler.h).
+  // Without a left window (fwd_launch.h) both begin at block 0, and the union ends where the later one
+  // ends; the blocks past this tile's own are fully masked.
+  template <int kCluster>
+  __device__ int n_end_walked() const {
+    if constexpr (kCluster == 1) return n_end();
+    int peer_row_lo = (row_lo / kBlockM ^ 1) * kBlockM;
+    return max(n_end(), n_end_to(min(peer_row_lo + kBlockM, s_q) - 1));
   }
   __device__ int n_end_to(int last_row) const {
     int last = min(s_k - 1, last_row + off + right);   // last visible key up to that row, may be < 0

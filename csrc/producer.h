@@ -63,8 +63,7 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
-    // A cluster's pair walks the union of its tiles' key blocks (mask.h, consumer.h).
-    int nb = mask.n_begin(), ne = Tr::kClusterM > 1 ? mask.n_end_with(tile.m_block ^ 1) : mask.n_end();
+    int nb = mask.n_begin(), ne = mask.template n_end_walked<Tr::kClusterM>();
     bool await_o = o_over_v && j > 0;
     if constexpr (Tr::kOverV) {
       if (await_o && ne <= nb) EmptyBarrier::wait(&ss.o_free, (j - 1) & 1);

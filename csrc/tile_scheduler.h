@@ -45,10 +45,7 @@ struct PairMailbox {
     FullBarrier::wait(&full[st.index], st.phase);
     int u;
     asm volatile("ld.shared.b32 %0, [%1];" : "=r"(u) : "r"(cute::cast_smem_ptr_to_uint(&slot[st.index])) : "memory");
-    if (u < n_units)
-      asm volatile("{\n .reg .b32 b;\n mapa.shared::cluster.u32 b, %0, 0;\n"
-                   " mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b];\n}"
-                   :: "r"(cute::cast_smem_ptr_to_uint(&empty[st.index])) : "memory");
+    EmptyBarrier::arrive(&empty[st.index], 0, u < n_units);   // after the load: the predicate reads u
     st.advance();
     return u;
   }
