@@ -446,21 +446,26 @@ def part_clock(out_dir, seconds=3.0):
 
 
 # -------------------------------------------------------------------------------------------- ncu
-def part_ncu_target(which="ours", causal=False, seq=16384):
-    """One warm launch at hd128, `seq` rows per sequence (16k tokens in all, FA3 convention), for ncu to
-    profile (launches 0-1 are warm-up): ours, or FA3's kernel on the same inputs (the anchor's
-    counters beside ours)."""
+def ncu_launches(make_fn, seq):
+    """Three launches of make_fn(q, k, v)() at hd128, `seq` rows per sequence (16k tokens in all, FA3
+    convention), for ncu to profile the third (launches 0-1 are warm-up)."""
     import torch
     q, k, v = (torch.randn(16384 // seq, seq, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    if which == "fa3":
-        import fa3_fwd_interface as fa3
-        fn = lambda: fa3.flash_attn_func(q, k, v, causal=causal)   # noqa: E731
-    else:
-        be = load_backend()
-        fn = lambda: be.forward(q, k, v, causal, None, (-1, -1), False)   # noqa: E731
+    fn = make_fn(q, k, v)
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
+
+
+def part_ncu_target(which="ours", causal=False, seq=16384):
+    """ncu_launches of ours, or of FA3's kernel on the same inputs (the anchor's counters beside ours)."""
+    def make_fn(q, k, v):
+        if which == "fa3":
+            import fa3_fwd_interface as fa3
+            return lambda: fa3.flash_attn_func(q, k, v, causal=causal)
+        be = load_backend()
+        return lambda: be.forward(q, k, v, causal, None, (-1, -1), False)
+    ncu_launches(make_fn, seq)
 
 
 def ncu_profile(kernel, target_cmd, out_txt, out_csv, sections, keep_pattern):

@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from check_sm90 import alt_backends, basetime_plan, part_basetime, part_ncu, ref_attention, rel_err  # noqa: E402
+from check_sm90 import (alt_backends, basetime_plan, ncu_launches, part_basetime, part_ncu, ref_attention,  # noqa: E402
+                        rel_err)
 
 CASES = [dict(name=f"hd{d} {'causal' if c else 'full'} s{s}{' outliers' if o else ''}", shape=(2, s, s, 8, 8, d),
               causal=c, outliers=o)
@@ -169,22 +170,19 @@ def part_basetime_target(hds, seqs, alt_libs, reps):
 
 
 def part_ncu_target(which, causal, seq):
-    """Three launches at hd128 (FA3 convention) for ncu, which profiles the third: our kernel alone on
-    prepared inputs, or FA3's e4m3 forward."""
+    """check_sm90.ncu_launches of our kernel alone on prepared inputs, or of FA3's e4m3 forward."""
     import torch
     from ringfa3.ops.backends import BACKENDS
-    q, k, v = (torch.randn(16384 // seq, seq, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    if which == "fa3":
-        import fa3_fwd_interface as fa3
-        q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
-        fn = lambda: fa3.flash_attn_func(q8, k8, v8, causal=causal)   # noqa: E731
-    else:
+
+    def make_fn(q, k, v):
+        if which == "fa3":
+            import fa3_fwd_interface as fa3
+            q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+            return lambda: fa3.flash_attn_func(q8, k8, v8, causal=causal)
         ours = BACKENDS["sm90_fp8"]
         x = ours.prepare(q, k, v, causal=causal)
-        fn = lambda: ours.run(x, causal)   # noqa: E731
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
+        return lambda: ours.run(x, causal)
+    ncu_launches(make_fn, seq)
 
 
 def main():
