@@ -46,16 +46,22 @@ def masked(text):
 
 def shape(body):
     """The loop's landmarks in order, runs of one kind collapsed: HGMMA.QKx8 DEPBAR... MUFU.EX2x33 ..."""
+    def landmark(text):
+        if "HGMMA" in text:
+            return "HGMMA.PV" if "tnspB" in text else "HGMMA.QK"   # P V reads V transposed from smem
+        if "DEPBAR" in text:
+            return text.replace("WARPGROUP.", "")                  # keeps the wait's group count
+        return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]      # the opcode, without a predicate
+
     out = []
     for text in body:
         if not re.search(SHAPE_OPS, text):
             continue
-        kind = ("HGMMA.PV" if "tnspB" in text else "HGMMA.QK") if "HGMMA" in text else \
-            text.replace("WARPGROUP.", "") if "DEPBAR" in text else re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]
-        if out and out[-1][0] == kind:
+        mark = landmark(text)
+        if out and out[-1][0] == mark:
             out[-1][1] += 1
         else:
-            out.append([kind, 1])
+            out.append([mark, 1])
     return "  ".join(f"{k}x{n}" if n > 1 else k for k, n in out)
 
 
