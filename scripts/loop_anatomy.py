@@ -44,6 +44,11 @@ def masked(text):
     return re.sub(r"0x[0-9a-f]+", "X", re.sub(r"\bU?R\d+|\bU?P\d", "r", text))
 
 
+def opcode(text):
+    """The instruction's opcode with its modifiers, without a guard predicate: '@!P0 BRA 0x..' -> 'BRA'."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]
+
+
 def shape(body):
     """The loop's landmarks in order, runs of one kind collapsed: HGMMA.QKx8 DEPBAR... MUFU.EX2x33 ..."""
     def landmark(text):
@@ -51,7 +56,7 @@ def shape(body):
             return "HGMMA.PV" if "tnspB" in text else "HGMMA.QK"   # P V reads V transposed from smem
         if "DEPBAR" in text:
             return text.replace("WARPGROUP.", "")                  # keeps the wait's group count
-        return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]      # the opcode, without a predicate
+        return opcode(text)
 
     out = []
     for text in body:
@@ -130,6 +135,7 @@ def ncu_rows(path):
 
 
 def ncu_summary(path):
+    """Per key-loop iteration: samples, instructions, opcode mix and wait sites; and the kernel's totals."""
     rows = ncu_rows(path)
     first, last = innermost_gemm_loop([(a, t) for a, t, _, _ in rows])
     loop = rows[first:last + 1]
@@ -138,7 +144,7 @@ def ncu_summary(path):
     in_loop = sum(r[2] for r in loop)
     mix, samples = collections.Counter(), collections.Counter()
     for _, text, smp, ex in loop:
-        op = re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+        op = opcode(text).split(".")[0]
         mix[op] += ex / iters
         samples[op] += smp / iters
     waits = [(smp / iters, text) for _, text, smp, _ in loop if re.search(r"DEPBAR|SYNCS|BAR\.|BRA", text)]
