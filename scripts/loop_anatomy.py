@@ -121,7 +121,8 @@ def cmd_sass(args):
 
 def ncu_rows(path):
     """[(addr, text, warp samples, instructions executed)] of ncu's source-page CSV."""
-    rows = list(csv.reader(open(path)))
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
     head = rows[1]
     col = {k: head.index(k) for k in ("Address", "Source", "Warp Stall Sampling (All Samples)", "Instructions Executed")}
     out = []
