@@ -19,6 +19,7 @@
 #include "bwd_mask.h"
 #include "bwd_params.h"
 #include "bwd_traits.h"
+#include "stsm_rows.h"
 
 namespace ringfa3 {
 
@@ -95,6 +96,12 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kM>>{}));   // (key, query)
   auto ds_copy = make_tiled_copy_C(Copy_Atom<SM90_U16x8_STSM_T, T>{}, mma_sdp);   // dS^T regs -> smem
   auto ds_thr = ds_copy.get_thread_slice(ct);
+  // Split over d (two dS buffers): the stores from row addresses computed once, buffer 1 a whole number
+  // of swizzle periods on (+2.7-4.1% at hd128 4k-16k at base clock). Head dim 64 keeps cute's stores
+  // into its one buffer: 1-2.6% slower with them (bench/NOTES-bwd.md run 134).
+  auto ds_rows = stsm_rows(ds_thr, sdSt(_, _, 0));
+  constexpr uint32_t kDsBufBytes = kM * kN * sizeof(T);
+  static_assert(kDsBufBytes % 1024 == 0, "dS buffers whole swizzle periods apart");
 
   if (me > mb) FullBarrier::wait(&ss.kv_full, 0);
   PipeState<Tr::kStages> st;
@@ -134,7 +141,8 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
       Tensor tdSrdS = make_tensor_like<T>(tSrdP);   // the same values in the accumulator's layout
       CUTE_UNROLL
       for (int i = 0; i < size(tSrdP); ++i) tdSrdS(i) = tdKrdS(i);
-      cute::copy(ds_copy, ds_thr.retile_S(tdSrdS), ds_thr.partition_D(sdSt(_, _, buf)));
+      if constexpr (kSplitD) ds_rows.store(ds_thr.retile_S(tdSrdS), buf * kDsBufBytes);
+      else cute::copy(ds_copy, ds_thr.retile_S(tdSrdS), ds_thr.partition_D(sdSt(_, _, buf)));
       cutlass::arch::fence_view_async_shared();
       if constexpr (kSplitD) named_sync(1, 256);
       else named_sync(2 + wg, 128);
