@@ -1,6 +1,7 @@
 """The key loop of each forward kernel: how two builds' SASS differ there, and where ncu's warp samples fall.
 
     python scripts/loop_anatomy.py sass BASE.so CAND.so [--filter REGEX] [--diff]
+    python scripts/loop_anatomy.py mix LIB [LIB ...] [--kernel REGEX]
     python scripts/loop_anatomy.py ncu OURS.csv [FA3.csv]
 
 The key loop is the innermost loop whose body issues GEMMs (a backward branch enclosing HGMMA).
@@ -9,6 +10,10 @@ The key loop is the innermost loop whose body issues GEMMs (a backward branch en
   their similarity and, per build, the loop's shape: its GEMM issues, waits, shuffles and exp2 runs in
   order. Candidates whose loop changed must be timed; ptxas moves this loop for unrelated edits
   (bench/NOTES.md runs 82, 85-87, 125-127).
+- mix: per kernel whose mangled name matches --kernel (any function: the backward's bwd_kernel, or
+  FA3's kernels in a cubin taken out of its wheel with `cuobjdump -xelf`), the loops that issue GEMMs
+  and the innermost one's opcode counts. Reading ours beside FA3's this way found the backward's dS
+  store addresses rebuilt at every block (bench/NOTES-bwd.md runs 133-135).
 - ncu: from `check_sm90.py --part ncu`'s per-instruction CSV (ncu --page source --csv): warp samples
   and executed instructions per loop iteration against the rest of the kernel, the opcode mix per
   iteration, and the loop's wait sites; with a second CSV (FA3's), side by side.
@@ -24,19 +29,26 @@ import sys
 SHAPE_OPS = r"HGMMA|WARPGROUP\.DEPBAR|BAR\.SYNC|BAR\.ARV|SYNCS|SHFL|MUFU\.EX2"
 
 
-def innermost_gemm_loop(code):
-    """(first, last) index of the shortest backward-branch span that contains a GEMM; code: [(addr, text)]."""
+def gemm_loops(code):
+    """[(first, last, GEMMs)] of every backward-branch span that contains a GEMM, shortest first."""
     at = {a: i for i, (a, _) in enumerate(code)}
     spans = []
     for i, (a, text) in enumerate(code):
         m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
         if m and int(m.group(1), 16) < a and int(m.group(1), 16) in at:
             first = at[int(m.group(1), 16)]
-            if any("GMMA" in t for _, t in code[first:i + 1]):
-                spans.append((first, i))
-    if not spans:
+            n = sum("GMMA" in t for _, t in code[first:i + 1])
+            if n:
+                spans.append((first, i, n))
+    return sorted(spans, key=lambda s: s[1] - s[0])
+
+
+def innermost_gemm_loop(code):
+    """(first, last) index of the shortest backward-branch span that contains a GEMM; code: [(addr, text)]."""
+    loops = gemm_loops(code)
+    if not loops:
         raise SystemExit("no loop with a GEMM found")
-    return min(spans, key=lambda s: s[1] - s[0])
+    return loops[0][:2]
 
 
 def masked(text):
@@ -70,14 +82,15 @@ def shape(body):
     return "  ".join(f"{k}x{n}" if n > 1 else k for k, n in out)
 
 
-def sass_functions(lib):
-    """{mangled fwd_kernel name: [(addr, text)]} from cuobjdump -sass."""
+def sass_functions(lib, name=r"fwd_kernel"):
+    """{mangled name: [(addr, text)]} of the functions whose name matches `name`, from cuobjdump -sass
+    (a library, or a cubin such as one that `cuobjdump -xelf` took out of a wheel's extension)."""
     text = subprocess.run(["cuobjdump", "-sass", lib], capture_output=True, text=True, check=True).stdout
     funcs, cur = {}, None
     for line in text.splitlines():
         m = re.match(r"\s*Function : (\S+)", line)
         if m:
-            cur = m.group(1) if "fwd_kernel" in m.group(1) else None
+            cur = m.group(1) if re.search(name, m.group(1)) else None
             if cur:
                 funcs[cur] = []
             continue
@@ -117,6 +130,20 @@ def cmd_sass(args):
             for op, i1, i2, j1, j2 in sm.get_opcodes():
                 if op != "equal":
                     print(f"    {op} {i1}:{i2} -> {j1}:{j2}  {ma[i1:i2][:3]} -> {mb[j1:j2][:3]}")
+
+
+def cmd_mix(args):
+    """Per matching kernel of each library: its GEMM loops, and the innermost one's opcode counts."""
+    for lib in args.lib:
+        for name, code in sorted(sass_functions(lib, args.kernel).items()):
+            loops = gemm_loops(code)
+            if not loops:
+                continue
+            first, last, _ = loops[0]
+            mix = collections.Counter(opcode(t).split(".")[0] for _, t in code[first:last + 1])
+            print(f"{lib}: {name[:args.width]}")
+            print("  GEMM loops (instructions, GEMMs): " + ", ".join(f"{b - a + 1} ({n})" for a, b, n in loops))
+            print("  innermost: " + " ".join(f"{op} {k}" for op, k in mix.most_common(args.top)))
 
 
 def ncu_rows(path):
@@ -177,11 +204,16 @@ def main():
     s.add_argument("cand")
     s.add_argument("--filter", help="regex on the kernel's label (e.g. 'n176')")
     s.add_argument("--diff", action="store_true", help="print the differing runs")
+    x = sub.add_parser("mix", help="opcode counts of any kernel's innermost GEMM loop (ours or a wheel's)")
+    x.add_argument("lib", nargs="+")
+    x.add_argument("--kernel", default="fwd_kernel", help="regex on the mangled function name")
+    x.add_argument("--top", type=int, default=30, help="opcodes shown")
+    x.add_argument("--width", type=int, default=160, help="characters of the name shown")
     n = sub.add_parser("ncu", help="samples and instructions per key-loop iteration")
     n.add_argument("csv", nargs="+")
     n.add_argument("--top", type=int, default=20, help="opcodes shown, by samples")
     args = ap.parse_args()
-    (cmd_sass if args.cmd == "sass" else cmd_ncu)(args)
+    dict(sass=cmd_sass, mix=cmd_mix, ncu=cmd_ncu)[args.cmd](args)
 
 
 if __name__ == "__main__":

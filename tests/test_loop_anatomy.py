@@ -28,6 +28,18 @@ def test_innermost_gemm_loop_takes_the_key_loop():
     assert la.innermost_gemm_loop(LISTING) == (3, 7)
 
 
+def test_gemm_loops_lists_the_spans_with_gemms_shortest_first():
+    assert la.gemm_loops(LISTING) == [(3, 7, 2), (1, 9, 2)]
+
+
+def test_mix_counts_the_innermost_loop_of_any_named_kernel(monkeypatch, capsys):
+    monkeypatch.setattr(la, "sass_functions", lambda lib, name: {"bwd_kernel_x": LISTING} if name == "bwd" else {})
+    la.cmd_mix(type("Args", (), dict(lib=["lib.so"], kernel="bwd", top=3, width=40))())
+    out = capsys.readouterr().out
+    assert "GEMM loops (instructions, GEMMs): 5 (2), 9 (2)" in out
+    assert "innermost: HGMMA 2 SHFL 1 MUFU 1" in out
+
+
 def test_masked_ignores_registers_and_constants():
     a = la.masked("FFMA R12, R13, R14, -R15")
     assert a == la.masked("FFMA R40, R41, R2, -R9")
