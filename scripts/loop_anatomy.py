@@ -1,4 +1,5 @@
-"""The key loop of each forward kernel: how two builds' SASS differ there, and where ncu's warp samples fall.
+"""The key loop of a kernel: how two builds' SASS differ there, its opcode counts beside another kernel's
+(FA3's), and where ncu's warp samples fall.
 
     python scripts/loop_anatomy.py sass BASE.so CAND.so [--filter REGEX] [--diff]
     python scripts/loop_anatomy.py mix LIB [LIB ...] [--kernel REGEX]

@@ -3,15 +3,16 @@
 // address from the generic 64-bit pointer at each block (about 25 integer instructions in the
 // backward's loop, bench/NOTES-bwd.md run 134), though it depends only on the thread and the tile.
 #pragma once
+#include <type_traits>
 #include <cute/tensor.hpp>
 
 namespace ringfa3 {
 
 // A thread's partition (registers or smem) as (8 values of a store, stores): the atom's values come
 // first in the partition's index order, e.g. ((8, 4), 1, 1) for four stores.
-template <class Tensor>
-CUTE_HOST_DEVICE auto by_store(Tensor&& t) {
-  constexpr int n = int(cute::size(typename std::decay_t<Tensor>::layout_type{}));
+template <class Part>
+CUTE_HOST_DEVICE auto by_store(Part&& t) {
+  constexpr int n = int(cute::size(typename std::decay_t<Part>::layout_type{}));
   static_assert(n % 8 == 0, "stores of 8 16-bit values");
   return t.compose(cute::make_layout(cute::make_shape(cute::_8{}, cute::Int<n / 8>{})));
 }
