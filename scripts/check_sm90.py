@@ -363,16 +363,15 @@ def part_varlen(out_dir):
 
 # ------------------------------------------------------------------------------------------- sass
 def part_sass(out_dir):
-    r = subprocess.run(["cuobjdump", "-sass", str(LIB)], capture_output=True, text=True)
+    from loop_anatomy import sass_counts
+    counts = sass_counts(str(LIB), "", dict(HGMMA=r"\bHGMMA\b", LDL=r"\bLDL\b", STL=r"\bSTL\b", SETMAXREG=r"SETMAXREG",
+                                             UTMALDG=r"UTMALDG", SYNCS=r"\bSYNCS\."))
     facts = {}
-    for block in re.split(r"\n\s*Function : ", r.stdout)[1:]:
-        name = block.split("\n", 1)[0].strip()
+    for name, c in counts.items():
         m = re.search(r"(Fwd|Bwd)Traits\w*?(bfloat16|half)\w*?ELi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E", name)
         key = (f"{m.group(1).lower()}_{'bf16' if m.group(2) == 'bfloat16' else 'fp16'}_hd{m.group(3)}_m{m.group(4)}"
                f"n{m.group(5)}s{m.group(6)}") if m else name[:60]
-        facts[key] = {op: len(re.findall(pat, block)) for op, pat in
-                      [("HGMMA", r"\bHGMMA\b"), ("LDL", r"\bLDL\b"), ("STL", r"\bSTL\b"),
-                       ("SETMAXREG", r"SETMAXREG"), ("UTMALDG", r"UTMALDG"), ("SYNCS", r"\bSYNCS\.")]}
+        facts[key] = c
     print("sass:", json.dumps(facts))
     (Path(out_dir) / "sm90_sass.json").write_text(json.dumps(facts, indent=1))
 

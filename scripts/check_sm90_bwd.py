@@ -15,7 +15,6 @@ locked base clocks (ncu), both dQ modes, for each library: sm90_bwd_basetime.jso
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -203,21 +202,14 @@ def part_bench(out_dir, seqs, hd64=True, hd256=False):
 
 
 def part_sass(out_dir):
+    from loop_anatomy import sass_counts
     lib = os.environ.get("RINGFA3_SM90_LIB", str(LIB))   # the library the other parts loaded
-    r = subprocess.run(["cuobjdump", "-sass", lib], capture_output=True, text=True)
-    facts = {}
-    for m in re.finditer(r"Function : (\S+)\n(.*?)(?=\n\s*Function : |\Z)", r.stdout, re.S):
-        name, body = m.group(1), m.group(2)
-        if "bwd" not in name:
-            continue
-        facts[name[:120]] = dict(hgmma=len(re.findall(r"\bHGMMA\b", body)), ldl=len(re.findall(r"\bLDL\b", body)),
-                                 stl=len(re.findall(r"\bSTL\b", body)), setmaxnreg=len(re.findall(r"USETMAXREG", body)),
-                                 red=len(re.findall(r"\bRED\b", body)), instr=body.count("\n"))
+    counts = sass_counts(lib, "bwd", dict(hgmma=r"\bHGMMA\b", ldl=r"\bLDL\b", stl=r"\bSTL\b",
+                                          setmaxnreg=r"USETMAXREG", red=r"\bRED\b"))
+    facts = {name[:120]: c for name, c in counts.items()}
     (out_dir / "sm90_bwd_sass.json").write_text(json.dumps(facts, indent=1))
     for n, f in facts.items():
         print(n[:90], f)
-    if r.returncode != 0:
-        print("cuobjdump failed:", r.stderr[:300])
 
 
 def part_ncu_target(which, seq, causal, d=128):

@@ -101,6 +101,13 @@ def sass_functions(lib, name=r"fwd_kernel"):
     return funcs
 
 
+def sass_counts(lib, name, patterns):
+    """{mangled name: {key: instructions matching its regex, ..., "instructions": all}} per function whose
+    name matches `name`: the SASS facts that check_sm90.py and check_sm90_bwd.py record (--part sass)."""
+    return {fn: dict({k: sum(bool(re.search(p, t)) for _, t in code) for k, p in patterns.items()}, instructions=len(code))
+            for fn, code in sass_functions(lib, name).items()}
+
+
 def kernel_label(mangled):
     """'bf16 d128 m128 n176 s2 varlen0 merge0 cluster2' from FwdTraits<T, d, m, n, stages, varlen, merge, cluster>."""
     dtype = next((short for long, short in (("bfloat16", "bf16"), ("half", "fp16"), ("e4m3", "e4m3")) if long in mangled), "?")

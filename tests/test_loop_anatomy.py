@@ -40,6 +40,12 @@ def test_mix_counts_the_innermost_loop_of_any_named_kernel(monkeypatch, capsys):
     assert "innermost: HGMMA 2 SHFL 1 MUFU 1" in out
 
 
+def test_sass_counts_counts_matching_instructions(monkeypatch):
+    monkeypatch.setattr(la, "sass_functions", lambda lib, name: {"bwd_kernel_x": LISTING})
+    counts = la.sass_counts("lib.so", "bwd", dict(hgmma=r"\bHGMMA\b", bra=r"\bBRA\b"))
+    assert counts == {"bwd_kernel_x": dict(hgmma=2, bra=3, instructions=len(LISTING))}
+
+
 def test_masked_ignores_registers_and_constants():
     a = la.masked("FFMA R12, R13, R14, -R15")
     assert a == la.masked("FFMA R40, R41, R2, -R9")
