@@ -33,9 +33,9 @@ struct StsmRows {
   }
 
   // src: the thread's retile_S of the registers (8 16-bit values per store). offset: bytes added to
-  // every address, for a tile a whole number of swizzle periods further on.
+  // every address, for a tile a whole number of swizzle periods further on (0 for the first tile).
   template <class Src>
-  __device__ void store(Src const& src, uint32_t offset = 0) const {
+  __device__ void store(Src const& src, uint32_t offset) const {
     auto s = by_store(src);
     cute::for_each(cute::make_int_sequence<kStores>{}, [&](auto i) {
       auto r = cute::recast<uint32_t>(s(cute::_, int(i)));
