@@ -13,8 +13,12 @@ thread_local char g_bwd_error[512] = "";
 int fail(int code, const char* msg) { return ringfa3::record_error(g_bwd_error, code, msg); }
 }  // namespace
 
-extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 8; }
+extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 9; }
 extern "C" int ringfa3_sm90_bwd_block_m(void) { return ringfa3::kBwdBlockM; }
+extern "C" int ringfa3_sm90_bwd_dense_ws_rows(int s_q, int head_dim, int window_left, int window_right) {
+  int m = ringfa3::bwd_dense_block_m(head_dim, window_left, window_right, 0);
+  return (s_q + m - 1) / m * m;
+}
 extern "C" int ringfa3_sm90_bwd_block_n(void) { return ringfa3::kBwdBlockN; }
 extern "C" const char* ringfa3_sm90_bwd_last_error(void) { return g_bwd_error; }
 

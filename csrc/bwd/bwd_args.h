@@ -18,8 +18,9 @@ typedef struct RingFa3BwdArgs {
   void* dq;             // (b, s_q, h, d)     input dtype, or fp32 when grads_fp32 (dq_accumulate: += )
   void* dk;             // (b, s_k, h_kv, d)  likewise
   void* dv;             // (b, s_k, h_kv, d)  likewise
-  // Workspace, contiguous, s_pad = s_q rounded up to the kernel's query block (ringfa3_sm90_bwd_block_m),
-  // or ws_rows (ABI 8, below); varlen: one batch entry of (s_q / block_m + b) * block_m rows:
+  // Workspace, contiguous, s_pad = ringfa3_sm90_bwd_dense_ws_rows (s_q rounded up to the call's query
+  // block, ABI 9), or ws_rows (ABI 8, below); varlen: one batch entry of (s_q / block_m + b) * block_m
+  // rows (block_m = ringfa3_sm90_bwd_block_m):
   float* dq_accum;      // (b, h, s_pad, d)   fp32, zeroed by the preprocess kernel
   float* lse_log2;      // (b, h, s_pad)      lse * log2(e); +inf for dead and padding rows
   float* delta;         // (b, h, s_pad)      rowsum(dout * out)
@@ -77,8 +78,11 @@ typedef struct RingFa3BwdArgs {
 // ringfa3_sm90_bwd_last_error().
 int ringfa3_sm90_bwd(const RingFa3BwdArgs* args);
 const char* ringfa3_sm90_bwd_last_error(void);
-// Query rows per block of the main kernel: the workspace padding unit.
+// Query rows per block of the varlen and shared-workspace (ws_rows) calls: their padding unit.
 int ringfa3_sm90_bwd_block_m(void);
+// Workspace rows per (batch entry, head) of a dense call with its own workspace (ws_rows 0): s_q
+// padded to that call's query block, which depends on the head dim and the mask (ABI 9).
+int ringfa3_sm90_bwd_dense_ws_rows(int s_q, int head_dim, int window_left, int window_right);
 // Keys per CTA of the main kernel: the key block of varlen_tiles.
 int ringfa3_sm90_bwd_block_n(void);
 // Bumped when RingFa3BwdArgs changes; Python refuses a library whose version differs.

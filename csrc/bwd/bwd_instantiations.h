@@ -8,11 +8,28 @@
 namespace ringfa3 {
 
 // (kBlockM, kBlockN, kStages): 128 keys per CTA (64 per consumer warpgroup, dK + dV in registers),
-// 64-row query blocks, Q/dO double-buffered.
+// 64-row query blocks, Q/dO double-buffered. kMFull: the query block of a dense call with no mask
+// and its own workspace (hd128: 80 rows, FA3's choice, with dQ transposed: BwdTraits::kDqT).
 constexpr int kBwdBlockM = 64, kBwdBlockN = 128;
+#ifndef RINGFA3_BWD_HD128_FULL_M
+#define RINGFA3_BWD_HD128_FULL_M 80
+#endif
 template <int kHeadDim> struct BwdTileConfig;
-template <> struct BwdTileConfig<64>  { static constexpr int kM = kBwdBlockM, kN = kBwdBlockN, kStages = 2; };
-template <> struct BwdTileConfig<128> { static constexpr int kM = kBwdBlockM, kN = kBwdBlockN, kStages = 2; };
+template <> struct BwdTileConfig<64>  { static constexpr int kM = kBwdBlockM, kMFull = kM, kN = kBwdBlockN, kStages = 2; };
+template <> struct BwdTileConfig<128> {
+  static constexpr int kM = kBwdBlockM, kMFull = RINGFA3_BWD_HD128_FULL_M, kN = kBwdBlockN, kStages = 2;
+};
+
+// The query block of a dense call: kMFull without a mask (a window side bounded, causal among them)
+// and with its own workspace (a shared one, RingFa3BwdArgs::ws_rows, is laid out in kBwdBlockM tiles).
+inline int bwd_dense_block_m(int head_dim, int window_left, int window_right, int ws_rows) {
+  bool full = window_left < 0 && window_right < 0 && ws_rows == 0;
+  if (head_dim == 128 && full) return BwdTileConfig<128>::kMFull;
+  return kBwdBlockM;
+}
+inline int bwd_dense_block_m(RingFa3BwdArgs const& a) {
+  return bwd_dense_block_m(a.d, a.window_left, a.window_right, a.ws_rows);
+}
 
 cudaError_t run_bwd_bf16_hd64(RingFa3BwdArgs const& a);
 cudaError_t run_bwd_bf16_hd128(RingFa3BwdArgs const& a);

@@ -13,7 +13,11 @@
 //                     per wave, where (kv head, batch) fastest gave ~2 at 4k (run 13, 4k full: 357 ->
 //                     460 TF/s, 0.71 -> 0.92 of the atomic speed). Groups of 8 against 4 (run 32):
 //                     4k causal 0.89 -> 0.92, 8k causal 0.89 -> 0.93 of the atomic speed; groups of
-//                     2 were slower.
+//                     2 were slower. Inside a group, det_heads (kv head, batch) pairs interleave:
+//                     a head's next key block comes det_heads CTAs later, so that it starts about
+//                     kBwdDetLag query blocks behind its predecessor instead of level with it and
+//                     waiting at every add (run 142, base clock, deterministic 1k full 326 -> 362
+//                     TF/s; from 16k queries det_heads is 1).
 //   varlen:           the host's tile list (longest first; in deterministic mode a segment's key
 //                     blocks highest first), kv head fastest: with segments in the grid's slowest
 //                     place, a long last segment ran alone after all others (long-tail document
@@ -39,13 +43,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     bi = tile[0];
     n_block = tile[1];
     hk = lin % p.a.h_kv;
-  } else if (p.a.deterministic) {   // groups of kBwdDetGroup key blocks; (kv head, batch), then key block
+  } else if (p.a.deterministic) {   // groups of kBwdDetGroup key blocks; runs of det_heads (kv head,
+                                    // batch); key block; (kv head, batch) in the run
     int g = lin / (hb * kBwdDetGroup), r = lin - g * kBwdDetGroup * hb;
     int size = min(kBwdDetGroup, p.n_n_blocks - g * kBwdDetGroup);
-    n_block = g * kBwdDetGroup + r % size;   // counted from the first key block of the dQ order
+    int sg = r / (size * p.det_heads), q = r - sg * size * p.det_heads;
+    int width = min(p.det_heads, hb - sg * p.det_heads);
+    n_block = g * kBwdDetGroup + q / width;   // counted from the first key block of the dQ order
     if (p.det_high_first) n_block = p.n_n_blocks - 1 - n_block;
-    hk = r / size % p.a.h_kv;
-    bi = r / size / p.a.h_kv;
+    int hbi = sg * p.det_heads + q % width;
+    hk = hbi % p.a.h_kv;
+    bi = hbi / p.a.h_kv;
   } else {
     n_block = lin % p.n_n_blocks;
     hk = lin / p.n_n_blocks % p.a.h_kv;

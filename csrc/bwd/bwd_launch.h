@@ -2,6 +2,7 @@
 // kernel (TMA descriptors, grid = key blocks x kv heads x batch entries, varlen: the tile list x kv
 // heads), the dQ conversion. Included only by the generated csrc/generated/bwd_*.cu files.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cuda_runtime.h>
 #include "bwd_kernel.h"
@@ -43,12 +44,21 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
       // varlen documents. Lowest first above 64 key blocks (16k keys and up at hd128): the CTAs
       // launched last are then the shortest (16k causal: 508 against 472 highest first, whose last
       // wave is the longest CTAs).
+      /*det_heads=*/1,
       /*det_high_first=*/kVarlen || n_n <= 64};
 
   auto kernel = bwd_kernel<Tr>;
-  int dev = 0;
+  int dev = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) return err;
+  if (a.deterministic) {
+    // A head's next key block is launched det_heads CTAs later: about det_heads / sms of a CTA's
+    // query blocks behind the CTA whose dQ adds it follows, kBwdDetLag of them.
+    int n_m = (a.s_q + kM - 1) / kM;
+    p.det_heads = std::max(1, std::min(a.h_kv * a.b, int(std::lround(kBwdDetLag * sms / n_m))));
+  }
   err = set_max_dynamic_smem_once<bwd_kernel<Tr>>(dev, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
   long long n_ctas = (long long)(kVarlen ? a.n_varlen_tiles : n_n * a.b) * a.h_kv;   // 1-D, decoded in bwd_kernel.h

@@ -10,6 +10,8 @@ namespace ringfa3 {
 constexpr int kBwdUnbounded = 1 << 29;   // stands for an unbounded window side
 // Key blocks of a head launched together in deterministic mode (bwd_kernel.h).
 constexpr int kBwdDetGroup = 8;
+// Deterministic mode: query blocks a CTA starts behind the one whose dQ adds it follows (bwd_launch.h).
+constexpr float kBwdDetLag = 1.5f;
 // Deterministic-order semaphores per workspace tile: one per warpgroup's d half (head dim 64, where
 // both warpgroups add full-width partials: one, shared; bwd_dq_writer.h).
 constexpr int kBwdSemsPerTile = 2;
@@ -27,6 +29,7 @@ struct BwdParams {
   int diag_offset;    // s_k - s_q
   int win_left, win_right;   // finite
   float scale_log2;   // softmax_scale * log2(e)
+  int det_heads;       // deterministic mode: (kv head, batch) pairs interleaved in a launch group
   bool det_high_first;   // deterministic dQ order: key blocks highest first (BwdMask::rank_in)
 };
 

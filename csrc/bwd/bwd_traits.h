@@ -8,9 +8,11 @@
 //   dV  += P^T dO     (keys x d, red. queries)      A = P^T registers, B = dO smem read d-major
 //   dK  += dS^T Q     (keys x d, red. queries)      A = dS^T registers, B = Q smem read d-major
 //   dQ   = dS K       (queries x d, red. keys)      A = dS smem (written by the consumers), B = K d-major
+//          (80-row blocks: dQ^T = K^T dS^T, d x queries, A = K d-major, B = dS smem)
 // so P^T and dS^T never leave registers for dV/dK, and only dS goes through smem (for dQ).
 // The d-major ("transposed") views of Q, dO, K are compositions of their TMA layouts, not copies.
 #pragma once
+#include <type_traits>
 #include <cute/tensor.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
@@ -54,7 +56,7 @@ struct BwdTraits {
   static constexpr int kProducerRegs = 24;    // setmaxnreg budgets, within the launch pool
   static constexpr int kConsumerRegs = 240;
   static_assert(reg_split_fits(kProducerRegs, kConsumerRegs, kConsumerWG), "register budget");
-  static_assert(kHeadDim % 64 == 0 && kBlockM % 64 == 0, "128-byte swizzle tiles");
+  static_assert(kHeadDim % 64 == 0 && kBlockM % 16 == 0, "128-byte swizzle tiles, whole WGMMA k-steps");
 
   // K-major (head dim contiguous) tiles, as TMA writes them.
   using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<T>{},
@@ -86,11 +88,19 @@ struct BwdTraits {
   // all kBlockN keys). Head dim 64: split over keys (each warpgroup multiplies its own 64 keys, a
   // full-width partial); a 32-column half would start inside a 128-byte swizzle atom.
   static constexpr bool kSplitD = kHeadDim >= 128;
-  using MmadQ = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<T, T, float,
-                           Shape<_64, Int<kSplitD ? kHeadDim / 2 : kHeadDim>, Int<kSplitD ? kBlockN : 64>>,
-                           GMMA::Major::K, GMMA::Major::MN>(),
-      Layout<Shape<_1, Int<kSplitD ? kConsumerWG : 1>, _1>>{}));
+  // A query block that is not a multiple of WGMMA's 64 rows takes dQ transposed, dQ^T = K^T dS^T
+  // (d x queries, red. keys): the warpgroups stack along d (M), the queries are N.
+  static constexpr bool kDqT = kBlockM % 64 != 0;
+  static_assert(!kDqT || kSplitD, "transposed dQ splits the head dim");
+  using MmadQ = std::conditional_t<kDqT,
+      decltype(make_tiled_mma(GMMA::ss_op_selector<T, T, float, Shape<_64, Int<kBlockM>, Int<kBlockN>>,
+                                                   GMMA::Major::MN, GMMA::Major::K>(),
+                              Layout<Shape<Int<kConsumerWG>, _1, _1>>{})),
+      decltype(make_tiled_mma(
+          GMMA::ss_op_selector<T, T, float,
+                               Shape<_64, Int<kSplitD ? kHeadDim / 2 : kHeadDim>, Int<kSplitD ? kBlockN : 64>>,
+                               GMMA::Major::K, GMMA::Major::MN>(),
+          Layout<Shape<_1, Int<kSplitD ? kConsumerWG : 1>, _1>>{}))>;
 
   using Tma = BwdTma<T, SmemLayoutQ, SmemLayoutK, kBlockM, kBlockN, kHeadDim>;
   using TmaQ = typename Tma::Q;
@@ -99,7 +109,7 @@ struct BwdTraits {
   static constexpr int kDqPerWG = kBlockM * (kSplitD ? kHeadDim / 2 : kHeadDim);   // floats
   // dQ partial buffers per warpgroup: a consumer fills one while the writer warp drains the other,
   // so a deterministic-order wait stalls the writer, not the tensor cores (for a block).
-  static constexpr int kDqBufs = 2;
+  static constexpr int kDqBufs = kDqT ? 1 : 2;   // at 80 rows two do not fit beside the stages
 
   struct SharedStorage {
     alignas(1024) T k[cosize_v<SmemLayoutK>];

@@ -141,10 +141,12 @@ __device__ __forceinline__ void convert_rows(RingFa3BwdArgs const& a, const floa
 }
 
 // dq[b, i, h, :] = softmax_scale * dq_accum[b, h, i, :], in the input dtype or fp32. One CTA per
-// (kBlockM x d) workspace tile, which holds the main kernel's order (add_dq_bulk): per warpgroup region
-// (d split in two halves, or one full-width region), float4 q = (c / 8) * 128 + t holds the values
-// (r, c), (r, c + 1), (r + 8, c), (r + 8, c + 1) of accumulator thread t,
-//   r = (t / 32) * 16 + (t % 32) / 4,   c = (c / 8) * 8 + (t % 4) * 2.
+// (kBlockM x d) workspace tile, which holds the main kernel's order (hand_dq): per warpgroup region
+// (d split in two halves, or one full-width region), float4 j * 128 + t of the region holds the
+// values (x, y), (x, y + 1), (x + 8, y), (x + 8, y + 1) of accumulator thread t,
+//   x = (t / 32) * 16 + (t % 32) / 4,   y = 8 j + (t % 4) * 2,
+// x a query and y a column of d, or the other way round for a query block that is not a multiple of
+// 64 rows (dQ^T, BwdTraits::kDqT).
 // The tile is read in that order (each warp 512 contiguous bytes), turned into rows in smem, and
 // written row by row (16 / 32 contiguous bytes per thread). Reading the rows straight from the
 // workspace left most of each sector to a later instruction (run 24: 77 us for 201 MB).
@@ -166,11 +168,19 @@ __global__ void __launch_bounds__(256) bwd_convert_dq_kernel(RingFa3BwdArgs a, i
     for (int j = 0; j < kBlockM * kPassCols / 4 / 256; ++j) {
       int q = pass * (kBlockM * kPassCols / 4) + j * 256 + threadIdx.x;
       int region = q / (kBlockM * kCols / 4), in = q % (kBlockM * kCols / 4);
-      int t = in % 128, c = (in / 128) * 8 + (t % 4) * 2 + region * kCols - pass * kPassCols;
-      int r = (t / 32) * 16 + (t % 32) / 4;
+      int t = in % 128, x = (t / 32) * 16 + (t % 32) / 4, y = (in / 128) * 8 + (t % 4) * 2;
       float4 v = tile[q];
-      *reinterpret_cast<float2*>(&rows_s[r * kPitch + c]) = make_float2(v.x, v.y);
-      *reinterpret_cast<float2*>(&rows_s[(r + 8) * kPitch + c]) = make_float2(v.z, v.w);
+      if constexpr (kBlockM % 64 != 0) {   // dQ^T (BwdTraits::kDqT): x a column of d, y a query
+        int c = x + region * kCols - pass * kPassCols;
+        rows_s[y * kPitch + c] = v.x;
+        rows_s[(y + 1) * kPitch + c] = v.y;
+        rows_s[y * kPitch + c + 8] = v.z;
+        rows_s[(y + 1) * kPitch + c + 8] = v.w;
+      } else {
+        int c = y + region * kCols - pass * kPassCols;
+        *reinterpret_cast<float2*>(&rows_s[x * kPitch + c]) = make_float2(v.x, v.y);
+        *reinterpret_cast<float2*>(&rows_s[(x + 8) * kPitch + c]) = make_float2(v.z, v.w);
+      }
     }
     __syncthreads();
     convert_rows<TQ, kPassCols, kBlockM, kPitch>(a, rows_s, w.row, w.s_q, kVarlen ? 0 : w.bi, w.q0, hi,

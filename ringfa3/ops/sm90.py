@@ -98,7 +98,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 8
+_BWD_ABI_VERSION = 9
 _BWD_HEAD_DIMS = (64, 128, 256)
 _BWD_DENSE_ONLY_HEAD_DIMS = (256,)   # no varlen form (its CTAs take 64 keys, the tile lists 128)
 
@@ -124,6 +124,8 @@ def _load(path=_LIB_PATH):
         lib.has_bwd = lib.ringfa3_sm90_bwd_abi_version() == _BWD_ABI_VERSION
         if lib.has_bwd:
             lib.ringfa3_sm90_bwd_block_m.restype = ctypes.c_int
+            lib.ringfa3_sm90_bwd_dense_ws_rows.argtypes = [ctypes.c_int] * 4
+            lib.ringfa3_sm90_bwd_dense_ws_rows.restype = ctypes.c_int
             lib.ringfa3_sm90_bwd_block_n.restype = ctypes.c_int
     # absent from builds before it, or before its K scale followed the kernel's key block
     lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows") and hasattr(lib, "ringfa3_sm90_fp8_key_rows")
@@ -479,9 +481,10 @@ class Sm90Backend:
         bm = self._lib.ringfa3_sm90_bwd_block_m()
         det = bool(deterministic)
         if ws is None:
-            # Workspace rows: per (batch entry, head) s_q rounded up to the block; varlen: per head, each
-            # segment from a block-aligned row (csrc/bwd/bwd_args.h).
-            entries, ws_rows = (1, (s_q // bm + varlen.n_segments) * bm) if varlen else (b, -(-s_q // bm) * bm)
+            # Workspace rows: per (batch entry, head) s_q rounded up to the call's query block; varlen: per
+            # head, each segment from a block-aligned row (csrc/bwd/bwd_args.h).
+            entries, ws_rows = (1, (s_q // bm + varlen.n_segments) * bm) if varlen else \
+                (b, self._lib.ringfa3_sm90_bwd_dense_ws_rows(s_q, d, int(left), int(right)))
             dq_accum = torch.empty(entries, h, ws_rows, d, device=q.device, dtype=torch.float32)   # (b, h, ws_rows, d)
             lse_log2 = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)      # (b, h, ws_rows)
             delta = torch.empty(entries, h, ws_rows, device=q.device, dtype=torch.float32)
