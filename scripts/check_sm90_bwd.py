@@ -11,6 +11,8 @@ Writes $OUT/sm90_bwd_check.json, sm90_bwd_bench.json, sm90_bwd_fa3.json, sm90_bw
 main kernel of each at S rows: sm90_bwd_ncu_<which>_<S>[_causal].txt and per-instruction stall CSVs.
 `--part basetime [--hd D] [--alt-lib NAME=PATH]` (not in `all`): our backward's kernels per call at
 locked base clocks (ncu), both dQ modes, for each library: sm90_bwd_basetime.json.
+`--part fa3_basetime --seqs ...` (not in `all`): the main kernel alone, ours against FA3's, at base clocks:
+sm90_bwd_fa3_basetime.json.
 """
 import argparse
 import json
@@ -321,6 +323,35 @@ def part_basetime(out_dir, seqs, alt_libs, d, reps=4):
     return 0
 
 
+def part_fa3_basetime(out_dir, seqs):
+    """The main kernel alone, ours (default dQ) and FA3's, at locked base clocks (ncu), hd128 bf16 at each
+    seq, full and causal: work per clock against FA3's, apart from the power cap and from the preprocess
+    and conversion passes around it. Launch 1 of 3 is a warm-up; the median of the other two is kept."""
+    import statistics
+    from check_sm90 import parse_ncu_durations
+    out = []
+    for s in seqs:
+        for causal in (False, True):
+            flops = 2.5 * 4 * 16384 * s * 2048 / (2 if causal else 1)
+            row = dict(seq=s, causal=causal)
+            for which, regex in (("ours", "bwd_kernel"), ("fa3", "BwdSm90")):
+                cmd = ["ncu", "--kernel-name-base", "mangled", "--kernel-name", f"regex:{regex}", "--metrics",
+                       "gpu__time_duration.sum", "--clock-control", "base", "--csv", "--page", "raw", sys.executable,
+                       __file__, "--part", "ncu_target", "--ncu-which", "fa3" if which == "fa3" else "default",
+                       "--seqs", str(s)] + (["--causal"] if causal else [])
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                us = [t for _, t in parse_ncu_durations("\n".join(ln for ln in r.stdout.splitlines() if ln.startswith('"')))]
+                if len(us) < 2:
+                    print(f"{which} {s}: {len(us)} launches profiled\n{r.stderr[-2000:]}")
+                    continue
+                row[which] = round(flops / statistics.median(us[1:]) / 1e6, 1)
+            if "ours" in row and "fa3" in row:
+                row["ours_per_fa3"] = round(row["ours"] / row["fa3"], 3)
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    (out_dir / "sm90_bwd_fa3_basetime.json").write_text(json.dumps(out, indent=1))
+
+
 def part_profile(out_dir, seqs):
     """Per-kernel device time of one backward call (torch.profiler), hd128 full and causal at each
     length: how much the preprocess, the dQ conversion and the zeroing take beside the main kernel."""
@@ -388,7 +419,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/sm90_bwd")
     ap.add_argument("--part", default="all", choices=["all", "check", "bench", "sass", "fa3", "ncu", "ncu_target", "profile",
-                                                             "basetime", "basetime_target"])
+                                                             "basetime", "basetime_target", "fa3_basetime"])
     ap.add_argument("--ncu-which", default="default,deterministic",
                     help="--part ncu: backwards profiled, of default, deterministic, fa3")
     ap.add_argument("--causal", action="store_true", help="--part ncu: the causal mask")
@@ -420,6 +451,8 @@ def main():
         return part_ncu_target(args.ncu_which, seqs[0], args.causal, args.hd)
     if args.part == "basetime":
         return part_basetime(out_dir, seqs, args.alt_lib, args.hd)
+    if args.part == "fa3_basetime":
+        return part_fa3_basetime(out_dir, seqs)
     if args.part == "basetime_target":
         return part_basetime_target(seqs, args.alt_lib, args.hd, 4)
     # Shares of the budget (a cold machine spends ~60 s of the check on first launches); the FA3 anchor

@@ -1,9 +1,15 @@
 // The backward main kernel: one CTA per (key block, kv head, batch entry or varlen segment); warpgroup
 // 0 holds the TMA producer (warp 0) and one dQ writer per consumer warpgroup (warps 1-2), registers
 // given away; warpgroups 1-2 are the consumers (registers taken for dK, dV, S, dP).
-// Block order (1-D grid):
-//   atomic dQ:        key block fastest, lowest first: the resident CTAs share one head's Q/dO in L2,
-//                     and under a causal mask the longest CTAs start first.
+// Block order (1-D grid): groups of key blocks, then runs of launch_heads (kv head, batch) pairs, key
+// block next, the pair fastest (bwd_launch.h picks the sizes):
+//   atomic dQ, no mask:  one group, runs of one pair: key block fastest, so the resident CTAs share
+//                     one head's Q/dO in L2.
+//   atomic dQ, a mask:   one group, runs of as many pairs as an L2-sized share of Q/dO/dQ holds: the
+//                     longest CTAs (lowest key blocks under a causal mask) of a run start first across
+//                     its heads, as FA3's LPT order. Key block fastest left the last head's longest CTAs
+//                     running alone at the end (run 147, causal at base clock: +3.5-4.2% at 2k-8k,
+//                     level at 16k; per clock against FA3's main kernel 0.94 -> 0.99 at 4k and 8k).
 //   deterministic dQ: key blocks in the first-to-last order of the dQ order (BwdMask::rank_in), so
 //                     that a CTA waits only on CTAs launched earlier: in groups of kBwdDetGroup,
 //                     (kv head, batch) next, key block fastest inside a group. With key block
@@ -13,11 +19,11 @@
 //                     per wave, where (kv head, batch) fastest gave ~2 at 4k (run 13, 4k full: 357 ->
 //                     460 TF/s, 0.71 -> 0.92 of the atomic speed). Groups of 8 against 4 (run 32):
 //                     4k causal 0.89 -> 0.92, 8k causal 0.89 -> 0.93 of the atomic speed; groups of
-//                     2 were slower. Inside a group, det_heads (kv head, batch) pairs interleave:
-//                     a head's next key block comes det_heads CTAs later, so that it starts about
+//                     2 were slower. Inside a group, runs of launch_heads pairs interleave: a head's
+//                     next key block comes launch_heads CTAs later, so that it starts about
 //                     kBwdDetLag query blocks behind its predecessor instead of level with it and
 //                     waiting at every add (run 142, base clock, deterministic 1k full 326 -> 362
-//                     TF/s; from 16k queries det_heads is 1).
+//                     TF/s; from 16k queries launch_heads is 1).
 //   varlen:           the host's tile list (longest first; in deterministic mode a segment's key
 //                     blocks highest first), kv head fastest: with segments in the grid's slowest
 //                     place, a long last segment ran alone after all others (long-tail document
@@ -43,21 +49,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     bi = tile[0];
     n_block = tile[1];
     hk = lin % p.a.h_kv;
-  } else if (p.a.deterministic) {   // groups of kBwdDetGroup key blocks; runs of det_heads (kv head,
-                                    // batch); key block; (kv head, batch) in the run
-    int g = lin / (hb * kBwdDetGroup), r = lin - g * kBwdDetGroup * hb;
-    int size = min(kBwdDetGroup, p.n_n_blocks - g * kBwdDetGroup);
-    int sg = r / (size * p.det_heads), q = r - sg * size * p.det_heads;
-    int width = min(p.det_heads, hb - sg * p.det_heads);
-    n_block = g * kBwdDetGroup + q / width;   // counted from the first key block of the dQ order
-    if (p.det_high_first) n_block = p.n_n_blocks - 1 - n_block;
-    int hbi = sg * p.det_heads + q % width;
+  } else {   // groups of key blocks; runs of launch_heads (kv head, batch) pairs; key block; pair in the run
+    int group = p.a.deterministic ? kBwdDetGroup : p.n_n_blocks;
+    int g = lin / (hb * group), r = lin - g * group * hb;
+    int size = min(group, p.n_n_blocks - g * group);
+    int run = r / (size * p.launch_heads), q = r - run * size * p.launch_heads;
+    int width = min(p.launch_heads, hb - run * p.launch_heads);
+    n_block = g * group + q / width;   // deterministic: counted from the first key block of the dQ order
+    if (p.a.deterministic && p.det_high_first) n_block = p.n_n_blocks - 1 - n_block;
+    int hbi = run * p.launch_heads + q % width;
     hk = hbi % p.a.h_kv;
     bi = hbi / p.a.h_kv;
-  } else {
-    n_block = lin % p.n_n_blocks;
-    hk = lin / p.n_n_blocks % p.a.h_kv;
-    bi = lin / p.n_n_blocks / p.a.h_kv;
   }
   if (threadIdx.x == 0) {
     FullBarrier::init(&ss.kv_full, 1);

@@ -44,7 +44,7 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
       // varlen documents. Lowest first above 64 key blocks (16k keys and up at hd128): the CTAs
       // launched last are then the shortest (16k causal: 508 against 472 highest first, whose last
       // wave is the longest CTAs).
-      /*det_heads=*/1,
+      /*launch_heads=*/1,
       /*det_high_first=*/kVarlen || n_n <= 64};
 
   auto kernel = bwd_kernel<Tr>;
@@ -53,11 +53,15 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
   if (err != cudaSuccess) return err;
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (err != cudaSuccess) return err;
+  int hb = a.h_kv * a.b, n_m = (a.s_q + kM - 1) / kM;
   if (a.deterministic) {
-    // A head's next key block is launched det_heads CTAs later: about det_heads / sms of a CTA's
-    // query blocks behind the CTA whose dQ adds it follows, kBwdDetLag of them.
-    int n_m = (a.s_q + kM - 1) / kM;
-    p.det_heads = std::max(1, std::min(a.h_kv * a.b, int(std::lround(kBwdDetLag * sms / n_m))));
+    // A head's next key block is launched launch_heads CTAs later: about launch_heads / sms of a
+    // CTA's query blocks behind the CTA whose dQ adds it follows, kBwdDetLag of them.
+    p.launch_heads = std::max(1, std::min(hb, int(std::lround(kBwdDetLag * sms / n_m))));
+  } else if (a.window_left >= 0 || a.window_right >= 0) {
+    // CTAs of unequal length: longest first across the heads of an L2-sized run.
+    double bytes = 8.0 * (a.h / a.h_kv) * n_m * kM * kD;
+    p.launch_heads = std::max(1, std::min(hb, int(kBwdRunL2Bytes / bytes)));
   }
   err = set_max_dynamic_smem_once<bwd_kernel<Tr>>(dev, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;

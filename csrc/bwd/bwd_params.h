@@ -12,6 +12,9 @@ constexpr int kBwdUnbounded = 1 << 29;   // stands for an unbounded window side
 constexpr int kBwdDetGroup = 8;
 // Deterministic mode: query blocks a CTA starts behind the one whose dQ adds it follows (bwd_launch.h).
 constexpr float kBwdDetLag = 1.5f;
+// Masked calls: bytes of Q, dO and dQ sums (per query row and head dim column, 8) that a run of the
+// launch order shares in L2 (bwd_launch.h).
+constexpr double kBwdRunL2Bytes = 32.0 * 1024 * 1024;
 // Deterministic-order semaphores per workspace tile: one per warpgroup's d half (head dim 64, where
 // both warpgroups add full-width partials: one, shared; bwd_dq_writer.h).
 constexpr int kBwdSemsPerTile = 2;
@@ -29,7 +32,7 @@ struct BwdParams {
   int diag_offset;    // s_k - s_q
   int win_left, win_right;   // finite
   float scale_log2;   // softmax_scale * log2(e)
-  int det_heads;       // deterministic mode: (kv head, batch) pairs interleaved in a launch group
+  int launch_heads;    // (kv head, batch) pairs interleaved in a run of the launch order (bwd_kernel.h)
   bool det_high_first;   // deterministic dQ order: key blocks highest first (BwdMask::rank_in)
 };
 
