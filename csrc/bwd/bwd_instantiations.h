@@ -9,7 +9,8 @@ namespace ringfa3 {
 
 // (kBlockM, kBlockN, kStages): 128 keys per CTA (64 per consumer warpgroup, dK + dV in registers),
 // 64-row query blocks, Q/dO double-buffered. kMFull: the query block of a dense call with no mask
-// and its own workspace (hd128: 80 rows, FA3's choice, with dQ transposed: BwdTraits::kDqT).
+// and its own workspace (hd128: 80 rows, FA3's choice, with dQ transposed: BwdTraits::kDqT; the
+// define is an A/B knob, 64 turns it off).
 constexpr int kBwdBlockM = 64, kBwdBlockN = 128;
 #ifndef RINGFA3_BWD_HD128_FULL_M
 #define RINGFA3_BWD_HD128_FULL_M 80
@@ -20,8 +21,9 @@ template <> struct BwdTileConfig<128> {
   static constexpr int kM = kBwdBlockM, kMFull = RINGFA3_BWD_HD128_FULL_M, kN = kBwdBlockN, kStages = 2;
 };
 
-// The query block of a dense call: kMFull without a mask (a window side bounded, causal among them)
-// and with its own workspace (a shared one, RingFa3BwdArgs::ws_rows, is laid out in kBwdBlockM tiles).
+// The query block of a dense call: kMFull when neither window side is bounded (causal bounds the
+// right one) and the call has its own workspace (a shared one, RingFa3BwdArgs::ws_rows, is laid out in
+// kBwdBlockM tiles); else kBwdBlockM.
 inline int bwd_dense_block_m(int head_dim, int window_left, int window_right, int ws_rows) {
   bool full = window_left < 0 && window_right < 0 && ws_rows == 0;
   if (head_dim == 128 && full) return BwdTileConfig<128>::kMFull;
