@@ -81,6 +81,7 @@ __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStor
   float4* dp_x = reinterpret_cast<float4*>(ss.dp);   // float4 j of thread t at j * 128 + t
 
   if (me > mb) FullBarrier::wait(&ss.kv_full, 0);
+  cta_trace(p.trace, kTraceKv);
   PipeState<Tr::kStages> st;
   PipeState<Tr::kDqBufs> dq_slot;
   for (int g = 0; g < p.group; ++g) {
@@ -135,6 +136,7 @@ __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStor
       st.advance();
     }
   }
+  cta_trace(p.trace, kTraceLoopEnd);
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{})),
                  ss, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
 }

@@ -43,6 +43,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
   extern __shared__ __align__(1024) unsigned char smem_buf[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_buf);
   int n_block, hk, bi;
+  cta_trace(p.trace, kTraceStart);
   int lin = blockIdx.x, hb = p.a.h_kv * p.a.b;
   if constexpr (Tr::kVarlen) {
     int const* tile = p.a.varlen_tiles + 2 * (lin / p.a.h_kv);
@@ -94,6 +95,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     if constexpr (Tr::kRoleSplit) bwd_consume_d256<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
     else bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
+    cta_trace(p.trace, kTraceEnd);
   }
 }
 

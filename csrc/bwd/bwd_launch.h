@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cuda_runtime.h>
 #include "bwd_kernel.h"
 #include "preprocess.h"
@@ -45,7 +46,10 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
       // launched last are then the shortest (16k causal: 508 against 472 highest first, whose last
       // wave is the longest CTAs).
       /*launch_heads=*/1,
-      /*det_high_first=*/kVarlen || n_n <= 64};
+      /*det_high_first=*/kVarlen || n_n <= 64,
+      // Debug builds: the timeline's device buffer, its address in decimal (scripts/bwd_cta_timeline.py).
+      /*trace=*/RINGFA3_BWD_TRACE && getenv("RINGFA3_BWD_TRACE_PTR")
+          ? reinterpret_cast<unsigned long long*>(strtoull(getenv("RINGFA3_BWD_TRACE_PTR"), nullptr, 10)) : nullptr};
 
   auto kernel = bwd_kernel<Tr>;
   int dev = 0, sms = 0;

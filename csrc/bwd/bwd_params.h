@@ -4,6 +4,7 @@
 #include <cstddef>
 #include "../seq_slice.h"
 #include "bwd_args.h"
+#include "cta_trace.h"
 
 namespace ringfa3 {
 
@@ -34,6 +35,7 @@ struct BwdParams {
   float scale_log2;   // softmax_scale * log2(e)
   int launch_heads;    // (kv head, batch) pairs interleaved in a run of the launch order (bwd_kernel.h)
   bool det_high_first;   // deterministic dQ order: key blocks highest first (BwdMask::rank_in)
+  unsigned long long* trace;   // debug builds: per-CTA timeline (cta_trace.h), else NULL
 };
 
 // Batch entry bi's rows (varlen: segment bi's), as the forward finds a tile's (seq_slice.h).
