@@ -50,7 +50,7 @@ def trace_backward(seq, causal, d=128):
     b, h = 16384 // seq, 2048 // d
     q, k, v, dout = (torch.randn(b, seq, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     out, lse = be.forward(q, k, v, causal, None, (-1, -1), False)
-    n_ctas = -(-seq // 128) * b * h   # dense calls: key blocks x kv heads x batch entries (bwd_launch.h)
+    n_ctas = -(-seq // be._lib.ringfa3_sm90_bwd_block_n()) * b * h   # key blocks x kv heads x batch (bwd_launch.h)
     trace = torch.zeros(n_ctas, 5, device="cuda", dtype=torch.int64)   # (ctas, fields of cta_trace.h)
     for _ in range(2):   # the second call is kept: the first pays for module loads
         trace.zero_()

@@ -544,9 +544,11 @@ def parse_ncu_durations(raw_csv):
 
 def ncu_base_durations(target_cmd, kernel_regex, raw_path):
     """Runs target_cmd under ncu with the clocks locked at base, timing the launches whose function name
-    matches kernel_regex; keeps the raw CSV at raw_path; returns parse_ncu_durations of it and ncu's stderr."""
-    cmd = ["ncu", "--kernel-name", f"regex:{kernel_regex}", "--metrics", "gpu__time_duration.sum",
-           "--clock-control", "base", "--csv", "--page", "raw"]
+    matches kernel_regex ("mangled:REGEX" for mangled names); keeps the raw CSV at raw_path; returns
+    parse_ncu_durations of it and ncu's stderr."""
+    base, kernel_regex = kernel_regex.split(":", 1) if kernel_regex.startswith("mangled:") else ("function", kernel_regex)
+    cmd = ["ncu", "--kernel-name-base", base, "--kernel-name", f"regex:{kernel_regex}", "--metrics",
+           "gpu__time_duration.sum", "--clock-control", "base", "--csv", "--page", "raw"]
     r = subprocess.run(cmd + target_cmd, capture_output=True, text=True)
     raw = "\n".join(ln for ln in r.stdout.splitlines() if ln.startswith('"'))
     Path(raw_path).write_text(raw)

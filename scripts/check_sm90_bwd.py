@@ -328,21 +328,19 @@ def part_fa3_basetime(out_dir, seqs):
     seq, full and causal: work per clock against FA3's, apart from the power cap and from the preprocess
     and conversion passes around it. Launch 1 of 3 is a warm-up; the median of the other two is kept."""
     import statistics
-    from check_sm90 import parse_ncu_durations
     out = []
     for s in seqs:
         for causal in (False, True):
             flops = 2.5 * 4 * 16384 * s * 2048 / (2 if causal else 1)
             row = dict(seq=s, causal=causal)
             for which, regex in (("ours", "bwd_kernel"), ("fa3", "BwdSm90")):
-                cmd = ["ncu", "--kernel-name-base", "mangled", "--kernel-name", f"regex:{regex}", "--metrics",
-                       "gpu__time_duration.sum", "--clock-control", "base", "--csv", "--page", "raw", sys.executable,
-                       __file__, "--part", "ncu_target", "--ncu-which", "fa3" if which == "fa3" else "default",
-                       "--seqs", str(s)] + (["--causal"] if causal else [])
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                us = [t for _, t in parse_ncu_durations("\n".join(ln for ln in r.stdout.splitlines() if ln.startswith('"')))]
+                target = [sys.executable, __file__, "--part", "ncu_target", "--ncu-which",
+                          "fa3" if which == "fa3" else "default", "--seqs", str(s)] + (["--causal"] if causal else [])
+                tag = f"{which}_{s}{'_causal' if causal else ''}"
+                launches, err = ncu_base_durations(target, f"mangled:{regex}", out_dir / f"sm90_bwd_fa3_basetime_raw_{tag}.csv")
+                us = [t for _, t in launches]
                 if len(us) < 2:
-                    print(f"{which} {s}: {len(us)} launches profiled\n{r.stderr[-2000:]}")
+                    print(f"{which} {s}: {len(us)} launches profiled\n{err[-2000:]}")
                     continue
                 row[which] = round(flops / statistics.median(us[1:]) / 1e6, 1)
             if "ours" in row and "fa3" in row:
