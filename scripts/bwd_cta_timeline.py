@@ -14,10 +14,11 @@ import statistics
 
 
 def summarize(rows):
-    """rows: one (sm, start, kv_landed, loop_end, end) of clock64 values per CTA; clocks compare only
-    within one SM. Medians of the phases and of the gaps between consecutive CTAs of an SM; the shares
-    of the prologue and epilogue in all CTA time; the SMs' idle share of their spans (first start to
-    last end)."""
+    """rows: one (sm, start, kv_landed, loop_end, end) of clock64 values per CTA; clock values compare only
+    within one SM, their differences everywhere. Medians of the phases and of the gaps between
+    consecutive CTAs of an SM; the shares of the prologue and epilogue in all CTA time; the SMs' idle
+    share of their spans (first start to last end); the tail share, SM time left idle while the
+    longest span runs (all SMs start together: wave quantization and uneven CTAs); CTAs per SM."""
     done = [r for r in rows if r[4]]   # a CTA not recorded (or no trace build): all zero
     if not done:
         raise SystemExit("no CTA recorded: is the library built with --define RINGFA3_BWD_TRACE=1?")
@@ -27,17 +28,20 @@ def summarize(rows):
     by_sm = {}
     for r in done:
         by_sm.setdefault(r[0], []).append(r)
-    gaps, busy, span = [], 0, 0
+    gaps, busy, spans = [], 0, []
     for ctas in by_sm.values():
         ctas.sort(key=lambda r: r[1])
         gaps += [b[1] - a[4] for a, b in zip(ctas, ctas[1:])]
         busy += sum(r[4] - r[1] for r in ctas)
-        span += ctas[-1][4] - ctas[0][1]
+        spans.append(ctas[-1][4] - ctas[0][1])
+    span = sum(spans)
+    per_sm = [len(c) for c in by_sm.values()]
     total = sum(r[4] - r[1] for r in done)
     return dict(ctas=len(done), sms=len(by_sm), prologue=statistics.median(prologue), loop=statistics.median(loop),
                 epilogue=statistics.median(epilogue), gap=statistics.median(gaps) if gaps else 0,
                 prologue_share=round(sum(prologue) / total, 4), epilogue_share=round(sum(epilogue) / total, 4),
-                idle_share=round(1 - busy / span, 4))
+                idle_share=round(1 - busy / span, 4), tail_share=round(1 - span / (len(spans) * max(spans)), 4),
+                ctas_per_sm=(min(per_sm), max(per_sm)))
 
 
 def trace_backward(seq, causal, d=128):
@@ -50,8 +54,9 @@ def trace_backward(seq, causal, d=128):
     b, h = 16384 // seq, 2048 // d
     q, k, v, dout = (torch.randn(b, seq, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     out, lse = be.forward(q, k, v, causal, None, (-1, -1), False)
-    n_ctas = -(-seq // be._lib.ringfa3_sm90_bwd_block_n()) * b * h   # key blocks x kv heads x batch (bwd_launch.h)
-    trace = torch.zeros(n_ctas, 5, device="cuda", dtype=torch.int64)   # (ctas, fields of cta_trace.h)
+    tiles = -(-seq // be._lib.ringfa3_sm90_bwd_block_n()) * b * h   # key blocks x kv heads x batch (bwd_launch.h)
+    # (ctas, fields of cta_trace.h): the tail split (bwd_split.h) adds at most 3 pieces per tile
+    trace = torch.zeros(4 * tiles, 5, device="cuda", dtype=torch.int64)
     for _ in range(2):   # the second call is kept: the first pays for module loads
         trace.zero_()
         os.environ["RINGFA3_BWD_TRACE_PTR"] = str(trace.data_ptr())

@@ -17,6 +17,8 @@ def test_summary_of_two_sms():
     assert s["prologue_share"] == pytest.approx(60 / 3000, abs=1e-4)
     assert s["epilogue_share"] == pytest.approx(240 / 3000, abs=1e-4)
     assert s["idle_share"] == pytest.approx(1 - 3000 / 3010, abs=1e-4)   # spans 2010 + 1000
+    assert s["tail_share"] == pytest.approx(1 - 3010 / (2 * 2010), abs=1e-4)   # SM 1 idle after 1000 of 2010
+    assert s["ctas_per_sm"] == (1, 2)
 
 
 def test_untraced_library_is_named():
