@@ -50,6 +50,9 @@ CASES = [
     dict(name="hd64_fp16_window", shape=(1, 1100, 1100, 4, 2, 64), window=(200, 0), dtype="fp16"),
     dict(name="hd64_atomic", shape=(2, 1000, 1000, 8, 4, 64), causal=True, atomic=True),
     dict(name="long_causal", shape=(1, 4096, 4096, 4, 4, 128), causal=True),
+    # Unmasked atomic calls whose last wave is split into pieces over query rows (csrc/bwd/bwd_split.h).
+    dict(name="split_gqa", shape=(3, 2000, 1900, 8, 2, 128), atomic=True),
+    dict(name="split_hd64_fp32", shape=(2, 1500, 1500, 8, 2, 64), atomic=True, grads_fp32=True),
     # Head dim 256 (bwd_traits_d256.h: 64 keys per CTA, the warpgroups split d).
     dict(name="hd256_full", shape=(2, 512, 512, 4, 4, 256)),
     dict(name="hd256_causal_gqa_odd", shape=(1, 777, 777, 4, 2, 256), causal=True),
@@ -57,6 +60,7 @@ CASES = [
     dict(name="hd256_sq>sk_causal", shape=(1, 650, 300, 4, 1, 256), causal=True),
     dict(name="hd256_fp16_grads_fp32", shape=(1, 513, 513, 4, 2, 256), causal=True, dtype="fp16", grads_fp32=True),
     dict(name="hd256_atomic", shape=(2, 1000, 1000, 4, 4, 256), causal=True, atomic=True),
+    dict(name="hd256_split_fp16", shape=(1, 1000, 1000, 8, 4, 256), atomic=True, dtype="fp16"),
 ]
 
 

@@ -71,6 +71,44 @@ def test_sm90_backward_matches_float64(shape, dtype, causal, window, determinist
         assert all(torch.equal(x, y) for x, y in zip(grads, again))
 
 
+@pytest.mark.parametrize("shape,grads_fp32", [
+    ((1, 1000, 1000, 4, 2, 128), False),   # 16 tiles, 13 query blocks of 80 rows in four pieces
+    ((1, 1000, 700, 4, 1, 64), True),      # GQA 4: each piece covers its rows of every query head
+    ((1, 600, 600, 2, 2, 256), False),     # 64-key tiles (bwd_traits_d256.h)
+])
+def test_sm90_backward_tail_split(shape, grads_fp32):
+    """Unmasked calls whose tiles do not fill the last wave run them as pieces over query rows, merged by
+    the last piece (csrc/bwd/bwd_split.h): gradients as the float64 ones, dK / dV bitwise repeatable
+    (the merge adds the pieces in a fixed order), and the counters left zero for the next call."""
+    from ringfa3.ops import reference as reference_backend
+    b, s_q, s_k, h, h_kv, d = shape
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    q, dout = (torch.randn(b, s_q, h, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    k, v = (torch.randn(b, s_k, h_kv, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    out64, lse, ref = _reference(q, k, v, dout, False, (-1, -1), d ** -0.5)
+    out = out64.to(q.dtype)
+    seen = []
+    split_buffers = BACKEND._split_buffers
+
+    def spy(a, device):
+        bufs = split_buffers(a, device)
+        seen.append(bufs)
+        return bufs
+
+    BACKEND._split_buffers = spy
+    try:
+        grads = [BACKEND.backward(dout, q, k, v, out, lse, False, d ** -0.5, (-1, -1), grads_fp32, False)
+                 for _ in range(2)]
+    finally:
+        del BACKEND._split_buffers
+    assert all(bufs is not None for bufs in seen), "the call was not split: pick a shape whose plan splits"
+    assert all(int(bufs[0].abs().sum()) == 0 for bufs in seen), "split counters not left zero"
+    floor = reference_backend.backward(dout, q, k, v, out, lse, False, d ** -0.5, (-1, -1), False)
+    for name, g, f, r in zip("qkv", grads[0], floor, ref):
+        assert torch.isfinite(g).all() and _err(g, r) <= 2 * _err(f.to(q.dtype), r) + 1e-3, f"d{name}"
+    assert torch.equal(grads[0][1], grads[1][1]) and torch.equal(grads[0][2], grads[1][2])
+
+
 def test_sm90_backward_fp32_grads_and_fp32_out():
     b, s, h, h_kv, d = 1, 257, 4, 2, 128
     q, k, v, dout = (torch.randn(b, s, hh, d, device="cuda", dtype=torch.bfloat16)

@@ -4,6 +4,7 @@
 #include "../abi_checks.h"
 #include "bwd_args.h"
 #include "bwd_instantiations.h"
+#include "bwd_split.h"
 
 using ringfa3::aligned16;
 using ringfa3::strides8;
@@ -13,13 +14,26 @@ thread_local char g_bwd_error[512] = "";
 int fail(int code, const char* msg) { return ringfa3::record_error(g_bwd_error, code, msg); }
 }  // namespace
 
-extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 9; }
+extern "C" int ringfa3_sm90_bwd_abi_version(void) { return 10; }
 extern "C" int ringfa3_sm90_bwd_block_m(void) { return ringfa3::kBwdBlockM; }
 extern "C" int ringfa3_sm90_bwd_dense_ws_rows(int s_q, int head_dim, int window_left, int window_right) {
   int m = ringfa3::bwd_dense_block_m(head_dim, window_left, window_right, 0);
   return (s_q + m - 1) / m * m;
 }
 extern "C" int ringfa3_sm90_bwd_block_n(void) { return ringfa3::kBwdBlockN; }
+extern "C" int ringfa3_sm90_bwd_split_sizes(const RingFa3BwdArgs* args, int64_t sizes[2]) {
+  if (args == nullptr || sizes == nullptr) return fail(1, "args and sizes must be non-NULL");
+  if (args->h <= 0 || args->h_kv <= 0 || args->b < 0 || args->s_q < 0 || args->s_k < 0)
+    return fail(2, "bad shape: need b, s_q, s_k >= 0 and h, h_kv > 0");
+  int sms = 0;
+  cudaError_t err = ringfa3::current_device_sms(&sms);
+  if (err != cudaSuccess) return fail(6, cudaGetErrorString(err));
+  ringfa3::BwdSplitPlan plan = ringfa3::bwd_split_plan(*args, sms);
+  bool split = plan.pieces > 1;
+  sizes[0] = split ? plan.tiles : 0;
+  sizes[1] = split ? int64_t(plan.tiles) * plan.pieces * 2 * ringfa3::bwd_block_n(args->d) * args->d : 0;
+  return 0;
+}
 extern "C" const char* ringfa3_sm90_bwd_last_error(void) { return g_bwd_error; }
 
 extern "C" int ringfa3_sm90_bwd(const RingFa3BwdArgs* args) {
@@ -45,6 +59,7 @@ extern "C" int ringfa3_sm90_bwd(const RingFa3BwdArgs* args) {
   for (int64_t const* s : strides)
     if (!strides8(s)) return fail(3, "tensor strides must be multiples of 8 elements (16-byte rows for TMA and vector loads)");
   if (a.window_left < -1 || a.window_right < -1) return fail(2, "window sides must be >= -1");
+  if (a.split_partial != nullptr && !aligned16(a.split_partial)) return fail(3, "split_partial must be 16-byte aligned");
   if (a.dq_accumulate != 0 && (a.dq_accumulate != 1 || !a.grads_fp32))
     return fail(2, "dq_accumulate must be 0, or 1 with grads_fp32 (dq is float32 then)");
   bool varlen = a.cu_seqlens_q != nullptr;

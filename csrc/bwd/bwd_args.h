@@ -72,6 +72,12 @@ typedef struct RingFa3BwdArgs {
   // preprocess reads out, dout, lse; the main kernel q, k, v, dout, dk, dv; the conversion dq.
   int32_t ws_rows;
   int32_t phases;
+  // ABI 10: the tail split of an unmasked dense call with its own workspace (bwd_split.h): when the
+  // last wave of key-block CTAs would leave SMs idle, its tiles run as pieces over query-row ranges,
+  // merged by the last piece to finish. ringfa3_sm90_bwd_split_sizes gives both buffers' sizes for
+  // these arguments (zero: no split); NULL pointers turn the split off.
+  int* split_count;       // (split tiles,) int32, zero on entry; the kernel leaves it zero
+  float* split_partial;   // (split floats,) fp32, 16-byte aligned; no initial value
 } RingFa3BwdArgs;
 
 // 0 on success, else a nonzero code; the message of the last failure on this thread is
@@ -83,6 +89,9 @@ int ringfa3_sm90_bwd_block_m(void);
 // Workspace rows per (batch entry, head) of a dense call with its own workspace (ws_rows 0): s_q
 // padded to that call's query block, which depends on the head dim and the mask (ABI 9).
 int ringfa3_sm90_bwd_dense_ws_rows(int s_q, int head_dim, int window_left, int window_right);
+// The tail split's buffers for these arguments on the current device (ABI 10): sizes[0] counters
+// (int32) and sizes[1] floats, both 0 when the call runs unsplit. 0 on success.
+int ringfa3_sm90_bwd_split_sizes(const RingFa3BwdArgs* args, int64_t sizes[2]);
 // Keys per CTA of the main kernel: the key block of varlen_tiles.
 int ringfa3_sm90_bwd_block_n(void);
 // Bumped when RingFa3BwdArgs changes; Python refuses a library whose version differs.

@@ -21,6 +21,7 @@
 #include "bwd_epilogue.h"
 #include "bwd_mask.h"
 #include "bwd_params.h"
+#include "bwd_split.h"
 #include "bwd_traits.h"
 #include "stsm_rows.h"
 
@@ -40,7 +41,7 @@ __device__ __forceinline__ auto bwd_to_a_operand(Acc const& acc) {
 
 template <class Tr>
 __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int ct,
-                            int n_block, int hk, int bi) {
+                            int n_block, int hk, int bi, BwdPiece const& pc) {
   using namespace cute;
   using T = typename Tr::T;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
@@ -49,6 +50,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   Extent e = bwd_extent(p, bi);
   auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
+  piece_blocks(pc, mb, me);
   // Broadcast from lane 0: warp-uniform to the compiler, so the smem-operand fragments (WGMMA
   // descriptors, which depend only on the warpgroup) live in uniform registers.
   int wg = __shfl_sync(0xffffffff, ct / 128, 0);
@@ -176,6 +178,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   }
   auto coords = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{}));   // (key, d)
   cta_trace(p.trace, kTraceLoopEnd);
+  if (!merge_pieces(a, pc, tdKrdK, tdVrdV, ct)) return;
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, coords, ss, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
 }
 

@@ -22,6 +22,7 @@
 #include "bwd_epilogue.h"
 #include "bwd_mask.h"
 #include "bwd_params.h"
+#include "bwd_split.h"
 
 namespace ringfa3 {
 
@@ -29,7 +30,7 @@ constexpr int kBarDpReady = 3, kBarPdSReady = 4;   // named barriers (1-2: bwd_c
 
 template <class Tr>
 __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int ct,
-                                 int n_block, int hk, int bi) {
+                                 int n_block, int hk, int bi, BwdPiece const& pc) {
   using namespace cute;
   using T = typename Tr::T;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
@@ -37,6 +38,7 @@ __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStor
   Extent e = bwd_extent(p, bi);
   auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
+  piece_blocks(pc, mb, me);
   int wg = __shfl_sync(0xffffffff, ct / 128, 0);   // warp-uniform: smem descriptors in uniform registers
   int t = ct % 128;
 
@@ -137,6 +139,7 @@ __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStor
     }
   }
   cta_trace(p.trace, kTraceLoopEnd);
+  if (!merge_pieces(a, pc, tdKrdK, tdVrdV, ct)) return;
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{})),
                  ss, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
 }

@@ -13,6 +13,7 @@
 #include "../pipeline.h"
 #include "bwd_mask.h"
 #include "bwd_params.h"
+#include "bwd_split.h"
 #include "bwd_traits.h"
 
 namespace ringfa3 {
@@ -44,12 +45,13 @@ __device__ __forceinline__ void release_slot(SS& ss, int wg, Slot const& slot) {
 
 template <class Tr>
 __device__ void bwd_write_dq(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss, int wg, int n_block, int hk,
-                             int bi) {
+                             int bi, BwdPiece const& pc) {
   constexpr int kM = Tr::kBlockM, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
   auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
+  piece_blocks(pc, mb, me);
   PipeState<Tr::kDqBufs> slot;
   for (int g = 0; g < p.group; ++g) {
     int head = hk * p.group + g;

@@ -45,6 +45,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
   int n_block, hk, bi;
   cta_trace(p.trace, kTraceStart);
   int lin = blockIdx.x, hb = p.a.h_kv * p.a.b;
+  BwdPiece pc;
+  if (lin >= p.split_from) {   // a piece of one of the last tiles (bwd_split.h), pieces of a tile together
+    int j = lin - p.split_from;
+    pc = BwdPiece{j % p.split_pieces, p.split_pieces, j / p.split_pieces};
+    lin = p.split_from + pc.slot;
+  }
   if constexpr (Tr::kVarlen) {
     int const* tile = p.a.varlen_tiles + 2 * (lin / p.a.h_kv);
     bi = tile[0];
@@ -86,15 +92,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
         cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
         cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
         cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
-        bwd_produce<Tr>(p, ss, n_block, hk, bi);
+        bwd_produce<Tr>(p, ss, n_block, hk, bi, pc);
       }
     } else if (warp <= Tr::kConsumerWG) {
-      if (cute::elect_one_sync()) bwd_write_dq<Tr>(p, ss, warp - 1, n_block, hk, bi);
+      if (cute::elect_one_sync()) bwd_write_dq<Tr>(p, ss, warp - 1, n_block, hk, bi, pc);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    if constexpr (Tr::kRoleSplit) bwd_consume_d256<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
-    else bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi);
+    if constexpr (Tr::kRoleSplit) bwd_consume_d256<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi, pc);
+    else bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi, pc);
     cta_trace(p.trace, kTraceEnd);
   }
 }

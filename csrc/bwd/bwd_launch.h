@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cuda_runtime.h>
 #include "bwd_kernel.h"
+#include "bwd_split.h"
 #include "preprocess.h"
 #include "../smem_attr.h"
 
@@ -47,6 +48,8 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
       // wave is the longest CTAs).
       /*launch_heads=*/1,
       /*det_high_first=*/kVarlen || n_n <= 64,
+      /*split_from=*/0,     // set below
+      /*split_pieces=*/1,
       // Debug builds: the timeline's device buffer, its address in decimal (scripts/bwd_cta_timeline.py).
       /*trace=*/RINGFA3_BWD_TRACE && getenv("RINGFA3_BWD_TRACE_PTR")
           ? reinterpret_cast<unsigned long long*>(strtoull(getenv("RINGFA3_BWD_TRACE_PTR"), nullptr, 10)) : nullptr};
@@ -70,7 +73,13 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
   err = set_max_dynamic_smem_once<bwd_kernel<Tr>>(dev, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
   long long n_ctas = (long long)(kVarlen ? a.n_varlen_tiles : n_n * a.b) * a.h_kv;   // 1-D, decoded in bwd_kernel.h
+  static_assert(Tr::kBlockN == bwd_block_n(Tr::kHeadDim), "bwd_split_plan counts this kernel's key blocks");
+  BwdSplitPlan plan{n_ctas};   // unsplit unless the caller gave the split's buffers
+  if (!kVarlen && a.split_count != nullptr && a.split_partial != nullptr) plan = bwd_split_plan(a, sms);
+  n_ctas = plan.whole + (long long)plan.tiles * plan.pieces;
   if (n_ctas >= (1ll << 31)) return cudaErrorInvalidConfiguration;
+  p.split_from = int(plan.whole);
+  p.split_pieces = plan.pieces;
   kernel<<<dim3(unsigned(n_ctas)), Tr::kThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(a.stream)>>>(p);
   return cudaGetLastError();
 }

@@ -35,6 +35,8 @@ struct BwdParams {
   float scale_log2;   // softmax_scale * log2(e)
   int launch_heads;    // (kv head, batch) pairs interleaved in a run of the launch order (bwd_kernel.h)
   bool det_high_first;   // deterministic dQ order: key blocks highest first (BwdMask::rank_in)
+  int split_from;     // launch index of the first piece of a split tile (bwd_split.h); the grid size if none
+  int split_pieces;   // CTAs per split tile
   unsigned long long* trace;   // debug builds: per-CTA timeline (cta_trace.h), else NULL
 };
 

@@ -7,19 +7,21 @@
 #include "../seq_slice.h"
 #include "bwd_mask.h"
 #include "bwd_params.h"
+#include "bwd_split.h"
 #include "bwd_traits.h"
 
 namespace ringfa3 {
 
 template <class Tr>
 __device__ void bwd_produce(BwdParams<Tr> const& p, typename Tr::SharedStorage& ss,
-                            int n_block, int hk, int bi) {
+                            int n_block, int hk, int bi, BwdPiece const& pc) {
   using namespace cute;
   constexpr int kM = Tr::kBlockM, kN = Tr::kBlockN, kD = Tr::kHeadDim;
   RingFa3BwdArgs const& a = p.a;
   Extent e = bwd_extent(p, bi);
   auto mask = bwd_block_mask(p, e, n_block);
   int mb = mask.m_begin(), me = mask.m_end();
+  piece_blocks(pc, mb, me);
   if (me <= mb) return;   // nothing visible: the consumers write zero dK, dV without loads
 
   int n_b = Tr::kVarlen ? 1 : a.b;   // varlen: the packed rows are one batch entry

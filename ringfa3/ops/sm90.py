@@ -75,6 +75,7 @@ class _BwdArgs(ctypes.Structure):
         ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
         ("varlen_tiles", ctypes.c_void_p), ("n_varlen_tiles", ctypes.c_int32),
         ("ws_rows", ctypes.c_int32), ("phases", ctypes.c_int32),
+        ("split_count", ctypes.c_void_p), ("split_partial", ctypes.c_void_p),
     ]
 
 
@@ -98,7 +99,7 @@ class _Fp8VArgs(ctypes.Structure):
     ]
 
 
-_BWD_ABI_VERSION = 9
+_BWD_ABI_VERSION = 10
 _BWD_HEAD_DIMS = (64, 128, 256)
 _BWD_DENSE_ONLY_HEAD_DIMS = (256,)   # no varlen form (its CTAs take 64 keys, the tile lists 128)
 
@@ -127,6 +128,8 @@ def _load(path=_LIB_PATH):
             lib.ringfa3_sm90_bwd_dense_ws_rows.argtypes = [ctypes.c_int] * 4
             lib.ringfa3_sm90_bwd_dense_ws_rows.restype = ctypes.c_int
             lib.ringfa3_sm90_bwd_block_n.restype = ctypes.c_int
+            lib.ringfa3_sm90_bwd_split_sizes.argtypes = [ctypes.POINTER(_BwdArgs), ctypes.POINTER(ctypes.c_int64)]
+            lib.ringfa3_sm90_bwd_split_sizes.restype = ctypes.c_int
     # absent from builds before it, or before its K scale followed the kernel's key block
     lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows") and hasattr(lib, "ringfa3_sm90_fp8_key_rows")
     if lib.has_fp8_prep:
@@ -521,9 +524,23 @@ class Sm90Backend:
         a.softmax_scale = float(d ** -0.5 if softmax_scale is None else softmax_scale)
         a.stream = raw_stream(q.device)
         with on_device(q.device):
+            split = self._split_buffers(a, q.device) if (phases == 0 or phases & 2) else None   # alive for the call
             rc = self._lib.ringfa3_sm90_bwd(ctypes.byref(a))
         if rc != 0:
             raise RuntimeError(f"ringfa3 sm90 backward failed ({rc}): {self._lib.ringfa3_sm90_bwd_last_error().decode()}")
+
+    def _split_buffers(self, a, device):
+        """The tail split's counters (zeroed) and partial sums for the call `a` (csrc/bwd/bwd_split.h),
+        their pointers set in `a`; None when the call runs unsplit."""
+        sizes = (ctypes.c_int64 * 2)()
+        if self._lib.ringfa3_sm90_bwd_split_sizes(ctypes.byref(a), sizes) != 0:
+            raise RuntimeError(f"ringfa3 sm90 backward: {self._lib.ringfa3_sm90_bwd_last_error().decode()}")
+        if sizes[0] == 0:
+            return None
+        count = torch.zeros(sizes[0], device=device, dtype=torch.int32)      # (split tiles,)
+        partial = torch.empty(sizes[1], device=device, dtype=torch.float32)  # (tiles * pieces * 2 * block_n * d,)
+        a.split_count, a.split_partial = count.data_ptr(), partial.data_ptr()
+        return count, partial
 
 
 _LIB = _load()
