@@ -21,13 +21,17 @@ template <> struct BwdTileConfig<128> {
   static constexpr int kM = kBwdBlockM, kMFull = RINGFA3_BWD_HD128_FULL_M, kN = kBwdBlockN, kStages = 2;
 };
 
-// The query block of a dense call: kMFull when neither window side is bounded (causal bounds the
-// right one) and the call has its own workspace (a shared one, RingFa3BwdArgs::ws_rows, is laid out in
-// kBwdBlockM tiles); else kBwdBlockM.
+// A dense call with neither window side bounded (causal bounds the right one) and its own workspace (a
+// shared one, RingFa3BwdArgs::ws_rows, is laid out in kBwdBlockM tiles): it may take kMFull-row query
+// blocks (below) and the tail split (bwd_split.h).
+inline bool bwd_unmasked_own_workspace(int window_left, int window_right, int ws_rows) {
+  return window_left < 0 && window_right < 0 && ws_rows == 0;
+}
+
+// The query block of a dense call: kMFull for an unmasked call with its own workspace, else kBwdBlockM.
 inline int bwd_dense_block_m(int head_dim, int window_left, int window_right, int ws_rows) {
-  bool full = window_left < 0 && window_right < 0 && ws_rows == 0;
-  if (head_dim == 128 && full) return BwdTileConfig<128>::kMFull;
-  return kBwdBlockM;
+  bool full = bwd_unmasked_own_workspace(window_left, window_right, ws_rows);
+  return head_dim == 128 && full ? BwdTileConfig<128>::kMFull : kBwdBlockM;
 }
 inline int bwd_dense_block_m(RingFa3BwdArgs const& a) {
   return bwd_dense_block_m(a.d, a.window_left, a.window_right, a.ws_rows);

@@ -42,9 +42,8 @@ inline BwdSplitPlan bwd_split_plan(RingFa3BwdArgs const& a, int sms) {
   long long tiles = (long long)((a.s_k + block_n - 1) / block_n) * a.b * a.h_kv;
   BwdSplitPlan plan{tiles};
   int tail = sms > 0 ? int(tiles % sms) : 0;
-  if (a.cu_seqlens_q != nullptr || a.deterministic || a.window_left >= 0 || a.window_right >= 0 || a.ws_rows != 0 ||
-      tail == 0)
-    return plan;
+  bool unmasked = bwd_unmasked_own_workspace(a.window_left, a.window_right, a.ws_rows);
+  if (a.cu_seqlens_q != nullptr || a.deterministic || !unmasked || tail == 0) return plan;
   int n_m = (a.s_q + block_m - 1) / block_m, group = a.h / a.h_kv;
   double best = double(n_m) * group;   // the tail unsplit
   for (int k = 2; k <= std::min(RINGFA3_BWD_SPLIT_MAX, n_m); ++k) {
