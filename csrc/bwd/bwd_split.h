@@ -90,7 +90,8 @@ __device__ bool merge_pieces(RingFa3BwdArgs const& a, BwdPiece const& pc, Frag& 
 #pragma unroll
     for (int i = 0; i < kVec; ++i) *at(pc.index, j, i) = make_float4(f(4 * i), f(4 * i + 1), f(4 * i + 2), f(4 * i + 3));
   }
-  __threadfence();   // the partial is visible before the count says so
+  __threadfence();     // this thread's partial is visible device-wide ...
+  named_sync(1, kThreads);   // ... and so is every thread's before the count says so
   bool last = false;
   if (ct == 0) last = atomicAdd(a.split_count + pc.slot, 1) == pc.count - 1;
   if (!any_sync(1, kThreads, last)) return false;
