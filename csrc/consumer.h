@@ -77,6 +77,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
   for (;;) {
     int t = ring.receive();
     if (!sched.valid(t)) break;
+    cta_trace(p.trace, t, kTraceStart);
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -194,6 +195,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       scores();
       pingpong_signal<Tr>(wg);
       warpgroup_wait<0>();
+      cta_trace(p.trace, t, kTraceKv);
       softmax_part(cute::true_type{}, ne - 1, rescale);
       softmax_rest(cute::true_type{}, rescale);
       convert_p();
@@ -231,6 +233,7 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
       warp_release(&ss.v_empty[prev.index]);
       ++q_round;
     }
+    cta_trace(p.trace, t, kTraceLoopEnd);
     float inv[2], lse[2];
     softmax.finish(a.softmax_scale, inv, lse);
     if constexpr (Tr::kFp8) {   // V's dequantization scale, one per (batch, kv head)
@@ -241,12 +244,14 @@ __device__ void consume(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss, 
     if constexpr (Tr::kSmemO || Tr::kOverV) {
       if (p.o_tma) {
         store_output_tma<Tr>(p, ss, tOrO, inv, lse, tile.batch, tile.head, tile.m_block, wg, coord);
+        cta_trace(p.trace, t, kTraceEnd);
         continue;
       }
     }
     int bi = Tr::kVarlen ? 0 : tile.batch, row_base = tile.m_block * kM + rows_base;
     if constexpr (Tr::kMerge) asm volatile("griddepcontrol.wait;" ::: "memory");   // fwd_kernel.h
     store_output<typename Tr::TOut, decltype(tOrO), Tr::kMerge>(a, tOrO, inv, lse, bi, tile.head, e.q0, e.s_q, row_base, coord);
+    cta_trace(p.trace, t, kTraceEnd);
   }
   if constexpr (Tr::kSmemO || Tr::kOverV) {
     if (p.o_tma) drain_output_tma();

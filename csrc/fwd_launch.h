@@ -113,7 +113,8 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       /*scale_log2=*/a.softmax_scale * float(M_LOG2E),
       /*tile_counter=*/nullptr,
       /*tma_o=*/{},
-      /*o_tma=*/0};
+      /*o_tma=*/0,
+      /*trace=*/cta_trace_buffer()};
   // Out by TMA store (epilogue_tma.h) where the tile has the buffer and TMA can address out: 16-bit
   // out, 16-byte aligned base and positive strides; else straight from the registers (epilogue.h).
   if constexpr (Tr::kSmemO || Tr::kOverV) {

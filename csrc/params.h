@@ -1,6 +1,7 @@
 // Kernel-side parameters: the three TMA descriptors plus the plain arguments, resolved once on the
 // host (window bounds made finite, scale in log2 units) so the kernel does no per-tile setup math.
 #pragma once
+#include "cta_trace.h"
 #include "fwd_args.h"
 #include "seq_slice.h"
 #include "tile_scheduler.h"
@@ -33,6 +34,7 @@ struct FwdParams {
   int* tile_counter;   // dynamic scheduler: 2 ints, zero at launch, reset by the kernel at exit
   typename Tr::TmaO tma_o;   // out through shared memory (Tr::kSmemO); set only when o_tma
   int o_tma;                 // 1: this launch stores out by TMA (16-bit out, not merging, aligned)
+  unsigned long long* trace; // debug builds: per-tile timeline (cta_trace.h), else NULL
 };
 
 // The scheduled tile as the kernel computes it. Varlen schedules entries of the tile list

@@ -114,7 +114,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
   static_assert(kDsBufBytes % 1024 == 0, "dS buffers whole swizzle periods apart");
 
   if (me > mb) FullBarrier::wait(&ss.kv_full, 0);
-  cta_trace(p.trace, kTraceKv);
+  cta_trace(p.trace, blockIdx.x, kTraceKv);
   PipeState<Tr::kStages> st;
   PipeState<Tr::kDqBufs> dq_slot;
   int buf = 0;
@@ -177,7 +177,7 @@ __device__ void bwd_consume(BwdParams<Tr> const& p, typename Tr::SharedStorage& 
     }
   }
   auto coords = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{}));   // (key, d)
-  cta_trace(p.trace, kTraceLoopEnd);
+  cta_trace(p.trace, blockIdx.x, kTraceLoopEnd);
   if (!merge_pieces(a, pc, tdKrdK, tdVrdV, ct)) return;
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, coords, ss, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);
 }

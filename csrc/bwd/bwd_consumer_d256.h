@@ -83,7 +83,7 @@ __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStor
   float4* dp_x = reinterpret_cast<float4*>(ss.dp);   // float4 j of thread t at j * 128 + t
 
   if (me > mb) FullBarrier::wait(&ss.kv_full, 0);
-  cta_trace(p.trace, kTraceKv);
+  cta_trace(p.trace, blockIdx.x, kTraceKv);
   PipeState<Tr::kStages> st;
   PipeState<Tr::kDqBufs> dq_slot;
   for (int g = 0; g < p.group; ++g) {
@@ -138,7 +138,7 @@ __device__ void bwd_consume_d256(BwdParams<Tr> const& p, typename Tr::SharedStor
       st.advance();
     }
   }
-  cta_trace(p.trace, kTraceLoopEnd);
+  cta_trace(p.trace, blockIdx.x, kTraceLoopEnd);
   if (!merge_pieces(a, pc, tdKrdK, tdVrdV, ct)) return;
   store_dkdv<Tr>(a, tdKrdK, tdVrdV, thr_dkv.partition_C(make_identity_tensor(Shape<Int<kN>, Int<kD>>{})),
                  ss, mask, Tr::kVarlen ? 0 : bi, hk, e.k0);

@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
   extern __shared__ __align__(1024) unsigned char smem_buf[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_buf);
   int n_block, hk, bi;
-  cta_trace(p.trace, kTraceStart);
+  cta_trace(p.trace, blockIdx.x, kTraceStart);
   int lin = blockIdx.x, hb = p.a.h_kv * p.a.b;
   BwdPiece pc;
   if (lin >= p.split_from) {   // a piece of one of the last tiles (bwd_split.h), pieces of a tile together
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) bwd_kernel(CUTE_GRID_CONSTANT
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     if constexpr (Tr::kRoleSplit) bwd_consume_d256<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi, pc);
     else bwd_consume<Tr>(p, ss, threadIdx.x - 128, n_block, hk, bi, pc);
-    cta_trace(p.trace, kTraceEnd);
+    cta_trace(p.trace, blockIdx.x, kTraceEnd);
   }
 }
 

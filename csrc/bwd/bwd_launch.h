@@ -4,7 +4,6 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cuda_runtime.h>
 #include "bwd_kernel.h"
 #include "bwd_split.h"
@@ -50,9 +49,7 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
       /*det_high_first=*/kVarlen || n_n <= 64,
       /*split_from=*/0,     // set below
       /*split_pieces=*/1,
-      // Debug builds: the timeline's device buffer, its address in decimal (scripts/bwd_cta_timeline.py).
-      /*trace=*/RINGFA3_BWD_TRACE && getenv("RINGFA3_BWD_TRACE_PTR")
-          ? reinterpret_cast<unsigned long long*>(strtoull(getenv("RINGFA3_BWD_TRACE_PTR"), nullptr, 10)) : nullptr};
+      /*trace=*/cta_trace_buffer()};
 
   auto kernel = bwd_kernel<Tr>;
   int dev = 0, sms = 0;

@@ -4,7 +4,7 @@
 #include <cstddef>
 #include "../seq_slice.h"
 #include "bwd_args.h"
-#include "cta_trace.h"
+#include "../cta_trace.h"
 
 namespace ringfa3 {
 
