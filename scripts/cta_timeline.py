@@ -4,7 +4,8 @@ clock64 at its start, when its first operands have landed, at its key loop's end
 is a CTA of the backward's main kernel (start: the CTA's; landed: K/V) or a tile of the persistent
 forward (start: the tile id received; landed: the first block's S).
 Prints per shape (hd128 bf16, FA3 convention) the median prologue, loop and epilogue of a unit in
-cycles, their shares of all unit time, the gaps between an SM's units and the SMs' tail.
+cycles, their shares of all unit time, the gaps between an SM's units and the SMs' tail; from the units'
+%globaltimer at start and end, the kernel's span and the SMs' late starts and early finishes.
 
     python scripts/build_csrc.py --only bf16:128 --define RINGFA3_TRACE=1 --lib .build/dev/trace.so
     RINGFA3_SM90_LIB=$PWD/.build/dev/trace.so python3 scripts/cta_timeline.py --pass bwd --seqs 4096,8192 [--causal]
@@ -26,9 +27,10 @@ def summarize(rows):
     done = [r for r in rows if r[4]]   # a unit not recorded (or no trace build): all zero
     if not done:
         raise SystemExit("no unit recorded: is the library built with --define RINGFA3_TRACE=1?")
-    prologue = [r[2] - r[1] for r in done]
-    loop = [r[3] - r[2] for r in done]
-    epilogue = [r[4] - r[3] for r in done]
+    phased = [r for r in done if r[2]]   # a forward tile with no key block records no landing
+    prologue = [r[2] - r[1] for r in phased]
+    loop = [r[3] - r[2] for r in phased]
+    epilogue = [r[4] - r[3] for r in phased]
     by_sm = {}
     for r in done:
         by_sm.setdefault(r[0], []).append(r)
@@ -48,8 +50,8 @@ def summarize(rows):
         last = [t1 - max(r[6] for r in u) for u in by_sm.values()]
         extra = dict(span_us=round((t1 - t0) / 1e3, 1), late_start=round(statistics.mean(first) / (t1 - t0), 4),
                      early_finish=round(statistics.mean(last) / (t1 - t0), 4))
-    return dict(units=len(done), sms=len(by_sm), prologue=statistics.median(prologue), loop=statistics.median(loop),
-                epilogue=statistics.median(epilogue), gap=statistics.median(gaps) if gaps else 0,
+    med = lambda xs: statistics.median(xs) if xs else 0   # noqa: E731
+    return dict(units=len(done), sms=len(by_sm), prologue=med(prologue), loop=med(loop), epilogue=med(epilogue), gap=med(gaps),
                 prologue_share=round(sum(prologue) / total, 4), epilogue_share=round(sum(epilogue) / total, 4),
                 idle_share=round(1 - busy / span, 4), tail_share=round(1 - span / (len(spans) * max(spans)), 4),
                 units_per_sm=(min(per_sm), max(per_sm)), **extra)
