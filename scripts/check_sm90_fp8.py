@@ -214,8 +214,11 @@ def main():
     for part in args.parts.split(","):
         t0 = time.time()
         try:
-            alt = [f"--alt-lib={x}" for x in args.alt_lib]
-            rc = subprocess.run([sys.executable, __file__, "--part", part, "--out", str(out_dir), *alt],
+            # the part's own options travel with it (run 164: --parts basetime --hds 128 timed hd256 too)
+            opts = [f"--alt-lib={x}" for x in args.alt_lib] + ["--hds", args.hds, "--seqs", args.seqs,
+                                                               "--ncu-seq", str(args.ncu_seq)]
+            opts += ["--causal"] if args.causal else []
+            rc = subprocess.run([sys.executable, __file__, "--part", part, "--out", str(out_dir), *opts],
                                 timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
