@@ -13,7 +13,7 @@ The key loop is the innermost loop whose body issues GEMMs (a backward branch en
   (bench/NOTES.md runs 82, 85-87, 125-127).
 - mix: per kernel whose mangled name matches --kernel (any function: the backward's bwd_kernel, or
   FA3's kernels in a cubin taken out of its wheel with `cuobjdump -xelf`), the loops that issue GEMMs
-  and the innermost one's opcode counts. Reading ours beside FA3's this way found the backward's dS
+  and the innermost one's opcode counts and shape. Reading ours beside FA3's this way found the backward's dS
   store addresses rebuilt at every block (bench/NOTES-bwd.md runs 133-135).
 - ncu: from `check_sm90.py --part ncu`'s per-instruction CSV (ncu --page source --csv): warp samples
   and executed instructions per loop iteration against the rest of the kernel, the opcode mix per
@@ -27,7 +27,7 @@ import re
 import subprocess
 import sys
 
-SHAPE_OPS = r"HGMMA|WARPGROUP\.DEPBAR|BAR\.SYNC|BAR\.ARV|SYNCS|SHFL|MUFU\.EX2"
+SHAPE_OPS = r"[HQ]GMMA|WARPGROUP\.DEPBAR|BAR\.SYNC|BAR\.ARV|SYNCS|SHFL|MUFU\.EX2"
 
 
 def gemm_loops(code):
@@ -65,8 +65,9 @@ def opcode(text):
 def shape(body):
     """The loop's landmarks in order, runs of one kind collapsed: HGMMA.QKx8 DEPBAR... MUFU.EX2x33 ..."""
     def landmark(text):
-        if "HGMMA" in text:
-            return "HGMMA.PV" if "tnspB" in text else "HGMMA.QK"   # P V reads V transposed from smem
+        m = re.search(r"\b([HQ]GMMA)\.\S+ R\d+, (R\d+)?", text)
+        if m:   # P V takes its A operand (P) from registers; Q K^T both from shared memory (16-bit and e4m3)
+            return m.group(1) + (".PV" if m.group(2) else ".QK")
         if "DEPBAR" in text:
             return text.replace("WARPGROUP.", "")                  # keeps the wait's group count
         return opcode(text)
@@ -152,6 +153,7 @@ def cmd_mix(args):
             print(f"{lib}: {name[:args.width]}")
             print("  GEMM loops (instructions, GEMMs): " + ", ".join(f"{b - a + 1} ({n})" for a, b, n in loops))
             print("  innermost: " + " ".join(f"{op} {k}" for op, k in mix.most_common(args.top)))
+            print("  shape: " + shape([t for _, t in code[first:last + 1]]))
 
 
 def ncu_rows(path):

@@ -38,6 +38,7 @@ def test_mix_counts_the_innermost_loop_of_any_named_kernel(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "GEMM loops (instructions, GEMMs): 5 (2), 9 (2)" in out
     assert "innermost: HGMMA 2 SHFL 1 MUFU 1" in out
+    assert "shape: HGMMA.QK  HGMMA.PV  SHFL.BFLY  MUFU.EX2" in out
 
 
 def test_sass_counts_counts_matching_instructions(monkeypatch):
@@ -57,6 +58,12 @@ def test_shape_collapses_runs_in_order():
     body = [t for _, t in LISTING[1:8]] + ["MUFU.EX2 R6, R5", "MUFU.EX2 R7, R6"]
     assert la.shape(body) == ("BAR.SYNC.DEFER_BLOCKING  SYNCS.PHASECHK.TRANS64.TRYWAIT  HGMMA.QK  HGMMA.PV  "
                               "SHFL.BFLY  MUFU.EX2x3")
+
+
+def test_shape_tells_e4m3_gemms_apart_by_their_a_operand():
+    body = ["QGMMA.64x224x32.F32.E4M3.E4M3 R24, gdesc[UR20], RZ, !UPT",
+            "QGMMA.64x128x32.F32.E4M3.E4M3 R136, R200, gdesc[UR20], R136", "MUFU.EX2 R5, R4"]
+    assert la.shape(body) == "QGMMA.QK  QGMMA.PV  MUFU.EX2"
 
 
 def test_kernel_label_reads_the_traits():
