@@ -13,8 +13,8 @@ The key loop is the innermost loop whose body issues GEMMs (a backward branch en
   (bench/NOTES.md runs 82, 85-87, 125-127).
 - mix: per kernel whose mangled name matches --kernel (any function: the backward's bwd_kernel, or
   FA3's kernels in a cubin taken out of its wheel with `cuobjdump -xelf`), the loops that issue GEMMs
-  and the innermost one's opcode counts and shape. Reading ours beside FA3's this way found the backward's dS
-  store addresses rebuilt at every block (bench/NOTES-bwd.md runs 133-135).
+  and the innermost one's opcode counts and shape. Reading ours beside FA3's this way found the
+  backward's dS store addresses rebuilt at every block (bench/NOTES-bwd.md runs 133-135).
 - ncu: from `check_sm90.py --part ncu`'s per-instruction CSV (ncu --page source --csv): warp samples
   and executed instructions per loop iteration against the rest of the kernel, the opcode mix per
   iteration, and the loop's wait sites; with a second CSV (FA3's), side by side.
