@@ -25,8 +25,8 @@ extern "C" int ringfa3_sm90_bwd_split_sizes(const RingFa3BwdArgs* args, int64_t 
   if (args == nullptr || sizes == nullptr) return fail(1, "args and sizes must be non-NULL");
   if (args->h <= 0 || args->h_kv <= 0 || args->b < 0 || args->s_q < 0 || args->s_k < 0)
     return fail(2, "bad shape: need b, s_q, s_k >= 0 and h, h_kv > 0");
-  int sms = 0;
-  cudaError_t err = ringfa3::current_device_sms(&sms);
+  int dev = 0, sms = 0;
+  cudaError_t err = ringfa3::current_device_sms(&dev, &sms);
   if (err != cudaSuccess) return fail(6, cudaGetErrorString(err));
   ringfa3::BwdSplitPlan plan = ringfa3::bwd_split_plan(*args, sms);
   bool split = plan.pieces > 1;

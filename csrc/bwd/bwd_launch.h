@@ -53,9 +53,7 @@ cudaError_t launch_bwd_main(RingFa3BwdArgs const& a, int n_n, int ws_rows) {
 
   auto kernel = bwd_kernel<Tr>;
   int dev = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaError_t err = current_device_sms(&dev, &sms);
   if (err != cudaSuccess) return err;
   int hb = a.h_kv * a.b, n_m = (a.s_q + kM - 1) / kM;
   if (a.deterministic) {

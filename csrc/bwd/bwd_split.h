@@ -54,10 +54,10 @@ inline BwdSplitPlan bwd_split_plan(RingFa3BwdArgs const& a, int sms) {
   return plan;
 }
 
-inline cudaError_t current_device_sms(int* sms) {
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  return err != cudaSuccess ? err : cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+// The current device's ordinal and SM count (the split's plan, and the launch).
+inline cudaError_t current_device_sms(int* dev, int* sms) {
+  cudaError_t err = cudaGetDevice(dev);
+  return err != cudaSuccess ? err : cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, *dev);
 }
 
 // Piece `index` of the `count` of split tile `slot`; a whole tile is piece 0 of 1.
