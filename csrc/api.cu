@@ -30,6 +30,11 @@ extern "C" int ringfa3_sm90_fp8_key_rows(int d, int s_k, int window_left, int wi
   return d == 128 ? rows(ringfa3::Fp8TileConfig<128>{}) : d == 256 ? rows(ringfa3::Fp8TileConfig<256>{}) : 0;
 }
 
+// Query rows per Q scale of the e4m3 kernel: its query tile.
+extern "C" int ringfa3_sm90_fp8_query_rows(int d) {
+  return d == 128 ? ringfa3::Fp8TileConfig<128>::kM : d == 256 ? ringfa3::Fp8TileConfig<256>::kM : 0;
+}
+
 extern "C" int ringfa3_sm90_fwd(const RingFa3FwdArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3FwdArgs& a = *args;

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include "abi_checks.h"
 #include "fp8_prep_args.h"
+#include "instantiations.h"
 
 namespace ringfa3 {
 namespace {
@@ -236,19 +237,24 @@ extern "C" const char* ringfa3_sm90_fp8_prep_last_error(void) { return ringfa3::
 extern "C" int ringfa3_sm90_fp8_quantize_rows(const RingFa3Fp8RowsArgs* args) {
   if (args == nullptr) return fail(1, "args is NULL");
   const RingFa3Fp8RowsArgs& a = *args;
-  // The blocks the e4m3 kernel quantizes by (instantiations.h): 128 rows, and 224 at hd128 (28 warps; at
-  // hd256 more than 16 warps of 8 rows would not fit the registers).
+  // The blocks the e4m3 kernel quantizes by (instantiations.h Fp8TileConfig): 128 rows, and at hd128 its
+  // query tile and key blocks (up to 224 rows, 28 warps; at hd256 more than 16 warps of 8 rows would
+  // not fit the registers).
   auto launch = [&](auto rows) {
     constexpr int kRows = decltype(rows)::value;
     return ringfa3::launch_prep(a, a.x, a.x_stride, a.codes, a.scale, kRows, kRows / ringfa3::kRowsPerWarp * 32,
-        [](auto t, auto dim) {   // hd256 never gets here with 224 rows (below): no such instantiation
+        [](auto t, auto dim) {   // hd256 only ever gets 128 rows (below)
           constexpr int D = decltype(dim)::value;
           return ringfa3::fp8_rows_kernel<decltype(t), D, D == 128 ? kRows : 128>;
         });
   };
+  using Cfg = ringfa3::Fp8TileConfig<128>;
   if (a.rows == 128) return launch(std::integral_constant<int, 128>{});
-  if (a.rows == 224 && a.d == 128) return launch(std::integral_constant<int, 224>{});
-  return fail(5, "rows (rows per scale) must be 128, or 224 at head_dim 128");
+  if (a.d == 128 && a.rows == Cfg::kM) return launch(std::integral_constant<int, Cfg::kM>{});
+  if (a.d == 128 && a.rows == Cfg::kN) return launch(std::integral_constant<int, Cfg::kN>{});
+  if (a.d == 128 && a.rows == Cfg::kNFull) return launch(std::integral_constant<int, Cfg::kNFull>{});
+  return fail(5, "rows (rows per scale) must be 128, or at head_dim 128 the e4m3 kernel's query tile or key block "
+                 "(ringfa3_sm90_fp8_query_rows, ringfa3_sm90_fp8_key_rows)");
 }
 
 extern "C" int ringfa3_sm90_fp8_v_transpose(const RingFa3Fp8VArgs* args) {

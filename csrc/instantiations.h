@@ -37,22 +37,31 @@ template <> struct TileConfig<64>  { static constexpr int kM = RINGFA3_HD64_M, k
 template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kNFull = RINGFA3_HD128_NFULL, kStages = 2;
                                      static constexpr int kNFullMinKeys = RINGFA3_HD128_NFULL_MIN_KEYS; };
 template <> struct TileConfig<256> { static constexpr int kM = 128, kN = RINGFA3_HD256_N, kNFull = RINGFA3_HD256_N, kStages = 2, kNFullMinKeys = 0; };
-// e4m3 (hd 128 and 256): one Q scale per 128-row tile, one K scale per key block, so the prep kernels
-// quantize K by the block the launch will take (ringfa3_sm90_fp8_key_rows). hd128 takes 224-key
+// e4m3 (hd 128 and 256): one Q scale per query tile, one K scale per key block, so the prep kernels
+// quantize by the blocks the launch will take (ringfa3_sm90_fp8_query_rows, _key_rows). hd128 takes 224-key
 // blocks (FA3's e4m3 tile) from 4k keys: at base clock +6-9% at 8k-16k, +2-5% at 4k, but 5-8% slower
 // at 1k (bench/NOTES-fp8.md, runs 97-99). At hd128 the K/V stages take half the smem of bf16's, so
-// more fit (3 or 4: no faster, runs 1 and 97).
+// more fit (3 or 4: no faster, runs 1 and 97). RINGFA3_FP8_HD128_M / _N set hd128's query tile and
+// key block for A/B builds; the prep quantizes by whatever they are (192 x 96, three consumer
+// warpgroups: no faster, run 170).
 #ifndef RINGFA3_FP8_HD128_STAGES
 #define RINGFA3_FP8_HD128_STAGES 2
 #endif
 #ifndef RINGFA3_FP8_HD128_NFULL
 #define RINGFA3_FP8_HD128_NFULL 224
 #endif
+#ifndef RINGFA3_FP8_HD128_M
+#define RINGFA3_FP8_HD128_M 128
+#endif
+#ifndef RINGFA3_FP8_HD128_N
+#define RINGFA3_FP8_HD128_N 128
+#endif
 #ifndef RINGFA3_FP8_HD128_NFULL_MIN_KEYS
 #define RINGFA3_FP8_HD128_NFULL_MIN_KEYS 4096
 #endif
 template <int kHeadDim> struct Fp8TileConfig {
-  static constexpr int kM = 128, kN = 128;
+  static constexpr int kM = kHeadDim == 128 ? RINGFA3_FP8_HD128_M : 128;
+  static constexpr int kN = kHeadDim == 128 ? RINGFA3_FP8_HD128_N : 128;
   static constexpr int kNFull = kHeadDim == 128 ? RINGFA3_FP8_HD128_NFULL : kN;
   static constexpr int kNFullMinKeys = RINGFA3_FP8_HD128_NFULL_MIN_KEYS;
   static constexpr int kStages = kHeadDim == 128 ? RINGFA3_FP8_HD128_STAGES : 2;

@@ -116,10 +116,10 @@ def test_inputs_prepared_for_another_mask_are_refused():
         ours.run(x, True, None, (128, 0))
 
 
-def spec_inputs(q, k, v, seed=0, k_rows=128):
+def spec_inputs(q, k, v, seed=0, k_rows=128, q_rows=128):
     """Sm90Fp8Backend.prepare as ops/fp8.py computes it in torch (on q's device)."""
     signs = fp8.random_signs(q.shape[-1], seed, q.device)
-    q8, q_scale = fp8.quantize(fp8.rotate(q.float(), signs), 128)
+    q8, q_scale = fp8.quantize(fp8.rotate(q.float(), signs), q_rows)
     k8, k_scale = fp8.quantize(fp8.rotate(k.float(), signs), k_rows)
     v8, v_scale = fp8.quantize(v, None)
     return q8, k8, fp8.v_transposed(v8), q_scale, k_scale, v_scale
@@ -145,7 +145,7 @@ def test_prepare_is_bitwise_the_torch_spec(dtype, d, s_q, s_k):
     q, k, v = packed[:, :s_q, :h], packed[:, :s_k, h:h + h_kv], packed[:, :s_k, h + h_kv:]
     ours = BACKENDS["sm90_fp8"].prepare(q, k, v, seed=5)
     assert ours.k_rows == (224 if d == 128 and s_k >= 4096 else 128)
-    spec = spec_inputs(q, k, v, seed=5, k_rows=ours.k_rows)
+    spec = spec_inputs(q, k, v, seed=5, k_rows=ours.k_rows, q_rows=BACKENDS["sm90_fp8"].query_rows(d))
     for name, x, y in zip(("q8", "k8", "vt", "q_scale", "k_scale", "v_scale"), ours, spec):
         assert x.dtype == y.dtype and x.shape == y.shape and x.is_contiguous(), name
         assert torch.equal(bits(x), bits(y)), (name, (bits(x) != bits(y)).sum().item())

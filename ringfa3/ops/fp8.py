@@ -8,9 +8,9 @@ This module is the specification an FP8 kernel implements, written in torch so i
   2. Block quantization: one float32 scale per `block_q` query rows of a head, per `block_k` key rows
      of a head, and per head for V (a V scale that changed along the key axis would change inside
      the P @ V reduction). A scale maps the block's largest magnitude to e4m3's largest finite, 448.
-     The sm90 kernel takes block_q = 128 and block_k = its key block (224 keys at head dim 128 from
-     4k keys without a window, else 128), so each score block has one scale; the defaults here are
-     128 and 128.
+     The sm90 kernel takes block_q = its query tile (128 rows) and block_k = its key block (224 keys
+     at head dim 128 from 4k keys without a window, else 128), so each score block has one scale; the
+     defaults here are 128 and 128.
   3. The probabilities P (in [0, 1] after the running-max subtraction) are rounded to e4m3 for the
      P @ V product; the softmax denominators are summed from the unrounded P.
 Scores and accumulators stay float32; out is returned in the inputs' dtype with a float32 lse, like

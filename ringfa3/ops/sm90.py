@@ -130,9 +130,11 @@ def _load(path=_LIB_PATH):
             lib.ringfa3_sm90_bwd_block_n.restype = ctypes.c_int
             lib.ringfa3_sm90_bwd_split_sizes.argtypes = [ctypes.POINTER(_BwdArgs), ctypes.POINTER(ctypes.c_int64)]
             lib.ringfa3_sm90_bwd_split_sizes.restype = ctypes.c_int
-    # absent from builds before it, or before its K scale followed the kernel's key block
-    lib.has_fp8_prep = hasattr(lib, "ringfa3_sm90_fp8_quantize_rows") and hasattr(lib, "ringfa3_sm90_fp8_key_rows")
+    # absent from builds before it, or before its K and Q scales followed the kernel's blocks
+    lib.has_fp8_prep = all(hasattr(lib, f"ringfa3_sm90_fp8_{n}") for n in ("quantize_rows", "key_rows", "query_rows"))
     if lib.has_fp8_prep:
+        lib.ringfa3_sm90_fp8_query_rows.argtypes = [ctypes.c_int]
+        lib.ringfa3_sm90_fp8_query_rows.restype = ctypes.c_int
         lib.ringfa3_sm90_fp8_key_rows.argtypes = [ctypes.c_int] * 4
         lib.ringfa3_sm90_fp8_key_rows.restype = ctypes.c_int
         lib.ringfa3_sm90_fp8_quantize_rows.argtypes = [ctypes.POINTER(_Fp8RowsArgs)]

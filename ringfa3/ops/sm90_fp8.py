@@ -1,9 +1,10 @@
 """The `sm90_fp8` backend: the e4m3 forward kernel of the sm90 library (dtype 2 of the same C entry),
 computing what ops/fp8.py specifies. Each call first prepares the inputs with the library's prep
 kernels (csrc/fp8_prep.cu), bitwise what fp8.py computes on the GPU:
-- rotates Q and K (incoherent processing) and quantizes them, one pass each: Q per 128 rows of a
-  head (the query tile), K per key block of the launch that will run (224 keys at hd128 from 4k keys
-  without a window, else 128: ringfa3_sm90_fp8_key_rows), so each block has one scale;
+- rotates Q and K (incoherent processing) and quantizes them, one pass each: Q per query tile of
+  the e4m3 launch (128 rows: ringfa3_sm90_fp8_query_rows), K per key block of the launch that will
+  run (224 keys at hd128 from 4k keys without a window, else 128: ringfa3_sm90_fp8_key_rows), so
+  each block has one scale;
 - quantizes V per head (its scale from one torch reduction) and lays it out as the kernel's V^T
   (fp8.v_transposed), one pass.
 The kernel then runs S = Q K^T and O = P V on e4m3 tensor cores with float32 scores, softmax and
@@ -26,7 +27,6 @@ from .sm90 import _DTYPES, Sm90Backend, _Fp8RowsArgs, _Fp8VArgs, _strides2, _str
 
 _E4M3 = 2   # RingFa3FwdArgs.dtype
 _HEAD_DIMS = (128, 256)
-_Q_ROWS = 128   # Fp8TileConfig::kM in csrc/instantiations.h: one Q scale per query tile
 
 
 @functools.lru_cache(maxsize=64)
@@ -62,13 +62,17 @@ class Sm90Fp8Backend:
         left, right = effective_window(causal, window)
         return self._sm90._lib.ringfa3_sm90_fp8_key_rows(d, s_k, int(left), int(right))
 
+    def query_rows(self, d):
+        """Query rows per Q scale: the e4m3 launch's query tile."""
+        return self._sm90._lib.ringfa3_sm90_fp8_query_rows(d)
+
     def prepare(self, q, k, v, seed=0, causal=False, window=(-1, -1)):
         """The kernel's inputs for attention with this mask: rotated, quantized Q and K, V^T, and their
-        scales, on the current stream; bitwise fp8.quantize(fp8.rotate(x.float(), signs), rows) (128
-        for Q, key_rows for K) and fp8.v_transposed(fp8.quantize(v, None))."""
+        scales, on the current stream; bitwise fp8.quantize(fp8.rotate(x.float(), signs), rows)
+        (query_rows for Q, key_rows for K) and fp8.v_transposed(fp8.quantize(v, None))."""
         signs = signs_on(q.shape[-1], seed, q.device)
         k_rows = self.key_rows(q.shape[-1], k.shape[1], causal, window)
-        q8, q_scale = self._quantize_rows(q, signs, _Q_ROWS)   # (b, s_q, h, d), (b, n_q, h)
+        q8, q_scale = self._quantize_rows(q, signs, self.query_rows(q.shape[-1]))   # (b, s_q, h, d), (b, n_q, h)
         k8, k_scale = self._quantize_rows(k, signs, k_rows)    # (b, s_k, h_kv, d), (b, n_k, h_kv)
         # fp8.quantize(v, None)'s scale: the |v| max per head is exact in v's dtype, and the division
         # is the same torch op. vector_norm(inf) takes it in one pass, without a |v| temporary.
@@ -153,7 +157,7 @@ class Fp8Inputs(NamedTuple):
     q8: torch.Tensor        # (b, s_q, h, d) e4m3, rotated
     k8: torch.Tensor        # (b, s_k, h_kv, d) e4m3, rotated
     vt: torch.Tensor        # (b, h_kv, d, s_v) e4m3, fp8.v_transposed
-    q_scale: torch.Tensor   # (b, ceil(s_q / 128), h) float32
+    q_scale: torch.Tensor   # (b, ceil(s_q / query_rows), h) float32
     k_scale: torch.Tensor   # (b, ceil(s_k / k_rows), h_kv) float32
     v_scale: torch.Tensor   # (b, 1, h_kv) float32
     k_rows: int             # keys per K scale (Sm90Fp8Backend.key_rows)
