@@ -116,6 +116,12 @@ def test_inputs_prepared_for_another_mask_are_refused():
         ours.run(x, True, None, (128, 0))
 
 
+def test_prepare_refuses_what_the_kernel_cannot_run():
+    q, k, v = (torch.randn(1, 64, 2, 64, device="cuda").bfloat16() for _ in range(3))
+    with pytest.raises(ValueError, match="head_dim"):
+        BACKENDS["sm90_fp8"].prepare(q, k, v)
+
+
 def spec_inputs(q, k, v, seed=0, k_rows=128, q_rows=128):
     """Sm90Fp8Backend.prepare as ops/fp8.py computes it in torch (on q's device)."""
     signs = fp8.random_signs(q.shape[-1], seed, q.device)

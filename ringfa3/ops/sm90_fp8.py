@@ -70,6 +70,9 @@ class Sm90Fp8Backend:
         """The kernel's inputs for attention with this mask: rotated, quantized Q and K, V^T, and their
         scales, on the current stream; bitwise fp8.quantize(fp8.rotate(x.float(), signs), rows)
         (query_rows for Q, key_rows for K) and fp8.v_transposed(fp8.quantize(v, None))."""
+        why = self.unsupported(q, k, v, causal, window)
+        if why:
+            raise ValueError(why)
         signs = signs_on(q.shape[-1], seed, q.device)
         k_rows = self.key_rows(q.shape[-1], k.shape[1], causal, window)
         q8, q_scale = self._quantize_rows(q, signs, self.query_rows(q.shape[-1]))   # (b, s_q, h, d), (b, n_q, h)
