@@ -73,6 +73,10 @@ class Sm90Fp8Backend:
         why = self.unsupported(q, k, v, causal, window)
         if why:
             raise ValueError(why)
+        return self._prepare(q, k, v, seed, causal, window)
+
+    def _prepare(self, q, k, v, seed, causal, window):
+        """prepare, on inputs the caller has checked (forward, forward_merge)."""
         signs = signs_on(q.shape[-1], seed, q.device)
         k_rows = self.key_rows(q.shape[-1], k.shape[1], causal, window)
         q8, q_scale = self._quantize_rows(q, signs, self.query_rows(q.shape[-1]))   # (b, s_q, h, d), (b, n_q, h)
@@ -120,7 +124,7 @@ class Sm90Fp8Backend:
             b, s_q, h, d = q.shape
             return (torch.empty(b, s_q, h, d, device=q.device, dtype=torch.float32 if out_fp32 else q.dtype),
                     torch.full((b, h, s_q), -math.inf, device=q.device))
-        out, lse = self.run(self.prepare(q, k, v, seed, causal, window), causal, softmax_scale, window, out_fp32)
+        out, lse = self.run(self._prepare(q, k, v, seed, causal, window), causal, softmax_scale, window, out_fp32)
         return (out if out_fp32 else out.to(q.dtype)), lse
 
     def forward_merge(self, q, k, v, causal, softmax_scale, window, out_acc, lse_acc, seed=0):
@@ -130,7 +134,7 @@ class Sm90Fp8Backend:
         if why:
             raise ValueError(why)
         self._sm90.merge_call(q, out_acc, lse_acc,
-                              lambda: self._args(self.prepare(q, k, v, seed, causal, window), causal, softmax_scale,
+                              lambda: self._args(self._prepare(q, k, v, seed, causal, window), causal, softmax_scale,
                                                  window))
 
     def run(self, x: "Fp8Inputs", causal=False, softmax_scale=None, window=(-1, -1), out_fp32=False):
