@@ -17,34 +17,20 @@ namespace ringfa3 {
 // in one process (A/B timing).
 namespace {
 
-// Query heads per scheduling chunk: enough that the chunk's K/V (shared by `group` query heads
-// each) take about kL2Budget bytes, a part of H100's 50 MB L2 that leaves room for Q/O traffic.
-// RINGFA3_L2_BUDGET_MB is an A/B knob (instantiations.h): 8 gives one head per chunk at 16k hd128,
-// the concurrent CTAs all on one head as in FA3's order (its L2 traffic is 24% against our 41%,
-// run 17; whether that is what costs us clock at the power cap is untested).
-inline int heads_per_l2_chunk(RingFa3FwdArgs const& a, int s_k, int n_b, size_t elem) {
-  constexpr double kL2Budget = RINGFA3_L2_BUDGET_MB * 1024.0 * 1024;
+// Scheduling chunks (tile_scheduler.h): query heads (with batch entries) are taken in chunks whose K/V
+// take at most an L2 budget together, a part of H100's 50 MB L2 that leaves room for Q/O traffic, and
+// divide the (head, batch) pairs into equal chunks (a short last chunk ran alone at the end). Full
+// attention: 16 MB (RINGFA3_L2_BUDGET_MB); its concurrent tiles walk the keys in step, so a chunk's K/V
+// is read from HBM about once. Under a causal or right window mask tiles of different lengths run side by
+// side at different keys and the whole chunk's K/V is live: 32 MB (RINGFA3_CAUSAL_L2_BUDGET_MB, FA3's
+// figure). At hd256 16k causal, 4 heads (64 MB) made every key block 7-9% slower than in full attention,
+// 2 heads 2% (bench/NOTES.md runs 179-186).
+inline int heads_per_chunk(RingFa3FwdArgs const& a, int s_k, int n_hb, size_t elem) {
+  double budget = (a.window_right >= 0 ? RINGFA3_CAUSAL_L2_BUDGET_MB : RINGFA3_L2_BUDGET_MB) * 1024.0 * 1024;
   double kv_bytes_per_q_head = 2.0 * s_k * a.d * elem / (a.h / a.h_kv);
-  double g = kL2Budget / kv_bytes_per_q_head;
-  int all = a.h * n_b;
-  return g < 1.0 ? 1 : (g > all ? all : int(g));
-}
-
-// Heads per chunk, from the L2 share (heads_per_l2_chunk) to the final choice. Under a causal or right
-// window mask a tile's length grows with its query block and each chunk runs its longest tiles first,
-// so the last chunk's longest tiles start late and would run alone at the end unless the chunk holds
-// several waves of tiles: at least kCausalWaves x SMs (hd256 16k causal had 1 head = 128 tiles per
-// chunk; 4 waves: +9-14% at hd256 4k-16k causal, +1-3% at hd128, base clock, run 61). Then the chunks
-// are made equal, so that no short last chunk is left (a 1-head remainder cost 3-6%, run 60).
-#ifndef RINGFA3_CAUSAL_CHUNK_WAVES
-#define RINGFA3_CAUSAL_CHUNK_WAVES 4
-#endif
-inline int balanced_chunk(int heads, int n_hb, int n_m_blocks, int sms, bool growing_tiles) {
-  constexpr int kCausalWaves = RINGFA3_CAUSAL_CHUNK_WAVES;
-  if (growing_tiles) heads = std::max(heads, (kCausalWaves * sms + n_m_blocks - 1) / n_m_blocks);
-  heads = std::min(std::max(heads, 1), n_hb);
-  int chunks = (n_hb + heads - 1) / heads;
-  return (n_hb + chunks - 1) / chunks;
+  int fit = std::max(1, int(std::min<double>(budget / kv_bytes_per_q_head, n_hb)));   // s_k 0: all
+  while (n_hb % fit != 0) --fit;
+  return fit;
 }
 
 constexpr int kMaxDevices = 64;   // per-device host caches; a launch on a higher ordinal fails cleanly
@@ -106,7 +92,7 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
       /*n_m_blocks=*/Tr::kVarlen ? a.n_varlen_tiles : (a.s_q + Tr::kBlockM - 1) / Tr::kBlockM,
       /*n_tiles=*/0,
       /*group=*/a.h / a.h_kv,
-      /*heads_per_chunk=*/heads_per_l2_chunk(a, keys, n_b, sizeof(T)),
+      /*heads_per_chunk=*/heads_per_chunk(a, keys, a.h * n_b, sizeof(T)),
       /*diag_offset=*/a.s_k - a.s_q,
       /*win_left=*/a.window_left < 0 ? kUnbounded : a.window_left,
       /*win_right=*/a.window_right < 0 ? kUnbounded : a.window_right,
@@ -136,7 +122,6 @@ cudaError_t launch_fwd(RingFa3FwdArgs const& a) {
   if (err != cudaSuccess) return err;
   int sms = a.num_sms;
   if (sms <= 0) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  p.heads_per_chunk = balanced_chunk(p.heads_per_chunk, a.h * n_b, p.n_m_blocks, sms, a.window_right >= 0);
   p.tile_counter = tile_counter_slot();
   if (p.tile_counter == nullptr) return cudaErrorMemoryAllocation;
 

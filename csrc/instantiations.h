@@ -32,6 +32,9 @@ namespace ringfa3 {
 #ifndef RINGFA3_L2_BUDGET_MB
 #define RINGFA3_L2_BUDGET_MB 16
 #endif
+#ifndef RINGFA3_CAUSAL_L2_BUDGET_MB
+#define RINGFA3_CAUSAL_L2_BUDGET_MB 32
+#endif
 template <int kHeadDim> struct TileConfig;
 template <> struct TileConfig<64>  { static constexpr int kM = RINGFA3_HD64_M, kN = 128, kNFull = 128, kStages = 3, kNFullMinKeys = 0; };
 template <> struct TileConfig<128> { static constexpr int kM = 128, kN = 128, kNFull = RINGFA3_HD128_NFULL, kStages = 2;

@@ -59,7 +59,6 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
   for (int t = blockIdx.x, j = 0;; ++j) {
     if (!Tr::kOverV || !sched.valid(t)) ring.publish(t);
     if (!sched.valid(t)) break;
-    int t_next = sched.draw_next();   // drawn early: atomic latency hides
     auto tile = sched.decode(t);
     Extent e = locate(p, tile);
     BlockMask<kM, kN> mask(tile.m_block, e.s_q, e.s_k, e.off, p.win_left, p.win_right);
@@ -69,8 +68,10 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
       if (await_o && ne <= nb) EmptyBarrier::wait(&ss.o_free, (j - 1) & 1);
       ring.publish(t);
     }
-    t = t_next;
-    if (ne <= nb) continue;   // consumers write the empty result without any load
+    if (ne <= nb) {   // consumers write the empty result without any load
+      t = sched.draw_next();
+      continue;
+    }
     int hk = tile.head / p.group;
 
     Tensor gQ = local_tile(seq_slice<Tr, 0>(mQ, tile.head, tile.batch, e.q0), Shape<Int<kM>, Int<kD>>{},
@@ -112,16 +113,6 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     FullBarrier::arrive_and_expect_tx(&ss.q_full, Tr::kBytesQ);
     copy(p.tma_q.with(ss.q_full), get<0>(tQ), get<1>(tQ));
     ++q_round;
-    // Warm L2 with the next tile's Q (HBM latency otherwise shows at every tile start: that Q load
-    // can only be issued once this tile's last Q K^T is done).
-    if (sched.valid(t)) {
-      auto nt = sched.decode(t);
-      int nq0 = locate(p, nt).q0;
-      Tensor gQn = local_tile(seq_slice<Tr, 0>(mQ, nt.head, nt.batch, nq0), Shape<Int<kM>, Int<kD>>{},
-                              make_coord(nt.m_block, _0{}));
-      auto tQn = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQn));
-      cute::prefetch(p.tma_q, get<0>(tQn));
-    }
     if (await_o) EmptyBarrier::wait(&ss.o_free, (j - 1) & 1);
     load_v(ne - 1);
     // Then K(n), V(n) in the order the consumers finish with them. (Run 4a measured K(n) next to
@@ -129,6 +120,21 @@ __device__ void produce(FwdParams<Tr> const& p, typename Tr::SharedStorage& ss) 
     for (int n = ne - 2; n >= nb; --n) {
       load_k(n);
       load_v(n);
+    }
+    // The next tile is drawn only now, with this tile's loads out (about kStages blocks before its
+    // end): an SM commits to a tile when it can start it soon. Drawn at this tile's start, a long
+    // causal tile held its successor back for its whole length, while the SMs that drew nothing more
+    // idled at the end (hd256 16k causal: a 3-8% tail).
+    t = sched.draw_next();
+    // Warm L2 with that tile's Q (HBM latency otherwise shows at its start: its Q load can only be
+    // issued once this tile's last Q K^T is done).
+    if (sched.valid(t)) {
+      auto nt = sched.decode(t);
+      int nq0 = locate(p, nt).q0;
+      Tensor gQn = local_tile(seq_slice<Tr, 0>(mQ, nt.head, nt.batch, nq0), Shape<Int<kM>, Int<kD>>{},
+                              make_coord(nt.m_block, _0{}));
+      auto tQn = tma_partition(p.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQn));
+      cute::prefetch(p.tma_q, get<0>(tQn));
     }
   }
   sched.finish();

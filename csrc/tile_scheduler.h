@@ -5,9 +5,9 @@
 //
 // Tile order is chosen for L2: query heads are taken in chunks small enough that one chunk's K/V
 // stays in L2, and inside a chunk the query blocks run from the last one down, head fastest, so under
-// a causal mask the longest tiles start first. The host picks heads_per_chunk (fwd_launch.h,
-// balanced_chunk): equal chunks, and under a causal mask several waves of tiles each, so the last
-// chunk's longest tiles do not run on alone after the rest.
+// a causal mask the longest tiles start first. The host picks heads_per_chunk (fwd_launch.h), a
+// divisor of the (head, batch) pairs, so the chunks are equal. A CTA draws its next tile only when its
+// current tile's loads are out (producer.h), so the longest tiles left are the ones started next.
 // (Run 1's order, query block outermost across all heads, made every concurrent CTA stream a
 // different head's K/V from HBM; run 2's static round-robin over the chunked order left causal
 // CTAs badly unbalanced, since grid ~ query blocks per chunk.)

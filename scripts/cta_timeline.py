@@ -3,7 +3,7 @@ library built with `--define RINGFA3_TRACE=1` (csrc/cta_trace.h), each unit of w
 clock64 at its start, when its first operands have landed, at its key loop's end and at its end. A unit
 is a CTA of the backward's main kernel (start: the CTA's; landed: K/V) or a tile of the persistent
 forward (start: the tile id received; landed: the first block's S).
-Prints per shape (hd128 bf16, FA3 convention) the median prologue, loop and epilogue of a unit in
+Prints per shape (bf16, FA3 convention, --hd 128 by default) the median prologue, loop and epilogue of a unit in
 cycles, their shares of all unit time, the gaps between an SM's units and the SMs' tail; from the units'
 %globaltimer at start and end, the kernel's span and the SMs' late starts and early finishes.
 
@@ -93,12 +93,13 @@ def main():
     ap.add_argument("--pass", dest="pass_", choices=("fwd", "bwd"), default="bwd")
     ap.add_argument("--seqs", default="4096,8192,16384")
     ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--hd", type=int, default=128, help="head dim (hidden 2048)")
     ap.add_argument("--dump", help="also write every shape's rows to DUMP as JSON")
     args = ap.parse_args()
     dumped = {}
     for s in (int(x) for x in args.seqs.split(",")):
-        rows = trace_call(args.pass_, s, args.causal)
-        print(json.dumps(dict(pass_=args.pass_, seq=s, causal=args.causal, **summarize(rows))), flush=True)
+        rows = trace_call(args.pass_, s, args.causal, args.hd)
+        print(json.dumps(dict(pass_=args.pass_, hd=args.hd, seq=s, causal=args.causal, **summarize(rows))), flush=True)
         dumped[s] = [r for r in rows if r[4]]
     if args.dump:
         with open(args.dump, "w") as f:

@@ -65,6 +65,11 @@ CASES = [
     (1, 8192, 8192, 2, 2, 128, torch.bfloat16, True, (-1, -1)),
     (1, 10400, 8450, 1, 1, 128, torch.bfloat16, True, (-1, -1)),
     (1, 8192, 8192, 2, 2, 128, torch.float16, False, (-1, 300)),
+    # 5 heads whose K/V (4 MB each) exceed one 16 MB L2 chunk, which must divide them: 5 chunks of one
+    # head (fwd_launch.h heads_per_chunk), plain and in clusters
+    (1, 4096, 4096, 5, 5, 256, torch.bfloat16, False, (-1, -1)),
+    (1, 4096, 4096, 5, 5, 256, torch.bfloat16, True, (-1, -1)),
+    (1, 8192, 8192, 5, 5, 128, torch.bfloat16, False, (-1, -1)),
 ]
 
 
