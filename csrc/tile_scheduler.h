@@ -67,7 +67,10 @@ struct TileScheduler {
     int n_hb = n_tiles / n_m_blocks;                  // (head, batch) pairs
     int chunk = u / (heads_per_chunk * n_m);
     int r = u - chunk * heads_per_chunk * n_m;
-    int g = min(heads_per_chunk, n_hb - chunk * heads_per_chunk);   // last chunk may be short
+    // The host's heads_per_chunk divides n_hb, so this min never bites. It stays so that the decode, and
+    // ptxas's schedule of the consumers' key loops around it, is the measured one (a changed decode
+    // redrew hd64's loop, 4-5% slower: bench/NOTES.md run 184).
+    int g = min(heads_per_chunk, n_hb - chunk * heads_per_chunk);
     int hb = chunk * heads_per_chunk + r % g;
     return Tile{kCluster * (n_m - 1 - r / g) + t % kCluster, hb % h, hb / h};
   }

@@ -3,9 +3,9 @@ library built with `--define RINGFA3_TRACE=1` (csrc/cta_trace.h), each unit of w
 clock64 at its start, when its first operands have landed, at its key loop's end and at its end. A unit
 is a CTA of the backward's main kernel (start: the CTA's; landed: K/V) or a tile of the persistent
 forward (start: the tile id received; landed: the first block's S).
-Prints per shape (bf16, FA3 convention, --hd 128 by default) the median prologue, loop and epilogue of a unit in
-cycles, their shares of all unit time, the gaps between an SM's units and the SMs' tail; from the units'
-%globaltimer at start and end, the kernel's span and the SMs' late starts and early finishes.
+Prints per shape (bf16, FA3 convention, --hd 128 by default) the median prologue, loop and epilogue of a
+unit in cycles, their shares of all unit time, the gaps between an SM's units and the SMs' tail; from the
+units' %globaltimer at start and end, the kernel's span and the SMs' late starts and early finishes.
 
     python scripts/build_csrc.py --only bf16:128 --define RINGFA3_TRACE=1 --lib .build/dev/trace.so
     RINGFA3_SM90_LIB=$PWD/.build/dev/trace.so python3 scripts/cta_timeline.py --pass bwd --seqs 4096,8192 [--causal]
